@@ -1,0 +1,62 @@
+"""The polyphase anti-aliased SnakeBeta equals the two-convolution formulation it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tts_compile.kernels.antialias import anti_aliased_snake_beta
+from tts_compile.models.bigvgan import AntiAliasedSnakeBeta
+
+FLOAT64_TOLERANCE = 1e-12  # same function, different summation order: float64 rounding only
+
+
+def conv_reference(x, alpha, beta, up, down):
+    """The usual form: replicate pad, depthwise transposed conv x2, SnakeBeta, replicate pad, strided conv."""
+    taps, channels, pad = len(up), x.shape[1], len(up) // 2 - 1
+    up_w = torch.tensor(up, dtype=x.dtype).view(1, 1, taps).expand(channels, 1, taps)
+    u = 2 * F.conv_transpose1d(F.pad(x, (pad, pad), mode="replicate"), up_w, stride=2, groups=channels)
+    u = u[..., 3 * pad : 3 * pad + 2 * x.shape[-1]]
+    s = u + torch.sin(u * alpha[None, :, None]).pow(2) / (beta[None, :, None] + 1e-9)
+    down_w = torch.tensor(down, dtype=x.dtype).view(1, 1, taps).expand(channels, 1, taps)
+    return F.conv1d(F.pad(s, (pad, pad + 1), mode="replicate"), down_w, stride=2, groups=channels)
+
+
+@given(taps=st.sampled_from([2, 4, 6, 8, 10, 12, 16]), frames=st.integers(1, 80), channels=st.integers(1, 5),
+       batch=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_matches_convolution_form(taps, frames, channels, batch, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, frames, generator=g, dtype=torch.float64) * 3
+    alpha = torch.rand(channels, generator=g, dtype=torch.float64) * 2 + 0.05
+    beta = torch.rand(channels, generator=g, dtype=torch.float64) * 2 + 0.05
+    up = tuple(torch.randn(taps, generator=g).tolist())
+    down = tuple(torch.randn(taps, generator=g).tolist())
+    expected = conv_reference(x, alpha, beta, up, down)
+    got = anti_aliased_snake_beta(x, alpha, beta, up, down)
+    assert got.shape == x.shape
+    assert (got - expected).abs().max() <= FLOAT64_TOLERANCE * max(1.0, float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_matches_the_module_in_lower_precision(dtype, tolerance) -> None:
+    act = AntiAliasedSnakeBeta(6)
+    with torch.no_grad():
+        act.log_alpha.normal_(0, 0.5)
+        act.log_beta.normal_(0, 0.5)
+    act = act.to(dtype)
+    x = torch.randn(2, 6, 50, dtype=dtype)
+    fir = tuple(act.fir.double().tolist())
+    got = anti_aliased_snake_beta(x, act.log_alpha.exp(), act.log_beta.exp(), fir, fir)
+    expected = act(x)
+    assert ((got.double() - expected.double()).abs().max() / expected.double().abs().max()) <= tolerance
+
+
+def test_rejects_odd_or_mismatched_filters() -> None:
+    x, a = torch.randn(1, 1, 5), torch.ones(1)
+    with pytest.raises(ValueError, match="even number of taps"):
+        anti_aliased_snake_beta(x, a, a, (0.5, 0.2, 0.3), (0.5, 0.2, 0.3))
+    with pytest.raises(ValueError, match="even number of taps"):
+        anti_aliased_snake_beta(x, a, a, (0.5, 0.5), (0.25, 0.25, 0.25, 0.25))

@@ -1,0 +1,118 @@
+"""Module passes: recognise what they can rewrite, leave the rest alone, never change the function."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from tts_compile.passes import channels_last_convs_, fuse_activations_, optimized_copy
+from tts_compile.passes.activations import FusedAntiAliasedActivation, recognise
+from tts_compile.passes.layout import ChannelsLastConv1d
+from tts_compile.testing import relative_error
+
+from ..conftest import TINY, conditioning, mel_for, tiny
+
+FLOAT32_TOLERANCE = 1e-5  # relative to peak: the passes reorder float32 additions only
+
+
+def _nvidia():
+    return pytest.importorskip("bigvgan.bigvgan", reason="NVIDIA's bigvgan package is not installed")
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_optimized_copy_computes_the_same_function(name: str) -> None:
+    model = tiny(name)
+    shadow, report = optimized_copy(model, channels_last=True, fuse_activations=True, compile_activations=None)
+    assert report["channels_last_convs"] > 0
+    assert report["fused_activations"] == (9 if name == "bigvgan-tiny" else 0)
+    x, kw = mel_for(name, 57, batch=2), conditioning(name, batch=2)
+    with torch.no_grad():
+        assert relative_error(shadow(x, **kw), model(x, **kw)) <= FLOAT32_TOLERANCE
+
+
+def test_optimized_copy_shares_weights_and_leaves_the_original_alone() -> None:
+    model = tiny("bigvgan-tiny")
+    before = [type(m) for m in model.modules()]
+    shadow, _ = optimized_copy(model, channels_last=True, fuse_activations=True, compile_activations=None)
+    assert [type(m) for m in model.modules()] == before
+    with torch.no_grad():
+        model.conv_pre.weight.mul_(2.0)  # a weight loaded into the original is seen by the copy
+    assert shadow.conv_pre.conv.weight is model.conv_pre.weight
+
+
+def test_conv_pass_leaves_hooked_and_custom_convolutions_alone(caplog: pytest.LogCaptureFixture) -> None:
+    class Causal(nn.Conv1d):
+        def forward(self, x):
+            return super().forward(nn.functional.pad(x, (2, 0)))[..., : x.shape[-1]]
+
+    old_style = nn.utils.weight_norm(nn.Conv1d(4, 4, 3, padding=1))
+    model = nn.Sequential(Causal(4, 4, 3), old_style, parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1)),
+                          nn.Conv1d(4, 4, 3, padding=1, padding_mode="reflect"))
+    x = torch.randn(1, 4, 20)
+    with torch.no_grad():
+        expected = model(x)
+        assert channels_last_convs_(model) == 1  # only the parametrized one
+        assert isinstance(model[2], ChannelsLastConv1d) and type(model[0]) is Causal
+        assert relative_error(model(x), expected) <= FLOAT32_TOLERANCE
+
+
+def test_activation_pass_recognises_only_what_it_can_fuse() -> None:
+    assert "not an anti-aliased" in recognise(nn.ReLU())
+    model = tiny("bigvgan-tiny")
+    act = model.act_post
+    act.register_forward_hook(lambda *a: None)
+    assert "hooks" in recognise(act)
+
+
+def test_nvidia_activation1d_is_recognised_and_matches() -> None:
+    _nvidia()
+    from bigvgan.activations import Snake, SnakeBeta
+    from bigvgan.alias_free_activation.torch.act import Activation1d
+
+    for act_cls in (Snake, SnakeBeta):
+        act = Activation1d(activation=act_cls(6, alpha_logscale=True))
+        with torch.no_grad():
+            for p in act.parameters():
+                p.normal_(0, 0.5)
+        model = nn.Sequential(act)
+        x = torch.randn(2, 6, 33)
+        with torch.no_grad():
+            expected = model(x)
+            assert fuse_activations_(model) == 1 and isinstance(model[0], FusedAntiAliasedActivation)
+            assert relative_error(model(x), expected) <= FLOAT32_TOLERANCE
+
+
+def test_unexpected_activation1d_layout_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+    _nvidia()
+    from bigvgan.activations import SnakeBeta
+    from bigvgan.alias_free_activation.torch.act import Activation1d
+
+    act = Activation1d(activation=SnakeBeta(4), up_ratio=4)
+    model = nn.Sequential(act)
+    with caplog.at_level(logging.INFO, logger="tts_compile"):
+        assert fuse_activations_(model) == 0
+    assert model[0] is act and "2x resampling" in caplog.text
+
+
+def test_whole_nvidia_bigvgan_with_passes_equals_without() -> None:
+    bigvgan = _nvidia()
+    model = bigvgan.BigVGAN(nvidia_small_config(), use_cuda_kernel=False).eval()
+    x = torch.randn(2, 20, 31)
+    shadow, report = optimized_copy(model, channels_last=True, fuse_activations=True, compile_activations=None)
+    assert report["fused_activations"] == 2 * 1 * 2 * 2 + 1  # 2 stages x 1 kernel x 2 dilations x 2 acts + post
+    with torch.no_grad():
+        assert relative_error(shadow(x), model(x)) <= FLOAT32_TOLERANCE
+
+
+def nvidia_small_config():
+    from bigvgan.env import AttrDict
+
+    return AttrDict({
+        "num_mels": 20, "upsample_rates": [4, 2], "upsample_kernel_sizes": [8, 4], "upsample_initial_channel": 32,
+        "resblock": "1", "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3]], "activation": "snakebeta",
+        "snake_logscale": True, "use_tanh_at_final": False, "use_bias_at_final": False,
+    })

@@ -1,0 +1,16 @@
+"""tts_compile: make GPT-SoVITS-style TTS inference fast without changing its audio.
+
+Public API: `optimize_vocoder` (instance, class decorator or function), `OptimizeConfig` and `load_config`, the
+wrapper type `OptimizedVocoder`, and the errors `ConfigError` and `OptimizationError`.
+"""
+
+import logging
+
+from .config import ConfigError, OptimizeConfig, load_config
+from .vocoder import OptimizationError, OptimizedVocoder, optimize_vocoder
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = ["optimize_vocoder", "OptimizeConfig", "load_config", "OptimizedVocoder", "ConfigError",
+           "OptimizationError"]
+__version__ = "0.1.0"

@@ -1,0 +1,99 @@
+"""`python -m tts_compile bench | probe`: the command-line entry points."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import shlex
+import sys
+from typing import Sequence
+
+from . import bench
+from .config import COMPILE_MODES, DTYPES
+from .models import MODELS
+
+logger = logging.getLogger("tts_compile")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tts_compile", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every bucket and call (DEBUG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_bench(commands.add_parser("bench", help="eager vs optimized on a built-in vocoder, side by side"))
+    _add_probe(commands.add_parser("probe", help="receptive field and hop of a vocoder"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    return args.run(args)
+
+
+def _add_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="hifigan-tiny", choices=sorted(MODELS))
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--dtype", default="float32", choices=[d for d in DTYPES if d != "auto"])
+    parser.add_argument("--lengths", default=",".join(map(str, bench.DEFAULT_LENGTHS)),
+                        help="comma-separated mel lengths in frames")
+    parser.add_argument("--mode", default="reduce-overhead", choices=COMPILE_MODES, help="compile_mode")
+    parser.add_argument("--chunk-size", type=int, default=500)
+    parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per length (median reported)")
+    parser.add_argument("--max-eager-frames", type=int, default=20000, help="skip the eager baseline above this")
+    parser.add_argument("--cache-dir", default=None, help="persistent compile cache directory")
+    parser.add_argument("--json", default=None, help="append the report to this JSON file")
+    parser.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
+    report = bench.run(args.model, device=args.device, dtype=args.dtype, lengths=lengths, repeats=args.repeats,
+                       max_eager_frames=args.max_eager_frames, compile_mode=args.mode, chunk_size=args.chunk_size,
+                       max_batch=args.max_batch, cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+    sys.stdout.write(report.table() + "\n")
+    if args.json:
+        bench.write_json(report, args.json, "python -m tts_compile " + " ".join(map(shlex.quote, sys.argv[1:])))
+    return 0
+
+
+def _add_probe(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", nargs="?", default="bigvgan-tiny",
+                        help=f"a built-in model ({', '.join(sorted(MODELS))}) or module:attribute naming an "
+                             "nn.Module instance or a zero-argument factory")
+    parser.add_argument("--n-mels", type=int, default=None, help="mel bins, if not detectable from the module")
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(run=_run_probe)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    import torch
+
+    from .receptive import detect_n_mels, probe_module
+
+    module = _load_target(args.target).to(args.device)
+    n_mels = args.n_mels or detect_n_mels(module)
+    if n_mels is None:
+        logger.error("cannot tell the mel bins of %s: pass --n-mels", args.target)
+        return 2
+    with torch.no_grad():
+        field = probe_module(module, n_mels)
+    sys.stdout.write(f"{args.target}: hop {field.hop} samples/frame, receptive field -{field.left}/+{field.right} "
+                     f"frames, context {field.context()} frames, output [B, {', '.join(map(str, field.out_dims))}"
+                     f"{', ' if field.out_dims else ''}N]\n")
+    return 0
+
+
+def _load_target(target: str):
+    from torch import nn
+
+    from .models import build_model
+
+    if target in MODELS:
+        return build_model(target)
+    module_name, _, attribute = target.partition(":")
+    if not attribute:
+        raise SystemExit(f"{target!r} is neither a built-in model nor module:attribute")
+    obj = getattr(importlib.import_module(module_name), attribute)
+    obj = obj if isinstance(obj, nn.Module) else obj()
+    if not isinstance(obj, nn.Module):
+        raise SystemExit(f"{target} is not an nn.Module (nor a factory returning one)")
+    return obj.eval()

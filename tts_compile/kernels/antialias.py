@@ -1,0 +1,45 @@
+"""Anti-aliased SnakeBeta (upsample x2 -> SnakeBeta -> low-pass downsample x2) as shifted-slice arithmetic.
+
+The usual form runs two depthwise convolutions (a transposed one upsamples) and a replicate pad around each; on
+an H100 those are most of BigVGAN's eager time (benchmarks/NOTES.md). Written polyphase, the same function is sums
+of shifted slices plus pointwise math, which inductor fuses into a couple of kernels, and the 2x-upsampled signal
+is never stored: its even and odd samples feed the downsampler directly. Only the order of additions differs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SNAKE_EPS = 1e-9  # 1 / (beta + eps), as in the published SnakeBeta
+
+
+def anti_aliased_snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                            up_filter: tuple[float, ...], down_filter: tuple[float, ...]) -> torch.Tensor:
+    """`x: [B, C, T]` -> `[B, C, T]`; `alpha`, `beta`: `[C]` (exponentiated already if stored as logs).
+
+    Upsampler: replicate-pad by K/2 - 1, stride-2 transposed conv with `up_filter` (times 2), trimmed to 2T.
+    Downsampler: replicate-pad by (K/2 - 1, K/2), stride-2 conv with `down_filter`. K (even) taps each.
+    """
+    taps = len(up_filter)
+    if taps % 2 or taps < 2 or len(down_filter) != taps:
+        raise ValueError(f"filters need the same even number of taps, got {len(up_filter)} and {len(down_filter)}")
+    pad, frames = taps // 2 - 1, x.shape[-1]
+    a, b = alpha[None, :, None], beta[None, :, None]
+    xp = F.pad(x, (pad, pad), mode="replicate")  # [B, C, T + 2 pad]
+    # Upsampled u[2p + ph] = 2 sum over taps k of parity (ph + trim - k) of f[k] xp[p + (ph + trim - k) / 2],
+    # where trim = 3 pad is what the usual form cuts off the transposed convolution's output.
+    phases = []
+    for ph in (0, 1):
+        u = sum(2 * up_filter[k] * xp[..., (ph + 3 * pad - k) // 2 : (ph + 3 * pad - k) // 2 + frames]
+                for k in range(taps) if (ph + 3 * pad - k) % 2 == 0)
+        phases.append(u + torch.sin(u * a).pow(2) / (b + SNAKE_EPS))
+    # The downsampler reads s[clamp(2q + k - pad, 0, 2T - 1)]: tap k reads phase (k - pad) % 2 at offset
+    # (k - pad) // 2; reads before the start clamp to s[0] (even phase), after the end to s[2T-1] (odd phase).
+    offsets = [(k - pad) // 2 for k in range(taps)]
+    left, right = -min(offsets), max(offsets)
+    first, last = phases[0][..., :1], phases[1][..., -1:]
+    padded = [torch.cat([first.expand(*first.shape[:-1], left), p, last.expand(*last.shape[:-1], right)], -1)
+              for p in phases]
+    return sum(down_filter[k] * padded[(k - pad) % 2][..., left + o : left + o + frames]
+               for k, o in enumerate(offsets))

@@ -1,0 +1,121 @@
+"""Find anti-aliased Snake/SnakeBeta activations by structure and run them as one fused polyphase function.
+
+Recognised: this project's `AntiAliasedSnakeBeta`, and the `Activation1d` layout of NVIDIA's BigVGAN (the PyPI
+`bigvgan` package and the copy vendored in GPT-SoVITS): `upsample` (UpSample1d), `act` (Snake or SnakeBeta),
+`downsample.lowpass` (LowPassFilter1d). A module is swapped only when every assumption of the fused function
+holds (2x resampling, equal even filter lengths, replicate padding with the standard offsets, no hooks); anything
+else is left alone with a debug line saying why. The replacement shares the original's parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..kernels.antialias import anti_aliased_snake_beta
+from ..models.bigvgan import AntiAliasedSnakeBeta
+
+logger = logging.getLogger(__name__)
+
+_compiled: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _activation(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, log_scale: bool,
+                up: tuple[float, ...], down: tuple[float, ...]) -> torch.Tensor:
+    if log_scale:
+        alpha, beta = alpha.exp(), beta.exp()
+    return anti_aliased_snake_beta(x, alpha, beta, up, down)
+
+
+def compiled_activation(mode: str) -> Callable[..., torch.Tensor]:
+    """The fused activation compiled by inductor in `mode`, once for all shapes (dynamic batch, channels, length)."""
+    if mode not in _compiled:
+        _compiled[mode] = torch.compile(_activation, mode=mode, dynamic=True)
+    return _compiled[mode]
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """What the fused function needs from a recognised module."""
+
+    alpha: nn.Parameter
+    beta: nn.Parameter  # the same tensor as alpha for plain Snake
+    log_scale: bool
+    up: tuple[float, ...]
+    down: tuple[float, ...]
+
+
+class FusedAntiAliasedActivation(nn.Module):
+    """Drop-in for a recognised activation: same parameters (shared), computed by the polyphase function."""
+
+    def __init__(self, spec: ActivationSpec, compile_mode: str | None) -> None:
+        super().__init__()
+        self.alpha, self.beta = spec.alpha, spec.beta
+        self.log_scale, self.up, self.down = spec.log_scale, spec.up, spec.down
+        self.compile_mode = compile_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fn = compiled_activation(self.compile_mode) if self.compile_mode else _activation
+        return fn(x, self.alpha, self.beta, self.log_scale, self.up, self.down)
+
+
+def recognise(module: nn.Module) -> ActivationSpec | str:
+    """The spec of a fusable anti-aliased activation, or the reason `module` is not one."""
+    if module._forward_pre_hooks or module._forward_hooks:
+        return "has forward hooks"
+    if isinstance(module, AntiAliasedSnakeBeta):
+        fir = tuple(module.fir.double().tolist())
+        return ActivationSpec(module.log_alpha, module.log_beta, True, fir, fir)
+    if not all(hasattr(module, a) for a in ("upsample", "downsample", "act")):
+        return "not an anti-aliased activation"
+    return _recognise_activation1d(module)
+
+
+def _recognise_activation1d(module: nn.Module) -> ActivationSpec | str:
+    up, act, low = module.upsample, module.act, getattr(module.downsample, "lowpass", None)
+    if low is None or not all(hasattr(m, "filter") for m in (up, low)):
+        return "no resampling filters found"
+    taps = up.filter.numel()
+    pad = taps // 2 - 1
+    checks = {
+        "2x resampling": getattr(up, "ratio", None) == 2 and getattr(low, "stride", None) == 2,
+        "equal even filter lengths": taps % 2 == 0 and low.filter.numel() == taps,
+        "replicate padding": getattr(low, "padding_mode", None) == "replicate" and getattr(low, "padding", True),
+        "standard offsets": (getattr(up, "pad", None), getattr(up, "pad_left", None), getattr(up, "pad_right", None),
+                             getattr(low, "pad_left", None), getattr(low, "pad_right", None))
+        == (pad, 3 * pad, 3 * pad, pad, pad + 1),
+        "Snake or SnakeBeta": type(act).__name__ in ("Snake", "SnakeBeta") and hasattr(act, "alpha"),
+    }
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        return f"assumptions not met: {failed}"
+    beta = act.beta if type(act).__name__ == "SnakeBeta" else act.alpha
+    log_scale = bool(getattr(act, "alpha_logscale", False))
+    return ActivationSpec(act.alpha, beta, log_scale, _taps(up.filter), _taps(low.filter))
+
+
+def _taps(fir: torch.Tensor) -> tuple[float, ...]:
+    return tuple(fir.detach().double().flatten().tolist())
+
+
+def fuse_activations_(model: nn.Module, compile_mode: str | None = None) -> int:
+    """Swap every recognised activation in `model` for `FusedAntiAliasedActivation`; returns how many.
+
+    `compile_mode`: an inductor mode to compile the fused function in on its own (regional compilation); None
+    runs it uncompiled (inside a whole-model compile, or eager).
+    """
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            spec = recognise(child)
+            if isinstance(spec, ActivationSpec):
+                setattr(parent, name, FusedAntiAliasedActivation(spec, compile_mode))
+                swapped += 1
+            elif "assumptions" in spec or "hooks" in spec:
+                logger.info("fused activation: left %s (%s) alone: %s", name, type(child).__name__, spec)
+    logger.debug("fused activations: %d swapped", swapped)
+    return swapped

@@ -1,0 +1,63 @@
+"""Run 1-D convolutions as channels-last 2-D convolutions.
+
+cuDNN's fast fp16/bf16 convolution kernels work on NHWC data. Given `[B, C, T]` (NCL) tensors, every Conv1d first
+transposes its input to NHWC and its output back (a third of the v4 vocoder's eager GPU time on an H100, see
+benchmarks/NOTES.md). Viewed as `[B, C, 1, T]` with channels-last strides, the data stays NHWC from one convolution
+to the next: the pointwise ops in between keep their input's strides. Same arithmetic, other kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+logger = logging.getLogger(__name__)
+
+
+class ChannelsLastConv1d(nn.Module):
+    """Wraps a `Conv1d`/`ConvTranspose1d` (sharing its parameters) and runs it as a channels-last conv2d."""
+
+    def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported (zeros only)")
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # [B, C, 1, T], NHWC in memory
+        weight = c.weight.unsqueeze(2)
+        if isinstance(c, nn.ConvTranspose1d):
+            y = F.conv_transpose2d(x4, weight, c.bias, (1, c.stride[0]), (0, c.padding[0]), (0, c.output_padding[0]),
+                                   c.groups, (1, c.dilation[0]))
+        else:
+            y = F.conv2d(x4, weight, c.bias, (1, c.stride[0]), (0, c.padding[0]), (1, c.dilation[0]), c.groups)
+        return y.squeeze(2)  # [B, C, T] with channels-last strides: the next op keeps them
+
+
+def channels_last_convs_(model: nn.Module) -> int:
+    """Wrap every plain zero-padded `Conv1d`/`ConvTranspose1d` of `model` in place; returns how many.
+
+    Left alone (the wrapper would bypass what they add): subclasses with their own forward, convolutions with
+    forward hooks (old-style `weight_norm` recomputes `weight` in one) and other padding modes.
+    """
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if _plain_conv(child):
+                setattr(parent, name, ChannelsLastConv1d(child))
+                swapped += 1
+            elif isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)):
+                logger.debug("channels-last convolutions: left %s (%s) alone", name, type(child).__name__)
+    logger.debug("channels-last convolutions: %d swapped", swapped)
+    return swapped
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+    hooked = module._forward_pre_hooks or module._forward_hooks
+    return cls in (nn.Conv1d, nn.ConvTranspose1d) and module.padding_mode == "zeros" and not hooked
