@@ -94,8 +94,9 @@ def run(model: str = "hifigan-tiny", *, device: str = "cpu", dtype: str = "float
                     environment=_environment())
     for frames in lengths:
         mel = torch.randn(1, preset.n_mels, frames, device=dev, dtype=dt)
-        row = _measure(vocoder, optimized, mel, example, preset.config.hop, preset.sample_rate, repeats,
-                       frames <= max_eager_frames)
+        with_eager = frames <= max_eager_frames
+        row = _measure(vocoder, optimized, mel, example, preset.config.hop, preset.sample_rate,
+                       repeats if with_eager else 1, with_eager)
         if held is not None:
             row.optimized_peak_mib += held
         report.rows.append(row)
