@@ -26,7 +26,7 @@ def test_defaults_are_valid_and_documented() -> None:
     ("dtype", "half", "float16"), ("fallback", "ignore", "raise"), ("warmup", "never", "lazy"),
     ("enabled", "yes", "true or false"), ("buckets", [], "non-empty"), ("buckets", [10, -1], "ints >= 1"),
     ("buckets", "100", "list of window lengths"), ("n_mels", 0, "int >= 1"), ("fused_activation", "yes", "auto"),
-    ("compile_scope", "all", "regions"), ("channels_last", True, "auto"),
+    ("channels_last", True, "auto"),
 ])
 def test_bad_values_name_key_value_and_allowed(key: str, value: object, allowed: str) -> None:
     with pytest.raises(ConfigError) as info:

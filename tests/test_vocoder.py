@@ -67,14 +67,13 @@ def test_matches_eager_in_other_dtypes(dtype, frames) -> None:
 # ------------------------------------------------------------------------------------------- real compilation (CPU)
 @pytest.fixture(scope="module")
 def compiled_bigvgan() -> OptimizedVocoder:
-    """Regional compilation: the fused activations through inductor, everything else as is (warm-up + verify)."""
+    """Inductor over the whole model, with the fused activation op inside (warm-up + verify)."""
     return optimize_vocoder(tiny("bigvgan-tiny"), chunk_size=80, max_batch=2)
 
 
 @pytest.fixture(scope="module")
 def compiled_hifigan() -> OptimizedVocoder:
-    """Whole-model inductor compilation."""
-    return optimize_vocoder(tiny("hifigan-tiny"), chunk_size=80, max_batch=2, compile_scope="model")
+    return optimize_vocoder(tiny("hifigan-tiny"), chunk_size=80, max_batch=2)
 
 
 @pytest.mark.parametrize("frames, batch", [(1, 1), (30, 2), (112, 1), (113, 3), (401, 2), (2000, 1)])

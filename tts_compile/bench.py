@@ -77,9 +77,12 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def run(model: str = "hifigan-tiny", *, device: str = "cpu", dtype: str = "float32",
         lengths: Sequence[int] = DEFAULT_LENGTHS, repeats: int = 5, max_eager_frames: int = 20000,
-        seed: int = 0, **options: Any) -> Report:
-    """Benchmark one built-in model; `options` go to `optimize_vocoder` (compile_mode, chunk_size, ...)."""
+        seed: int = 0, tf32: bool = True, **options: Any) -> Report:
+    """Benchmark one built-in model; `options` go to `optimize_vocoder` (compile_mode, chunk_size, ...).
+
+    `tf32=False` turns TF32 off for this process, so float32 means float32 for eager and optimized alike."""
     torch.manual_seed(seed)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     dev, dt = torch.device(device), getattr(torch, dtype)
     vocoder = build_model(model, seed=seed).to(dev, dt)
     preset = MODELS[model]

@@ -40,6 +40,8 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per length (median reported)")
     parser.add_argument("--max-eager-frames", type=int, default=20000, help="skip the eager baseline above this")
     parser.add_argument("--cache-dir", default=None, help="persistent compile cache directory")
+    parser.add_argument("--no-tf32", action="store_true", help="float32 without TF32 (eager and optimized)")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true", help="skip cuDNN's algorithm timing")
     parser.add_argument("--json", default=None, help="append the report to this JSON file")
     parser.set_defaults(run=_run_bench)
 
@@ -48,7 +50,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
     report = bench.run(args.model, device=args.device, dtype=args.dtype, lengths=lengths, repeats=args.repeats,
                        max_eager_frames=args.max_eager_frames, compile_mode=args.mode, chunk_size=args.chunk_size,
-                       max_batch=args.max_batch, cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+                       max_batch=args.max_batch, cache_dir=args.cache_dir, progress=sys.stderr.isatty(),
+                       tf32=not args.no_tf32, cudnn_benchmark=not args.no_cudnn_benchmark)
     sys.stdout.write(report.table() + "\n")
     if args.json:
         bench.write_json(report, args.json, "python -m tts_compile " + " ".join(map(shlex.quote, sys.argv[1:])))

@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 DISABLE_ENV = "TTS_COMPILE_DISABLE"
 COMPILE_MODES = ("reduce-overhead", "max-autotune", "default", "cudagraphs", "eager")
-COMPILE_SCOPES = ("regions", "model")
 SWITCHES = ("auto", "on", "off")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
 FALLBACKS = ("eager", "raise")
@@ -56,20 +55,20 @@ class OptimizeConfig:
         "Most windows in one call (>= 1), used only for windows short enough that a batch holds no more "
         "frames than the longest window. Batching helps launch-bound short windows; memory stays bounded."))
     compile_mode: str = field(default="reduce-overhead", metadata=_doc(
-        "'reduce-overhead': inductor kernels, replayed as one CUDA graph per bucket (no graphs on CPU); "
-        "'max-autotune': the same with autotuned kernels (longer compile); 'default': inductor without graphs; "
-        "'cudagraphs': CUDA graphs of the module without inductor (no compile time); 'eager': the same windows "
-        "and buckets with the untouched eager module (a reference and a debugging aid)."))
-    compile_scope: str = field(default="regions", metadata=_doc(
-        "What inductor compiles. 'regions': only the fused activations (seconds), convolutions stay cuDNN calls, "
-        "which inductor would not speed up anyway; 'model': the whole vocoder (minutes for BigVGAN; fuses the "
-        "pointwise ops around every convolution too)."))
+        "'reduce-overhead': inductor compiles the (pass-rewritten) vocoder once for all window lengths, and each "
+        "bucket is replayed as a CUDA graph (no graphs on CPU); 'max-autotune': the same with autotuned kernels "
+        "(longer compile); 'default': inductor without graphs; 'cudagraphs': CUDA graphs of the rewritten module "
+        "without inductor (seconds to start); 'eager': the same windows and buckets with the untouched module "
+        "(a reference and a debugging aid)."))
     fused_activation: str = field(default="auto", metadata=_doc(
-        "Anti-aliased Snake/SnakeBeta activations (BigVGAN) as one fused polyphase function. 'auto': when "
-        "inductor compiles; 'on': always (slower than the original without inductor); 'off': never."))
+        "Anti-aliased Snake/SnakeBeta activations (BigVGAN) as one fused op: a Triton kernel on CUDA, an exact "
+        "polyphase torch function elsewhere. 'auto' and 'on': unless compile_mode is 'eager'; 'off': never."))
     channels_last: str = field(default="auto", metadata=_doc(
         "Run Conv1d layers as channels-last conv2d, which skips cuDNN's layout transposes around every "
         "convolution. 'auto': on CUDA, unless compile_mode is 'eager'; 'on': everywhere; 'off': never."))
+    cudnn_benchmark: bool = field(default=True, metadata=_doc(
+        "Let cuDNN time its algorithms for every captured shape during warm-up; the graph keeps the fastest. "
+        "Costs about a second per bucket at start-up; see benchmarks/results for the measured gain."))
     dtype: str = field(default="auto", metadata=_doc(
         "'auto' keeps the module's dtype; 'float32' | 'float16' | 'bfloat16' | 'float64' converts the module in place "
         "(like module.half()) before optimizing. Inputs must then come in that dtype."))
@@ -92,10 +91,9 @@ class OptimizeConfig:
         "Show a progress bar on stderr during warm-up when stderr is a terminal."))
 
     def __post_init__(self) -> None:
-        _check_bool(self, "enabled", "verify", "progress")
+        _check_bool(self, "enabled", "verify", "progress", "cudnn_benchmark")
         _check_int(self, "chunk_size", "max_batch", minimum=1)
         _check_choice(self, "compile_mode", COMPILE_MODES)
-        _check_choice(self, "compile_scope", COMPILE_SCOPES)
         _check_choice(self, "fused_activation", SWITCHES)
         _check_choice(self, "channels_last", SWITCHES)
         _check_choice(self, "dtype", DTYPES)

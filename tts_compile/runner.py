@@ -45,11 +45,11 @@ class Runner:
     the caller owns; `direct(inputs)` runs the compiled callable at any shape (no graph). Thread-safe.
     """
 
-    def __init__(self, mode: str, device: torch.device, compile_model: bool) -> None:
+    def __init__(self, mode: str, device: torch.device, cudnn_benchmark: bool = False) -> None:
         self.mode = mode
         self.device = device
+        self.cudnn_benchmark = cudnn_benchmark
         self.graphs = device.type == "cuda" and mode in GRAPH_MODES
-        self.compile_model = compile_model and mode in INDUCTOR_MODES
         self.counters: Counter[str] = Counter(dict.fromkeys(("captures", "replays", "runs", "direct"), 0))
         self._lock = threading.RLock()
         self._captures: dict[Hashable, _Capture] = {}
@@ -61,9 +61,9 @@ class Runner:
         return key in self._captures
 
     def compiled(self, signature: Hashable, call: Call) -> Call:
-        """`call` for one conditioning signature, compiled (on first use) when the whole model is compiled."""
+        """`call` for one conditioning signature, compiled by inductor (on first use) in the inductor modes."""
         if signature not in self._compiled:
-            if self.compile_model:
+            if self.mode in INDUCTOR_MODES:
                 call = torch.compile(call, mode=INDUCTOR_MODES[self.mode], dynamic=None)
             self._compiled[signature] = call
         return self._compiled[signature]
@@ -71,7 +71,7 @@ class Runner:
     def prepare(self, key: Hashable, call: Call, inputs: Sequence[torch.Tensor]) -> float:
         """Compile (first time) and capture the bucket `key` from example `inputs`; returns seconds taken."""
         start = time.perf_counter()
-        with self._lock, _scoped_compile_settings():
+        with self._lock, _scoped_compile_settings(self.cudnn_benchmark):
             static = tuple(t.clone() for t in inputs)
             if self.graphs:
                 self._captures[key] = self._capture(call, static)
@@ -102,7 +102,7 @@ class Runner:
 
     def direct(self, call: Call, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Run the compiled callable at the inputs' own shape, without a graph (inputs shorter than a window)."""
-        with self._lock, _scoped_compile_settings():
+        with self._lock, _scoped_compile_settings(self.cudnn_benchmark):
             self.counters["direct"] += 1
             return self._call(call, inputs)
 
@@ -143,10 +143,17 @@ class Runner:
 
 
 @contextlib.contextmanager
-def _scoped_compile_settings() -> Iterator[None]:
-    """A recompile limit high enough for one compile per conditioning signature and batch class."""
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-        yield
+def _scoped_compile_settings(cudnn_benchmark: bool) -> Iterator[None]:
+    """Settings that matter only while compiling and capturing: a recompile limit high enough for one compile per
+    conditioning signature and batch class, and optionally cuDNN's per-shape algorithm timing (a captured graph
+    keeps the algorithm chosen; the process's own setting is restored afterwards)."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or cudnn_benchmark
+    try:
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _synchronize(device: torch.device) -> None:

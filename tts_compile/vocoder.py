@@ -25,7 +25,7 @@ from .buckets import Bucket, BucketSet, Window, group, plan
 from .config import DISABLE_ENV, ConfigError, OptimizeConfig, disabled_by_environment
 from .passes import optimized_copy
 from .receptive import ReceptiveField, detect_n_mels, probe, probe_module
-from .runner import INDUCTOR_MODES, ProgressBar, Runner
+from .runner import ProgressBar, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -229,24 +229,20 @@ class VocoderOptimizer:
         _use_cache_dir(self.config.cache_dir)
         target, passes = self._target(device)
         logger.info(
-            "optimizing %s: %s on %s, mode %s (compile scope %s), receptive field -%d/+%d frames (context %d), "
-            "hop %d, windows %s, %d buckets, passes %s", self.name, str(dtype).replace("torch.", ""), device,
-            self.config.compile_mode, self.config.compile_scope, field.left, field.right, context, field.hop,
-            list(buckets.lengths), len(buckets.buckets()), passes)
-        runner = Runner(self.config.compile_mode, device, compile_model=self.config.compile_scope == "model")
+            "optimizing %s: %s on %s, mode %s, receptive field -%d/+%d frames (context %d), hop %d, windows %s, "
+            "%d buckets, passes %s", self.name, str(dtype).replace("torch.", ""), device, self.config.compile_mode,
+            field.left, field.right, context, field.hop, list(buckets.lengths), len(buckets.buckets()), passes)
+        runner = Runner(self.config.compile_mode, device, self.config.cudnn_benchmark)
         return _Setup(n_mels, device, dtype, field, buckets, runner, target, self._fingerprint(), {})
 
     def _target(self, device: torch.device) -> tuple[nn.Module | None, dict[str, Any]]:
         """The module the optimized path runs: the original, or a weight-sharing copy rewritten by passes."""
-        cfg, inductor = self.config, self.config.compile_mode in INDUCTOR_MODES
-        fuse = cfg.fused_activation == "on" or (cfg.fused_activation == "auto" and inductor)
-        channels_last = cfg.channels_last == "on" or (
-            cfg.channels_last == "auto" and device.type == "cuda" and cfg.compile_mode != "eager")
+        cfg, plain = self.config, self.config.compile_mode == "eager"
+        fuse = cfg.fused_activation == "on" or (cfg.fused_activation == "auto" and not plain)
+        channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda" and not plain)
         if self._module is None or not (fuse or channels_last):
             return self._module, {}
-        regional = INDUCTOR_MODES[cfg.compile_mode] if inductor and cfg.compile_scope == "regions" else None
-        return optimized_copy(self._module, channels_last=channels_last, fuse_activations=fuse,
-                              compile_activations=regional)
+        return optimized_copy(self._module, channels_last=channels_last, fuse_activations=fuse)
 
     def _device_dtype(self, mel: torch.Tensor) -> tuple[torch.device, torch.dtype]:
         if self._module is not None:
@@ -338,7 +334,7 @@ class VocoderOptimizer:
         if self.failure is not None:
             return
         error = _relative_error(got, expected)
-        tolerance = VERIFY_TOLERANCE.get(setup.dtype, 1e-2)
+        tolerance = VERIFY_TOLERANCE[_effective_dtype(setup.dtype, setup.device)]
         if error <= tolerance:
             logger.info("%s: verified on %d frames: max |optimized - eager| = %.1e of peak", self.name, frames, error)
             return
@@ -502,6 +498,12 @@ def _check_lengths(lengths: Any, mel: torch.Tensor) -> list[int]:
     if len(values) != batch or not all(isinstance(n, int) and 1 <= n <= frames for n in values):
         raise InputError(f"lengths={values!r} is invalid: expected {batch} ints in [1, {frames}] (one per item)")
     return values
+
+
+def _effective_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """float32 convolutions run in TF32 on CUDA unless turned off: a 10-bit mantissa, like float16."""
+    tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+    return torch.float16 if dtype == torch.float32 and device.type == "cuda" and tf32 else dtype
 
 
 def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

@@ -60,3 +60,29 @@ def test_rejects_odd_or_mismatched_filters() -> None:
         anti_aliased_snake_beta(x, a, a, (0.5, 0.2, 0.3), (0.5, 0.2, 0.3))
     with pytest.raises(ValueError, match="even number of taps"):
         anti_aliased_snake_beta(x, a, a, (0.5, 0.5), (0.25, 0.25, 0.25, 0.25))
+
+
+# ------------------------------------------------------------------------------------------- the op and the kernel
+def _inputs(batch, channels, frames, taps, channels_last, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(batch, channels, frames, generator=g) * 2).to(dtype)
+    if channels_last:
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    params = [torch.randn(channels, generator=g) * 0.5 for _ in range(2)]
+    filters = [torch.randn(taps, generator=g) for _ in range(2)]
+    return x, params, filters
+
+
+def test_op_passes_opcheck() -> None:
+    from tts_compile.kernels import anti_aliased_snake
+
+    for channels_last in (False, True):
+        x, (alpha, beta), (up, down) = _inputs(2, 3, 17, 12, channels_last)
+        torch.library.opcheck(anti_aliased_snake, (x, alpha, beta, up, down, True))
+
+
+def test_op_keeps_the_memory_layout() -> None:
+    from tts_compile.kernels import anti_aliased_snake
+
+    x, (alpha, beta), (up, down) = _inputs(2, 5, 9, 12, channels_last=True)
+    assert anti_aliased_snake(x, alpha, beta, up, down, True).stride() == x.stride()

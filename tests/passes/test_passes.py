@@ -26,7 +26,7 @@ def _nvidia():
 @pytest.mark.parametrize("name", TINY)
 def test_optimized_copy_computes_the_same_function(name: str) -> None:
     model = tiny(name)
-    shadow, report = optimized_copy(model, channels_last=True, fuse_activations=True, compile_activations=None)
+    shadow, report = optimized_copy(model, channels_last=True, fuse_activations=True)
     assert report["channels_last_convs"] > 0
     assert report["fused_activations"] == (9 if name == "bigvgan-tiny" else 0)
     x, kw = mel_for(name, 57, batch=2), conditioning(name, batch=2)
@@ -37,7 +37,7 @@ def test_optimized_copy_computes_the_same_function(name: str) -> None:
 def test_optimized_copy_shares_weights_and_leaves_the_original_alone() -> None:
     model = tiny("bigvgan-tiny")
     before = [type(m) for m in model.modules()]
-    shadow, _ = optimized_copy(model, channels_last=True, fuse_activations=True, compile_activations=None)
+    shadow, _ = optimized_copy(model, channels_last=True, fuse_activations=True)
     assert [type(m) for m in model.modules()] == before
     with torch.no_grad():
         model.conv_pre.weight.mul_(2.0)  # a weight loaded into the original is seen by the copy
@@ -102,7 +102,7 @@ def test_whole_nvidia_bigvgan_with_passes_equals_without() -> None:
     bigvgan = _nvidia()
     model = bigvgan.BigVGAN(nvidia_small_config(), use_cuda_kernel=False).eval()
     x = torch.randn(2, 20, 31)
-    shadow, report = optimized_copy(model, channels_last=True, fuse_activations=True, compile_activations=None)
+    shadow, report = optimized_copy(model, channels_last=True, fuse_activations=True)
     assert report["fused_activations"] == 2 * 1 * 2 * 2 + 1  # 2 stages x 1 kernel x 2 dilations x 2 acts + post
     with torch.no_grad():
         assert relative_error(shadow(x), model(x)) <= FLOAT32_TOLERANCE

@@ -43,3 +43,31 @@ def anti_aliased_snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Te
               for p in phases]
     return sum(down_filter[k] * padded[(k - pad) % 2][..., left + o : left + o + frames]
                for k, o in enumerate(offsets))
+
+
+@torch.library.custom_op("tts_compile::anti_aliased_snake", mutates_args=())
+def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, up: torch.Tensor,
+                       down: torch.Tensor, log_scale: bool) -> torch.Tensor:
+    """The fused activation as one op: a Triton kernel on CUDA, `anti_aliased_snake_beta` elsewhere.
+
+    `up`/`down`: the float32 filter taps `[K]`; `log_scale`: `alpha`/`beta` hold logarithms. The output has `x`'s
+    shape, dtype and memory layout.
+    """
+    if log_scale:
+        alpha, beta = alpha.exp(), beta.exp()
+    out = torch.empty_like(x)
+    out.copy_(anti_aliased_snake_beta(x, alpha, beta, up.to(x.dtype), down.to(x.dtype)))
+    return out
+
+
+@anti_aliased_snake.register_kernel("cuda")
+def _anti_aliased_snake_cuda(x, alpha, beta, up, down, log_scale):
+    from .antialias_triton import anti_aliased_snake_triton
+
+    return anti_aliased_snake_triton(x, alpha.contiguous(), beta.contiguous(), up.contiguous(), down.contiguous(),
+                                     log_scale)
+
+
+@anti_aliased_snake.register_fake
+def _anti_aliased_snake_fake(x, alpha, beta, up, down, log_scale):
+    return torch.empty_like(x)

@@ -20,15 +20,12 @@ __all__ = ["optimized_copy", "fuse_activations_", "channels_last_convs_"]
 logger = logging.getLogger(__name__)
 
 
-def optimized_copy(module: nn.Module, *, channels_last: bool, fuse_activations: bool,
-                   compile_activations: str | None) -> tuple[nn.Module, dict[str, Any]]:
-    """A weight-sharing copy of `module` with the requested passes applied, and what each pass changed.
-
-    `compile_activations`: the inductor mode to compile fused activations in on their own, or None."""
+def optimized_copy(module: nn.Module, *, channels_last: bool, fuse_activations: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """A weight-sharing copy of `module` with the requested passes applied, and what each pass changed."""
     shadow = structural_copy(module, share_weights=True)
     report = {}
     if fuse_activations:
-        report["fused_activations"] = fuse_activations_(shadow, compile_activations)
+        report["fused_activations"] = fuse_activations_(shadow)
     if channels_last:
         report["channels_last_convs"] = channels_last_convs_(shadow)
     return shadow.eval(), report

@@ -11,32 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from ..kernels.antialias import anti_aliased_snake_beta
+from ..kernels import anti_aliased_snake
 from ..models.bigvgan import AntiAliasedSnakeBeta
 
 logger = logging.getLogger(__name__)
-
-_compiled: dict[str, Callable[..., torch.Tensor]] = {}
-
-
-def _activation(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, log_scale: bool,
-                up: tuple[float, ...], down: tuple[float, ...]) -> torch.Tensor:
-    if log_scale:
-        alpha, beta = alpha.exp(), beta.exp()
-    return anti_aliased_snake_beta(x, alpha, beta, up, down)
-
-
-def compiled_activation(mode: str) -> Callable[..., torch.Tensor]:
-    """The fused activation compiled by inductor in `mode`, once for all shapes (dynamic batch, channels, length)."""
-    if mode not in _compiled:
-        _compiled[mode] = torch.compile(_activation, mode=mode, dynamic=True)
-    return _compiled[mode]
-
 
 @dataclass(frozen=True)
 class ActivationSpec:
@@ -50,17 +32,18 @@ class ActivationSpec:
 
 
 class FusedAntiAliasedActivation(nn.Module):
-    """Drop-in for a recognised activation: same parameters (shared), computed by the polyphase function."""
+    """Drop-in for a recognised activation: same parameters (shared), computed by the fused
+    `tts_compile::anti_aliased_snake` op (one Triton kernel on CUDA)."""
 
-    def __init__(self, spec: ActivationSpec, compile_mode: str | None) -> None:
+    def __init__(self, spec: ActivationSpec) -> None:
         super().__init__()
-        self.alpha, self.beta = spec.alpha, spec.beta
-        self.log_scale, self.up, self.down = spec.log_scale, spec.up, spec.down
-        self.compile_mode = compile_mode
+        self.alpha, self.beta, self.log_scale = spec.alpha, spec.beta, spec.log_scale
+        device = spec.alpha.device
+        self.register_buffer("up", torch.tensor(spec.up, dtype=torch.float32, device=device), persistent=False)
+        self.register_buffer("down", torch.tensor(spec.down, dtype=torch.float32, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fn = compiled_activation(self.compile_mode) if self.compile_mode else _activation
-        return fn(x, self.alpha, self.beta, self.log_scale, self.up, self.down)
+        return anti_aliased_snake(x, self.alpha, self.beta, self.up, self.down, self.log_scale)
 
 
 def recognise(module: nn.Module) -> ActivationSpec | str:
@@ -102,18 +85,14 @@ def _taps(fir: torch.Tensor) -> tuple[float, ...]:
     return tuple(fir.detach().double().flatten().tolist())
 
 
-def fuse_activations_(model: nn.Module, compile_mode: str | None = None) -> int:
-    """Swap every recognised activation in `model` for `FusedAntiAliasedActivation`; returns how many.
-
-    `compile_mode`: an inductor mode to compile the fused function in on its own (regional compilation); None
-    runs it uncompiled (inside a whole-model compile, or eager).
-    """
+def fuse_activations_(model: nn.Module) -> int:
+    """Swap every recognised activation in `model` for `FusedAntiAliasedActivation`; returns how many."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             spec = recognise(child)
             if isinstance(spec, ActivationSpec):
-                setattr(parent, name, FusedAntiAliasedActivation(spec, compile_mode))
+                setattr(parent, name, FusedAntiAliasedActivation(spec))
                 swapped += 1
             elif "assumptions" in spec or "hooks" in spec:
                 logger.info("fused activation: left %s (%s) alone: %s", name, type(child).__name__, spec)
