@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-SNAKE_EPS = 1e-9
+SNAKE_EPS = tl.constexpr(1e-9)  # 1 / (beta + eps), as in the published SnakeBeta
 
 
 @triton.jit
