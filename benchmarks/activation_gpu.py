@@ -122,7 +122,7 @@ def layers(ext, frames: int) -> list[dict]:
     return rows
 
 
-def models(ext, lengths, modes) -> list[dict]:
+def models(ext, lengths, modes, save) -> list[dict]:
     eager = build_model("bigvgan-24k").to(DEV, DT)
     contenders = {"eager": eager}
     if ext is not None:
@@ -141,6 +141,7 @@ def models(ext, lengths, modes) -> list[dict]:
                 row[f"{name}_ms"] = median_ms(lambda: model(mel), 10)
                 row[f"{name}_max_abs_diff"] = float((model(mel).float() - reference.float()).abs().max())
             rows.append(row)
+            save(rows)
             print(" ".join(f"{k}={v:.4g}" for k, v in row.items()), flush=True)
     for mode in modes:
         stats = contenders[f"optimized_{mode}"].optimization_stats()
@@ -158,9 +159,14 @@ def main() -> None:
     print(torch.__version__, torch.cuda.get_device_name())
     ext = build_nvidia(args.nvidia_wheel) if args.nvidia_wheel else None
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": "float16",
-              "layers_T1000": layers(ext, 1000)}
-    result["models"] = models(ext, [int(n) for n in args.lengths.split(",")], args.modes.split(","))
+              "command": " ".join(sys.argv), "layers_T1000": layers(ext, 1000)}
     Path(args.json).write_text(json.dumps(result, indent=1))
+
+    def save(rows):
+        result["models"] = rows
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+    models(ext, [int(n) for n in args.lengths.split(",")], args.modes.split(","), save)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,18 @@ def test_weights_moving_rebuilds_the_setup() -> None:
     assert vocoder.optimization_stats()["rebuilds"] == 1
 
 
+def test_weights_loaded_in_place_are_used(caplog) -> None:
+    """Passes keep derived copies of weights (channels-last convolutions): an in-place load must rebuild them."""
+    model = tiny("hifigan-tiny")
+    vocoder = optimize_vocoder(model, **{**FAST, "compile_mode": "cudagraphs"}, channels_last="on")
+    mel = mel_for("hifigan-tiny", 150)
+    assert_matches_eager(vocoder, mel)
+    model.load_state_dict(tiny("hifigan-tiny", seed=1).state_dict())
+    with caplog.at_level(logging.INFO, logger="tts_compile"):
+        assert_matches_eager(vocoder, mel)
+    assert vocoder.optimization_stats()["rebuilds"] == 1 and "optimizing again" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("mel, error, message", [
     (torch.randn(32, 50), ValueError, "add a batch axis"),
@@ -272,10 +284,27 @@ def test_verification_catches_too_small_a_context(caplog) -> None:
     model = tiny("bigvgan-tiny")
     with caplog.at_level(logging.WARNING, logger="tts_compile"):
         vocoder = optimize_vocoder(model, context=1, chunk_size=20, compile_mode="eager")
-    assert "verification failed" in vocoder.optimization_stats()["failure"] and "context=1" in caplog.text
+    failure = vocoder.optimization_stats()["failure"]
+    assert "VerificationError" in failure and "context=1" in failure and "context=1" in caplog.text
     mel = mel_for("bigvgan-tiny", 300)
     with torch.inference_mode():
         assert torch.equal(vocoder(mel), model(mel)), "after a failed verification every call is eager"
+
+
+def test_inductor_failure_degrades_to_graphs_without_inductor(monkeypatch, caplog) -> None:
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("injected inductor failure")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = tiny("bigvgan-tiny")
+    with caplog.at_level(logging.WARNING, logger="tts_compile"):
+        vocoder = optimize_vocoder(model, compile_mode="reduce-overhead", chunk_size=60)
+    stats = vocoder.optimization_stats()
+    assert stats["degraded"] == 1 and stats["compile_mode"] == "cudagraphs" and stats["failure"] is None
+    assert "continuing with 'cudagraphs'" in caplog.text
+    assert_matches_eager(vocoder, mel_for("bigvgan-tiny", 333))
 
 
 def test_disable_environment_variable_serves_eager(monkeypatch) -> None:

@@ -25,7 +25,7 @@ from .buckets import Bucket, BucketSet, Window, group, plan
 from .config import DISABLE_ENV, ConfigError, OptimizeConfig, disabled_by_environment
 from .passes import optimized_copy
 from .receptive import ReceptiveField, detect_n_mels, probe, probe_module
-from .runner import ProgressBar, Runner
+from .runner import INDUCTOR_MODES, ProgressBar, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 VERIFY_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 MAX_OUTPUT_SAMPLES = 2**31 - 1  # int32 indexing limit of many kernels: about 12 hours at 48 kHz
 _RESERVED = ("stream", "warmup", "eager", "optimization_stats")
-COUNTERS = ("calls", "windows", "eager_calls", "fallbacks", "rebuilds")
+COUNTERS = ("calls", "windows", "eager_calls", "fallbacks", "rebuilds", "degraded")
 
 EagerCall = Callable[..., torch.Tensor]  # eager(module_or_None, mel, *args, **kwargs) -> audio
 T = TypeVar("T")
@@ -42,6 +42,10 @@ T = TypeVar("T")
 
 class OptimizationError(RuntimeError):
     """The optimized path failed and the config says `fallback="raise"`."""
+
+
+class VerificationError(RuntimeError):
+    """The optimized output differs from the eager module's by more than the tolerance."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class VocoderOptimizer:
         self._module = module
         self.config = config
         self.name = name
+        self.mode = config.compile_mode  # may degrade to "cudagraphs" when inductor fails
         self.failure: str | None = None
         self._setup: _Setup | None = None
         self._lock = threading.RLock()
@@ -195,7 +200,8 @@ class VocoderOptimizer:
         if setup is not None:
             stats.update(setup.runner.counters)
             stats.update(context=setup.buckets.context, buckets=setup.buckets.lengths, hop=setup.field.hop,
-                         receptive_field=(setup.field.left, setup.field.right), compile_mode=setup.runner.mode)
+                         receptive_field=(setup.field.left, setup.field.right))
+        stats["compile_mode"] = self.mode
         stats["failure"] = self.failure
         return stats
 
@@ -215,7 +221,8 @@ class VocoderOptimizer:
         if self._module is None:
             return ()  # a function is set up once, from its first input
         tensors = [*self._module.parameters(), *self._module.buffers()]
-        return tuple((t.data_ptr(), t.dtype, t.device) for t in tensors)
+        # storage, dtype, device, and in-place writes (load_state_dict): derived copies of weights must follow
+        return tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
 
     def _build(self, mel: torch.Tensor, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Setup:
         device, dtype = self._device_dtype(mel)
@@ -230,14 +237,14 @@ class VocoderOptimizer:
         target, passes = self._target(device)
         logger.info(
             "optimizing %s: %s on %s, mode %s, receptive field -%d/+%d frames (context %d), hop %d, windows %s, "
-            "%d buckets, passes %s", self.name, str(dtype).replace("torch.", ""), device, self.config.compile_mode,
+            "%d buckets, passes %s", self.name, str(dtype).replace("torch.", ""), device, self.mode,
             field.left, field.right, context, field.hop, list(buckets.lengths), len(buckets.buckets()), passes)
-        runner = Runner(self.config.compile_mode, device, self.config.cudnn_benchmark)
+        runner = Runner(self.mode, device, self.config.cudnn_benchmark)
         return _Setup(n_mels, device, dtype, field, buckets, runner, target, self._fingerprint(), {})
 
     def _target(self, device: torch.device) -> tuple[nn.Module | None, dict[str, Any]]:
         """The module the optimized path runs: the original, or a weight-sharing copy rewritten by passes."""
-        cfg, plain = self.config, self.config.compile_mode == "eager"
+        cfg, plain = self.config, self.mode == "eager"
         fuse = cfg.fused_activation == "on" or (cfg.fused_activation == "auto" and not plain)
         channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda" and not plain)
         if self._module is None or not (fuse or channels_last):
@@ -330,17 +337,14 @@ class VocoderOptimizer:
         mel = torch.randn(1, setup.n_mels, frames, device=setup.device, dtype=setup.dtype)
         with torch.inference_mode():
             expected = self._eager(self._module, mel, **example_kwargs)
-        got = self(mel, **example_kwargs)
-        if self.failure is not None:
-            return
+            got = self._optimized_call(mel, (), None, example_kwargs)
         error = _relative_error(got, expected)
         tolerance = VERIFY_TOLERANCE[_effective_dtype(setup.dtype, setup.device)]
-        if error <= tolerance:
-            logger.info("%s: verified on %d frames: max |optimized - eager| = %.1e of peak", self.name, frames, error)
-            return
-        self._fail("verification", RuntimeError(
-            f"optimized output differs from eager by {error:.1e} of its peak (tolerance {tolerance:.0e}) on a "
-            f"{frames}-frame mel; is context={setup.buckets.context} below the receptive field?"))
+        if error > tolerance:
+            raise VerificationError(
+                f"optimized output differs from eager by {error:.1e} of its peak (tolerance {tolerance:.0e}) on a "
+                f"{frames}-frame mel; is context={setup.buckets.context} below the receptive field?")
+        logger.info("%s: verified on %d frames: max |optimized - eager| = %.1e of peak", self.name, frames, error)
 
     # ------------------------------------------------------------------------------------------- execution
     def _vocode(self, setup: _Setup, mel: torch.Tensor, lengths: list[int], cond: _Conditioning) -> torch.Tensor:
@@ -419,9 +423,22 @@ class VocoderOptimizer:
             return fn(*args)
         except (InputError, InputTypeError, ConfigError):
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure of the optimized path falls back to eager
+        except Exception as exc:  # noqa: BLE001 - any failure of the optimized path falls back
+            if self._degrade(stage, exc):
+                return self._attempt(stage, fn, *args)
             self._fail(stage, exc)
             return None
+
+    def _degrade(self, stage: str, exc: BaseException) -> bool:
+        """After an inductor failure, try once more without inductor (CUDA graphs of the rewritten module)."""
+        if self.mode not in INDUCTOR_MODES or self.config.fallback == "raise":
+            return False
+        logger.warning("%s: %s failed with compile_mode=%r (%s: %s); continuing with 'cudagraphs' (no inductor)",
+                       self.name, stage, self.mode, type(exc).__name__, exc)
+        with self._lock:
+            self.mode, self._setup = "cudagraphs", None
+            self._count("degraded")
+        return True
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._counter_lock:
@@ -498,6 +515,11 @@ def _check_lengths(lengths: Any, mel: torch.Tensor) -> list[int]:
     if len(values) != batch or not all(isinstance(n, int) and 1 <= n <= frames for n in values):
         raise InputError(f"lengths={values!r} is invalid: expected {batch} ints in [1, {frames}] (one per item)")
     return values
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """In-place write counter; inference-mode tensors have none (and cannot be written in place later)."""
+    return 0 if tensor.is_inference() else tensor._version
 
 
 def _effective_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:

@@ -62,7 +62,7 @@ def _anti_aliased_snake_kernel(x_ptr, out_ptr, alpha_ptr, beta_ptr, up_ptr, down
                   inv_beta)
     acc = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
     for k in tl.static_range(TAPS):
-        phase: tl.constexpr = (k - PAD) % 2
+        phase = (k - PAD) % 2  # a compile-time value: k comes from static_range
         r = q + (k - PAD - phase) // 2  # frame index of the upsampled sample 2r + phase this tap reads
         s = _snake(_upsampled(x_row, sx_t, tl.minimum(tl.maximum(r, 0), frames - 1), frames, up_ptr, phase, PAD,
                               TAPS, row_mask), alpha, inv_beta)

@@ -19,24 +19,40 @@ logger = logging.getLogger(__name__)
 
 
 class ChannelsLastConv1d(nn.Module):
-    """Wraps a `Conv1d`/`ConvTranspose1d` (sharing its parameters) and runs it as a channels-last conv2d."""
+    """Wraps a `Conv1d`/`ConvTranspose1d` (sharing its parameters) and runs it as a channels-last conv2d.
+
+    The channels-last copy of a plain weight is made once (the optimizer rebuilds when weights change in place);
+    a parametrized weight is recomputed by its parametrization on every call, so it is converted every call. The
+    bias is added through the output's contiguous `[B, 1, T, C]` view: a vectorized add instead of cuDNN's
+    broadcast over channels-last strides (1.7 of 6.9 ms of the v4 vocoder on an H100).
+    """
 
     def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d) -> None:
         super().__init__()
         if conv.padding_mode != "zeros":
             raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported (zeros only)")
         self.conv = conv
+        self.transposed = isinstance(conv, nn.ConvTranspose1d)
+        self.cached = not parametrize.is_parametrized(conv)
+        weight = _channels_last_weight(conv.weight.detach()) if self.cached else None
+        self.register_buffer("weight4", weight, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # [B, C, 1, T], NHWC in memory
-        weight = c.weight.unsqueeze(2)
-        if isinstance(c, nn.ConvTranspose1d):
-            y = F.conv_transpose2d(x4, weight, c.bias, (1, c.stride[0]), (0, c.padding[0]), (0, c.output_padding[0]),
+        weight = self.weight4 if self.cached else _channels_last_weight(c.weight)
+        if self.transposed:
+            y = F.conv_transpose2d(x4, weight, None, (1, c.stride[0]), (0, c.padding[0]), (0, c.output_padding[0]),
                                    c.groups, (1, c.dilation[0]))
         else:
-            y = F.conv2d(x4, weight, c.bias, (1, c.stride[0]), (0, c.padding[0]), (1, c.dilation[0]), c.groups)
+            y = F.conv2d(x4, weight, None, (1, c.stride[0]), (0, c.padding[0]), (1, c.dilation[0]), c.groups)
+        if c.bias is not None:
+            y.permute(0, 2, 3, 1).add_(c.bias)  # [B, 1, T, C] is contiguous: a vectorized add over C
         return y.squeeze(2)  # [B, C, T] with channels-last strides: the next op keeps them
+
+
+def _channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
+    return weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
 
 def channels_last_convs_(model: nn.Module) -> int:
