@@ -75,6 +75,19 @@ def _anti_aliased_snake_kernel(x_ptr, out_ptr, alpha_ptr, beta_ptr, up_ptr, down
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_mask[:, None] & q_mask[None, :])
 
 
+NUM_WARPS = 4
+TILE_ELEMENTS = 512  # outputs per program: 4 per thread. 2048 (64 x 32) spilled ~3.4 KB per thread on sm_90 and ran
+# ~20x slower than this; tests/kernels/test_antialias_triton.py checks with ptxas that every tile below spills nothing
+
+
+def tile(channels: int, channels_last: bool) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_T) for the kernel: along channels for channels-last data (coalesced loads), else along time."""
+    if channels_last:
+        block_c = min(32, triton.next_power_of_2(channels))
+        return block_c, TILE_ELEMENTS // block_c
+    return 4, TILE_ELEMENTS // 4
+
+
 def anti_aliased_snake_triton(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, up: torch.Tensor,
                               down: torch.Tensor, log_scale: bool) -> torch.Tensor:
     """Launch the kernel: `x [B, C, T]` (any strides) -> a new tensor with `x`'s shape, dtype and memory layout."""
@@ -82,12 +95,9 @@ def anti_aliased_snake_triton(x: torch.Tensor, alpha: torch.Tensor, beta: torch.
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
-    if x.stride(1) == 1:  # channels-last data: make neighbouring threads read neighbouring channels
-        block_c, block_t = min(64, triton.next_power_of_2(channels)), 32
-    else:
-        block_c, block_t = 4, 128
+    block_c, block_t = tile(channels, channels_last=x.stride(1) == 1 and channels > 1)
     grid = (triton.cdiv(frames, block_t), triton.cdiv(channels, block_c), batch)
     _anti_aliased_snake_kernel[grid](
         x, out, alpha, beta, up, down, channels, frames, *x.stride(), *out.stride(),
-        TAPS=up.numel(), LOG_SCALE=log_scale, BLOCK_C=block_c, BLOCK_T=block_t, num_warps=4)
+        TAPS=up.numel(), LOG_SCALE=log_scale, BLOCK_C=block_c, BLOCK_T=block_t, num_warps=NUM_WARPS)
     return out
