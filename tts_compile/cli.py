@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="hifigan-tiny", choices=sorted(MODELS))
+    parser.add_argument("--model", default="bigvgan-tiny", choices=sorted(MODELS))
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--dtype", default="float32", choices=[d for d in DTYPES if d != "auto"])
     parser.add_argument("--lengths", default=",".join(map(str, bench.DEFAULT_LENGTHS)),
