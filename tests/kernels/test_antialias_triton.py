@@ -68,7 +68,9 @@ for block_c, block_t in tiles:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "k.ptx").write_text(compiled.asm["ptx"])
         run = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", "k.ptx", "-o", "k.cubin"], cwd=tmp,
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True)
+    if run.returncode:
+        sys.exit("ptxas failed: " + run.stdout + run.stderr)
     spills = [line.strip() for line in (run.stdout + run.stderr).splitlines() if "spill" in line]
     print(f"{block_c}x{block_t}:", *spills)
 """

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hifigan import run_stages, upsampling_stages
+
 SNAKE_EPS = 1e-9  # keeps 1 / beta finite for beta -> 0, as in the published SnakeBeta
 FILTER_TAPS = 12  # taps of the anti-aliasing filters (both resampling directions)
 
@@ -123,24 +125,13 @@ class BigVGANGenerator(nn.Module):
         self.config = config
         c0 = config.upsample_initial_channel
         self.conv_pre = nn.Conv1d(config.n_mels, c0, 7, padding=3)
-        self.ups = nn.ModuleList()
-        self.resblocks = nn.ModuleList()
-        for i, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes)):
-            c_in, c_out = c0 // 2**i, c0 // 2 ** (i + 1)
-            self.ups.append(nn.ConvTranspose1d(c_in, c_out, kernel, rate, padding=(kernel - rate) // 2))
-            self.resblocks.extend(
-                AMPBlock(c_out, k, d) for k, d in zip(config.resblock_kernel_sizes, config.resblock_dilations)
-            )
+        self.ups, self.resblocks = upsampling_stages(c0, config.upsample_rates, config.upsample_kernel_sizes,
+                                                     config.resblock_kernel_sizes, config.resblock_dilations, AMPBlock)
         c_last = c0 // 2 ** len(config.upsample_rates)
         self.act_post = AntiAliasedSnakeBeta(c_last)
         self.conv_post = nn.Conv1d(c_last, 1, 7, padding=3, bias=config.final_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_pre(x)
-        n_kernels = len(self.config.resblock_kernel_sizes)
-        for i, up in enumerate(self.ups):
-            x = up(x)
-            blocks = self.resblocks[i * n_kernels : (i + 1) * n_kernels]
-            x = sum(block(x) for block in blocks) / n_kernels
+        x = run_stages(self.conv_pre(x), self.ups, self.resblocks)
         x = self.conv_post(self.act_post(x))
         return torch.tanh(x) if self.config.final_tanh else x.clamp(-1.0, 1.0)

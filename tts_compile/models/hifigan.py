@@ -7,6 +7,7 @@ conditioning added after the input convolution). Weights are random and seeded; 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,27 @@ class ResBlock(nn.Module):
         return x
 
 
+def upsampling_stages(c0: int, rates, kernels, block_kernels, block_dilations,
+                      block: Callable[[int, int, tuple[int, ...]], nn.Module]) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """HiFi-GAN's stack (BigVGAN keeps it): per stage a transposed conv halving the channels, then one residual
+    block per kernel size, whose outputs `run_stages` averages."""
+    ups, blocks = nn.ModuleList(), nn.ModuleList()
+    for i, (rate, kernel) in enumerate(zip(rates, kernels)):
+        c_in, c_out = c0 // 2**i, c0 // 2 ** (i + 1)
+        ups.append(nn.ConvTranspose1d(c_in, c_out, kernel, rate, padding=(kernel - rate) // 2))
+        blocks.extend(block(c_out, k, d) for k, d in zip(block_kernels, block_dilations))
+    return ups, blocks
+
+
+def run_stages(x: torch.Tensor, ups: nn.ModuleList, blocks: nn.ModuleList,
+               before_up: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    n_kernels = len(blocks) // len(ups)
+    for i, up in enumerate(ups):
+        x = up(before_up(x) if before_up else x)
+        x = sum(block(x) for block in blocks[i * n_kernels : (i + 1) * n_kernels]) / n_kernels
+    return x
+
+
 class HiFiGANGenerator(nn.Module):
     """mel/latent `[B, in_channels, T]` (+ optional `g: [B, gin_channels, 1]`) -> audio `[B, 1, T * hop]`."""
 
@@ -69,14 +91,8 @@ class HiFiGANGenerator(nn.Module):
         self.config = config
         c0 = config.upsample_initial_channel
         self.conv_pre = nn.Conv1d(config.in_channels, c0, 7, padding=3)
-        self.ups = nn.ModuleList()
-        self.resblocks = nn.ModuleList()
-        for i, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes)):
-            c_in, c_out = c0 // 2**i, c0 // 2 ** (i + 1)
-            self.ups.append(nn.ConvTranspose1d(c_in, c_out, kernel, rate, padding=(kernel - rate) // 2))
-            self.resblocks.extend(
-                ResBlock(c_out, k, d) for k, d in zip(config.resblock_kernel_sizes, config.resblock_dilations)
-            )
+        self.ups, self.resblocks = upsampling_stages(c0, config.upsample_rates, config.upsample_kernel_sizes,
+                                                     config.resblock_kernel_sizes, config.resblock_dilations, ResBlock)
         c_last = c0 // 2 ** len(config.upsample_rates)
         self.conv_post = nn.Conv1d(c_last, 1, 7, padding=3, bias=config.final_bias)
         self.cond = nn.Conv1d(config.gin_channels, c0, 1) if config.gin_channels else None
@@ -87,10 +103,6 @@ class HiFiGANGenerator(nn.Module):
             if self.cond is None:
                 raise ValueError("g was given but this generator was built with gin_channels=0")
             x = x + self.cond(g)
-        n_kernels = len(self.config.resblock_kernel_sizes)
-        for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, RELU_SLOPE))
-            blocks = self.resblocks[i * n_kernels : (i + 1) * n_kernels]
-            x = sum(block(x) for block in blocks) / n_kernels
+        x = run_stages(x, self.ups, self.resblocks, lambda y: F.leaky_relu(y, RELU_SLOPE))
         x = self.conv_post(F.leaky_relu(x, self.config.final_slope))
         return torch.tanh(x)
