@@ -54,5 +54,6 @@ def test_readme_lists_every_option_and_the_ci_test_command() -> None:
     for name in OptimizeConfig.__dataclass_fields__:
         assert f"`{name}`" in readme, f"README does not document the option {name}"
     ci = (ROOT / ".ci" / "run").read_text()
-    command = next(line.split("=", 1)[1].strip().strip("'") for line in ci.splitlines() if line.startswith("TEST_COMMAND="))
+    command = next(line.split("=", 1)[1].strip().strip("'") for line in ci.splitlines()
+                   if line.startswith("TEST_COMMAND="))
     assert command in readme.splitlines()

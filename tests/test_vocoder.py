@@ -113,7 +113,7 @@ def test_stream_emits_before_the_end() -> None:
     vocoder = _optimized("hifigan-tiny", chunk_size=50)
     mel = mel_for("hifigan-tiny", 600)
     emitted = []
-    for i, audio in enumerate(vocoder.stream(mel[..., s : s + 100] for s in range(0, 600, 100))):
+    for audio in vocoder.stream(mel[..., s : s + 100] for s in range(0, 600, 100)):
         emitted.append(audio.shape[-1])
     assert len(emitted) >= 5 and emitted[0] > 0
 

@@ -106,22 +106,6 @@ class Runner:
             self.counters["direct"] += 1
             return self._call(call, inputs)
 
-    def time_replay(self, key: Hashable, repeats: int = 3) -> float:
-        """Median seconds of one replay (or call) of bucket `key` on its static inputs."""
-        capture = self._captures[key]
-        times = []
-        for _ in range(repeats):
-            _synchronize(self.device)
-            start = time.perf_counter()
-            if capture.graph is not None:
-                with torch.cuda.stream(self._stream):
-                    capture.graph.replay()
-                torch.cuda.synchronize(self.device)
-            else:
-                self._call(capture.call, capture.inputs)
-            times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
-
     def _call(self, call: Call, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         for t in inputs:
             torch._dynamo.maybe_mark_dynamic(t, 0)
@@ -154,11 +138,6 @@ def _scoped_compile_settings(cudnn_benchmark: bool) -> Iterator[None]:
             yield
     finally:
         torch.backends.cudnn.benchmark = previous
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class ProgressBar:

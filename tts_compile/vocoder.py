@@ -2,8 +2,9 @@
 
 A call plans windows for each item (`tts_compile.buckets`), runs them bucket by bucket through the compiled
 runner (`tts_compile.runner`) and writes each window's kept part into the output. The result equals the eager,
-unchunked call to floating-point tolerance (DESIGN.md, "exactness contract"); anything that goes wrong in the
-optimized path is logged once and served by the eager module instead (or raised, with `fallback="raise"`).
+unchunked call to floating-point tolerance (the exactness contract, README "How it works"); anything that goes
+wrong in the optimized path is logged once and served by the eager module instead (or raised, with
+`fallback="raise"`).
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ class VocoderOptimizer:
             if setup is None or setup.fingerprint != self._fingerprint():
                 if setup is not None:
                     self._count("rebuilds")
-                    logger.info("%s: weights moved (device, dtype or storage changed): optimizing again", self.name)
+                    logger.info("%s: weights changed (moved, cast or loaded in place): optimizing again", self.name)
                 setup = self._setup = self._build(mel, args, kwargs)
             return setup
 
@@ -246,7 +247,8 @@ class VocoderOptimizer:
         """The module the optimized path runs: the original, or a weight-sharing copy rewritten by passes."""
         cfg, plain = self.config, self.mode == "eager"
         fuse = cfg.fused_activation == "on" or (cfg.fused_activation == "auto" and not plain)
-        channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda" and not plain)
+        channels_last = cfg.channels_last == "on" or (
+            cfg.channels_last == "auto" and device.type == "cuda" and not plain)
         if self._module is None or not (fuse or channels_last):
             return self._module, {}
         return optimized_copy(self._module, channels_last=channels_last, fuse_activations=fuse)
@@ -382,14 +384,13 @@ class VocoderOptimizer:
     def _stream_step(self, buffer, offset, done, total, args, kwargs) -> tuple[torch.Tensor | None, int]:
         """Audio for the frames of `buffer` that are final now (all of them once `total` is known)."""
         _check_layout(buffer)
-        _Conditioning.of(args, kwargs, buffer.shape[0])
+        cond = _Conditioning.of(args, kwargs, buffer.shape[0])
         setup = self._setup_for(buffer, args, kwargs)
         _check_mel(buffer, setup)
         end = offset + buffer.shape[-1]
         keep_stop = end if total is not None else end - setup.buckets.context
         if keep_stop <= done:
             return None, done
-        cond = _Conditioning.of(args, kwargs, buffer.shape[0])
         windows = [plan(setup.buckets, keep=(done, keep_stop), span=(offset, end), total=total, item=i)
                    for i in range(buffer.shape[0])]
         if windows[0] is None:  # no window fits yet; at the end, the whole (short) input runs unchunked

@@ -61,7 +61,8 @@ unit = ("sx_c", "so_c") if channels_last else ("sx_t", "so_t")  # what Triton sp
 ptxas = Path(triton.__file__).parent / "backends/nvidia/bin/ptxas"
 for block_c, block_t in tiles:
     constexprs = {"TAPS": 12, "LOG_SCALE": True, "BLOCK_C": block_c, "BLOCK_T": block_t}
-    signature = {**pointers, "up_ptr": "*fp32", "down_ptr": "*fp32", **scalars, **dict.fromkeys(constexprs, "constexpr")}
+    signature = {**pointers, "up_ptr": "*fp32", "down_ptr": "*fp32", **scalars,
+                 **dict.fromkeys(constexprs, "constexpr")}
     source = ASTSource(fn=kt._anti_aliased_snake_kernel, signature=signature,
                        constexprs={**constexprs, **dict.fromkeys(unit, 1)})
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": kt.NUM_WARPS})

@@ -20,7 +20,8 @@ __all__ = ["optimized_copy", "fuse_activations_", "channels_last_convs_"]
 logger = logging.getLogger(__name__)
 
 
-def optimized_copy(module: nn.Module, *, channels_last: bool, fuse_activations: bool) -> tuple[nn.Module, dict[str, Any]]:
+def optimized_copy(module: nn.Module, *, channels_last: bool,
+                   fuse_activations: bool) -> tuple[nn.Module, dict[str, Any]]:
     """A weight-sharing copy of `module` with the requested passes applied, and what each pass changed."""
     shadow = structural_copy(module, share_weights=True)
     report = {}
