@@ -4,7 +4,7 @@ Recognised: this project's `AntiAliasedSnakeBeta`, and the `Activation1d` layout
 `bigvgan` package and the copy vendored in GPT-SoVITS): `upsample` (UpSample1d), `act` (Snake or SnakeBeta),
 `downsample.lowpass` (LowPassFilter1d). A module is swapped only when every assumption of the fused function
 holds (2x resampling, equal even filter lengths, replicate padding with the standard offsets, no hooks); anything
-else is left alone with a debug line saying why. The replacement shares the original's parameters.
+else is left alone with an info line saying why. The replacement shares the original's parameters.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..kernels import anti_aliased_snake
 from ..models.bigvgan import AntiAliasedSnakeBeta
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ActivationSpec:
