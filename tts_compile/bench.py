@@ -86,7 +86,8 @@ def run(model: str = "bigvgan-tiny", *, device: str = "cpu", dtype: str = "float
 
     `tf32=False` turns TF32 off for this process, so float32 means float32 for eager and optimized alike."""
     torch.manual_seed(seed)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    if not tf32:  # otherwise leave torch's own defaults (TF32 on for cuDNN, off for matmuls)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     dev, dt = torch.device(device), getattr(torch, dtype)
     vocoder = build_model(model, seed=seed).to(dev, dt)
     preset = MODELS[model]

@@ -68,10 +68,11 @@ class OptimizeConfig:
         "convolution. 'auto': on CUDA, unless compile_mode is 'eager'; 'on': everywhere; 'off': never."))
     cudnn_benchmark: bool = field(default=True, metadata=_doc(
         "Let cuDNN time its algorithms for every captured shape during warm-up; the graph keeps the fastest. "
-        "Costs about a second per bucket at start-up; see benchmarks/results for the measured gain."))
+        "Costs start-up time (H100: ~3 s per bucket for the v4 vocoder, ~7 s for BigVGAN-24k) and is not kept "
+        "across restarts; the gain is measured in benchmarks/results."))
     dtype: str = field(default="auto", metadata=_doc(
-        "'auto' keeps the module's dtype; 'float32' | 'float16' | 'bfloat16' | 'float64' converts the module in place "
-        "(like module.half()) before optimizing. Inputs must then come in that dtype."))
+        "'auto' keeps the module's dtype; 'float32' | 'float16' | 'bfloat16' | 'float64' converts the module in "
+        "place (like module.half()) before optimizing. Inputs must then come in that dtype."))
     fallback: str = field(default="eager", metadata=_doc(
         "On a compile, capture, verify or run failure: 'eager' logs one warning and serves every later call from "
         "the eager module; 'raise' raises instead."))

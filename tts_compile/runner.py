@@ -101,8 +101,10 @@ class Runner:
         return out
 
     def direct(self, call: Call, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Run the compiled callable at the inputs' own shape, without a graph (inputs shorter than a window)."""
-        with self._lock, _scoped_compile_settings(self.cudnn_benchmark):
+        """Run the compiled callable at the inputs' own shape, without a graph (inputs shorter than a window).
+
+        No cuDNN algorithm timing here: every new short length would pay it inside a request."""
+        with self._lock, _scoped_compile_settings(cudnn_benchmark=False):
             self.counters["direct"] += 1
             return self._call(call, inputs)
 
