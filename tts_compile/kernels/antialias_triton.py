@@ -1,12 +1,15 @@
 """Triton kernel for the anti-aliased SnakeBeta: the whole activation in one pass, nothing 2x-upsampled in memory.
 
-Each program owns a `[BLOCK_C, BLOCK_T]` tile of the output. For each of the K downsampling taps it rebuilds the
-upsampled sample it needs from K/2 loads of `x` (cache hits: neighbouring taps read the same few frames), applies
-SnakeBeta in float32 and accumulates. Replicate padding clamps the upsampled index to [0, 2T - 1]; a clamp changes
-the sample's phase only at the sequence ends, where the kernel uses two per-channel edge values instead.
+Each program owns `BLOCK_C` channels and `BLOCK_T` frames of the SnakeBeta'd upsampled signal, kept as its even and
+odd phases `s0`, `s1` ([BLOCK_C, BLOCK_T] each). Every phase sample is computed once: K/2 taps of the upsampler
+from shifted loads of `x` (cache hits), SnakeBeta in float32. The stride-2 downsampler then is two banded
+(Toeplitz) matrix products, `out = s0 @ D0 + s1 @ D1`, on tensor cores; the band is K/2 + 1 wide, so each program
+writes `BLOCK_T - HALO` outputs. (The previous version rebuilt the upsampled samples per downsampling tap: 6x the
+arithmetic and 0.6x the speed of NVIDIA's kernel, benchmarks/NOTES.md.)
 
-Hard-coded assumptions (checked by `tts_compile.passes.activations` before a module is swapped): 2x up- and
-downsampling, the same even number of taps K for both filters, replicate padding with BigVGAN's offsets
+Replicate padding clamps the upsampled index to [0, 2T - 1]: before the start every phase reads s[0] (even), after
+the end s[2T - 1] (odd). Hard-coded assumptions (checked by `tts_compile.passes.activations` before a module is
+swapped): 2x up- and downsampling, the same even number of taps K for both filters, BigVGAN's padding offsets
 (K/2 - 1 on both sides of the input, (K/2 - 1, K/2) around the upsampled signal), `x` of shape [B, C, T] with any
 strides, `alpha`/`beta` of shape [C].
 """
@@ -21,17 +24,22 @@ SNAKE_EPS = tl.constexpr(1e-9)  # 1 / (beta + eps), as in the published SnakeBet
 
 
 @triton.jit
-def _upsampled(x_row, stride_t, p, frames, up_ptr, PHASE: tl.constexpr, PAD: tl.constexpr, TAPS: tl.constexpr,
-               row_mask):
-    """Upsampled samples u[2p + PHASE] for frame indices `p` (already clamped to [0, T-1]): [BLOCK_C, len(p)]."""
-    u = tl.zeros([x_row.shape[0], p.shape[0]], dtype=tl.float32)
-    for k in tl.static_range(TAPS):
-        if (PHASE + 3 * PAD - k) % 2 == 0:
-            shift = (PHASE + 3 * PAD - k) // 2 - PAD
-            idx = tl.minimum(tl.maximum(p + shift, 0), frames - 1)
-            value = tl.load(x_row + idx[None, :] * stride_t, mask=row_mask, other=0.0).to(tl.float32)
-            u += 2.0 * tl.load(up_ptr + k) * value
-    return u
+def _upsampled(x_row, stride_t, p, frames, up_ptr, PAD: tl.constexpr, TAPS: tl.constexpr, row_mask):
+    """Both phases of the upsampled signal, u[2p] and u[2p + 1], for frame indices `p`: two [BLOCK_C, len(p)].
+
+    Upsampler tap k feeds phase (3 PAD - k) % 2 from input frame p + (3 PAD - k) // 2 - PAD (reads clamped to
+    [0, T-1]: replicate padding); the K/2 + 1 shifted loads are shared by both phases.
+    """
+    u0 = tl.zeros([x_row.shape[0], p.shape[0]], dtype=tl.float32)
+    u1 = tl.zeros([x_row.shape[0], p.shape[0]], dtype=tl.float32)
+    for shift in tl.static_range(-((PAD + 1) // 2), (TAPS - 1 - PAD) // 2 + 1):
+        idx = tl.minimum(tl.maximum(p + shift, 0), frames - 1)
+        value = tl.load(x_row + idx[None, :] * stride_t, mask=row_mask, other=0.0).to(tl.float32)
+        if 3 * PAD - 2 * (shift + PAD) >= 0 and 3 * PAD - 2 * (shift + PAD) < TAPS:
+            u0 += 2.0 * tl.load(up_ptr + 3 * PAD - 2 * (shift + PAD)) * value
+        if 1 + 3 * PAD - 2 * (shift + PAD) >= 0 and 1 + 3 * PAD - 2 * (shift + PAD) < TAPS:
+            u1 += 2.0 * tl.load(up_ptr + 1 + 3 * PAD - 2 * (shift + PAD)) * value
+    return u0, u1
 
 
 @triton.jit
@@ -44,48 +52,53 @@ def _snake(u, alpha, inv_beta):
 def _anti_aliased_snake_kernel(x_ptr, out_ptr, alpha_ptr, beta_ptr, up_ptr, down_ptr, channels, frames,
                                sx_b, sx_c, sx_t, so_b, so_c, so_t,
                                TAPS: tl.constexpr, LOG_SCALE: tl.constexpr, BLOCK_C: tl.constexpr,
-                               BLOCK_T: tl.constexpr):
+                               BLOCK_T: tl.constexpr, HALO_LEFT: tl.constexpr, HALO: tl.constexpr):
     PAD: tl.constexpr = TAPS // 2 - 1
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    q = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    c_mask, q_mask = c < channels, q < frames
+    q0 = tl.program_id(0) * (BLOCK_T - HALO)  # first output frame of this program
+    p = q0 - HALO_LEFT + tl.arange(0, BLOCK_T)  # the phase frames it computes
+    c_mask = c < channels
     alpha = tl.load(alpha_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
     if LOG_SCALE:
         alpha, beta = tl.exp(alpha), tl.exp(beta)
     alpha, inv_beta = alpha[:, None], (1.0 / (beta + SNAKE_EPS))[:, None]
     x_row = x_ptr + tl.program_id(2).to(tl.int64) * sx_b + c[:, None].to(tl.int64) * sx_c  # [BLOCK_C, 1] rows
-    edge = tl.zeros([1], dtype=tl.int32)
     row_mask = c_mask[:, None]
-    first = _snake(_upsampled(x_row, sx_t, edge, frames, up_ptr, 0, PAD, TAPS, row_mask), alpha, inv_beta)
-    last = _snake(_upsampled(x_row, sx_t, edge + frames - 1, frames, up_ptr, 1, PAD, TAPS, row_mask), alpha,
-                  inv_beta)
-    acc = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
-    for k in tl.static_range(TAPS):
-        phase = (k - PAD) % 2  # a compile-time value: k comes from static_range
-        r = q + (k - PAD - phase) // 2  # frame index of the upsampled sample 2r + phase this tap reads
-        s = _snake(_upsampled(x_row, sx_t, tl.minimum(tl.maximum(r, 0), frames - 1), frames, up_ptr, phase, PAD,
-                              TAPS, row_mask), alpha, inv_beta)
-        if phase == 1:
-            s = tl.where((r < 0)[None, :], first, s)  # index 2r + 1 < 0 clamps to s[0], an even sample
-        else:
-            s = tl.where((r >= frames)[None, :], last, s)  # index 2r >= 2T clamps to s[2T - 1], an odd sample
-        acc += tl.load(down_ptr + k) * s
+    edge = tl.zeros([1], dtype=tl.int32)
+    first, _ = _upsampled(x_row, sx_t, edge, frames, up_ptr, PAD, TAPS, row_mask)
+    _, last = _upsampled(x_row, sx_t, edge + frames - 1, frames, up_ptr, PAD, TAPS, row_mask)
+    first, last = _snake(first, alpha, inv_beta), _snake(last, alpha, inv_beta)
+    u0, u1 = _upsampled(x_row, sx_t, p, frames, up_ptr, PAD, TAPS, row_mask)
+    before, after = (p < 0)[None, :], (p >= frames)[None, :]
+    s0 = tl.where(before, first, tl.where(after, last, _snake(u0, alpha, inv_beta)))
+    s1 = tl.where(before, first, tl.where(after, last, _snake(u1, alpha, inv_beta)))
+    # Downsampler tap k reads phase (k - PAD) % 2 at frame offset (k - PAD) // 2 from the output frame: in tile
+    # coordinates row i (phase frame) feeds column j (output) through tap k = 2 (i - j - HALO_LEFT) + PAD + phase.
+    k0 = 2 * (tl.arange(0, BLOCK_T)[:, None] - tl.arange(0, BLOCK_T)[None, :] - HALO_LEFT) + PAD
+    d0 = tl.load(down_ptr + k0, mask=(k0 >= 0) & (k0 < TAPS), other=0.0)
+    d1 = tl.load(down_ptr + k0 + 1, mask=(k0 + 1 >= 0) & (k0 + 1 < TAPS), other=0.0)
+    acc = tl.dot(s0, d0, input_precision="tf32x3")  # three TF32 products: float32 accuracy on tensor cores
+    acc = tl.dot(s1, d1, acc, input_precision="tf32x3")
+    j = tl.arange(0, BLOCK_T)
+    q = q0 + j
     out = out_ptr + tl.program_id(2).to(tl.int64) * so_b + c[:, None].to(tl.int64) * so_c + q[None, :] * so_t
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_mask[:, None] & q_mask[None, :])
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_mask & ((j < BLOCK_T - HALO) & (q < frames))[None, :])
 
 
 NUM_WARPS = 4
-TILE_ELEMENTS = 512  # outputs per program: 4 per thread. 2048 (64 x 32) spilled ~3.4 KB per thread on sm_90 and ran
-# ~20x slower than this; tests/kernels/test_antialias_triton.py checks with ptxas that every tile below spills nothing
+BLOCK_T = 64  # phase frames per program; it writes BLOCK_T - HALO outputs (58 for 12 taps)
 
 
-def tile(channels: int, channels_last: bool) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_T) for the kernel: along channels for channels-last data (coalesced loads), else along time."""
-    if channels_last:
-        block_c = min(32, triton.next_power_of_2(channels))
-        return block_c, TILE_ELEMENTS // block_c
-    return 4, TILE_ELEMENTS // 4
+def halo(taps: int) -> tuple[int, int]:
+    """Phase frames the downsampler reads left and right of its output frame (3, 3 for BigVGAN's 12 taps)."""
+    offsets = [(k - (taps // 2 - 1)) // 2 for k in range(taps)]
+    return -min(offsets), max(offsets)
+
+
+def tile(channels: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_T): 16 or 32 channels (tl.dot needs at least 16 rows) by 64 frames."""
+    return min(32, max(16, triton.next_power_of_2(channels))), BLOCK_T
 
 
 def anti_aliased_snake_triton(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, up: torch.Tensor,
@@ -95,9 +108,11 @@ def anti_aliased_snake_triton(x: torch.Tensor, alpha: torch.Tensor, beta: torch.
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
-    block_c, block_t = tile(channels, channels_last=x.stride(1) == 1 and channels > 1)
-    grid = (triton.cdiv(frames, block_t), triton.cdiv(channels, block_c), batch)
+    left, right = halo(up.numel())
+    block_c, block_t = tile(channels)
+    grid = (triton.cdiv(frames, block_t - left - right), triton.cdiv(channels, block_c), batch)
     _anti_aliased_snake_kernel[grid](
         x, out, alpha, beta, up, down, channels, frames, *x.stride(), *out.stride(),
-        TAPS=up.numel(), LOG_SCALE=log_scale, BLOCK_C=block_c, BLOCK_T=block_t, num_warps=NUM_WARPS)
+        TAPS=up.numel(), LOG_SCALE=log_scale, BLOCK_C=block_c, BLOCK_T=block_t, HALO_LEFT=left, HALO=left + right,
+        num_warps=NUM_WARPS)
     return out
