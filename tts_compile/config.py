@@ -90,9 +90,12 @@ class OptimizeConfig:
         "windows; a mismatch beyond tolerance triggers the fallback. Costs one eager call at start-up."))
     progress: bool = field(default=True, metadata=_doc(
         "Show a progress bar on stderr during warm-up when stderr is a terminal."))
+    sovits: bool = field(default=True, metadata=_doc(
+        "optimize_pipeline on GPT-SoVITS v1/v2/v2Pro/v2ProPlus: optimize the VITS decoder (`vits_model.dec`). "
+        "False: leave SoVITS eager (the v3/v4 vocoder still follows `enabled`)."))
 
     def __post_init__(self) -> None:
-        _check_bool(self, "enabled", "verify", "progress", "cudnn_benchmark")
+        _check_bool(self, "enabled", "verify", "progress", "cudnn_benchmark", "sovits")
         _check_int(self, "chunk_size", "max_batch", minimum=1)
         _check_choice(self, "compile_mode", COMPILE_MODES)
         _check_choice(self, "fused_activation", SWITCHES)

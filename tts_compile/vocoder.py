@@ -127,6 +127,7 @@ class VocoderOptimizer:
         self._lock = threading.RLock()
         self._counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self._counter_lock = threading.Lock()
+        self.switch: Callable[[], bool] = _always_on  # a runtime switch an integration reads per call
         if config.enabled and disabled_by_environment():
             logger.info("%s is set: %s runs eager", DISABLE_ENV, name)
         if config.dtype != "auto" and module is not None:
@@ -134,7 +135,7 @@ class VocoderOptimizer:
 
     @property
     def active(self) -> bool:
-        return self.config.enabled and self.failure is None and not disabled_by_environment()
+        return self.config.enabled and self.failure is None and not disabled_by_environment() and self.switch()
 
     # ----------------------------------------------------------------------------------------- public verbs
     def __call__(self, mel: torch.Tensor, *args: Any, lengths: Any = None, **kwargs: Any) -> torch.Tensor:
@@ -456,6 +457,10 @@ class VocoderOptimizer:
 
 
 # ------------------------------------------------------------------------------------------------ validation
+def _always_on() -> bool:
+    return True
+
+
 class InputError(ValueError):
     """A call's input is invalid (shape, mel bins, device, values, lengths)."""
 

@@ -1,0 +1,127 @@
+"""optimize_pipeline on a stand-in of upstream's `TTS` object (same attributes and reload behaviour), on CPU."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from tts_compile import OptimizedVocoder
+from tts_compile.gpt_sovits import optimize_pipeline, optimize_sovits
+from tts_compile.models import build_model
+
+from ..conftest import conditioning, mel_for
+
+FAST = {"compile_mode": "eager", "warmup": "lazy", "verify": False, "chunk_size": 40}
+
+
+class FakeTTS:
+    """What optimize_pipeline touches on upstream's TTS: configs.version / configs_path, vocoder, vits_model,
+    and init_vits_weights, which (like upstream) builds new models and switches version."""
+
+    def __init__(self, version: str, configs_path: str | None = None) -> None:
+        self.configs = SimpleNamespace(version=version, configs_path=configs_path)
+        self.vocoder = None
+        self.vits_model = None
+        self.init_vits_weights(version)
+
+    def init_vits_weights(self, weights_path: str) -> None:
+        self.configs.version = weights_path  # the stand-in's "weights file" names its version
+        self.vits_model = SimpleNamespace(dec=build_model("vits-tiny", seed=1)) if weights_path in (
+            "v1", "v2", "v2Pro", "v2ProPlus") else None
+        if weights_path in ("v3", "v4"):
+            self.vocoder = build_model("bigvgan-tiny" if weights_path == "v3" else "hifigan-tiny", seed=2)
+
+
+def _vits_call(tts: FakeTTS, frames: int = 90) -> tuple[torch.Tensor, torch.Tensor]:
+    mel, cond = mel_for("vits-tiny", frames), conditioning("vits-tiny")
+    with torch.inference_mode():
+        return tts.vits_model.dec(mel, **cond), tts.vits_model.dec.module(mel, **cond)
+
+
+def test_v2_optimizes_the_vits_decoder_and_keeps_its_output() -> None:
+    tts = FakeTTS("v2")
+    handle = optimize_pipeline(tts, **FAST)
+    assert isinstance(tts.vits_model.dec, OptimizedVocoder) and tts.tts_compile is handle
+    got, expected = _vits_call(tts)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert handle.stats()["vits_model.dec"]["windows"] > 1  # it really went through the chunked path
+
+
+def test_v4_optimizes_the_vocoder() -> None:
+    tts = FakeTTS("v4")
+    optimize_pipeline(tts, **FAST)
+    assert isinstance(tts.vocoder, OptimizedVocoder)
+    mel = mel_for("hifigan-tiny", 100)
+    with torch.inference_mode():
+        torch.testing.assert_close(tts.vocoder(mel), tts.vocoder.module(mel), rtol=0, atol=1e-5)
+
+
+def test_runtime_switch_serves_eager_and_back() -> None:
+    tts = FakeTTS("v2")
+    handle = optimize_pipeline(tts, **FAST)
+    tts.use_vocoder_optimization = False
+    _vits_call(tts)
+    stats = handle.stats()["vits_model.dec"]
+    assert stats["calls"] == 0 and stats["eager_calls"] >= 1
+    tts.use_vocoder_optimization = True
+    _vits_call(tts)
+    assert handle.stats()["vits_model.dec"]["calls"] == 1
+
+
+def test_weight_switch_reoptimizes_the_new_models(caplog) -> None:
+    tts = FakeTTS("v2")
+    optimize_pipeline(tts, **FAST)
+    with caplog.at_level(logging.INFO, logger="tts_compile"):
+        tts.init_vits_weights("v3")  # what api_v2's /set_sovits_weights calls
+    assert isinstance(tts.vocoder, OptimizedVocoder) and "GPT-SoVITS v3, optimized vocoder" in caplog.text
+    tts.init_vits_weights("v2ProPlus")
+    assert isinstance(tts.vits_model.dec, OptimizedVocoder)
+    got, expected = _vits_call(tts)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_calling_again_replaces_the_config_without_stacking_wrappers() -> None:
+    tts = FakeTTS("v2")
+    optimize_pipeline(tts, **FAST)
+    reload = tts.init_vits_weights
+    handle = optimize_pipeline(tts, **{**FAST, "chunk_size": 60})
+    assert tts.init_vits_weights is reload and handle.config.chunk_size == 60
+    assert isinstance(tts.vits_model.dec, OptimizedVocoder)
+    assert not isinstance(tts.vits_model.dec.module, OptimizedVocoder)
+
+
+def test_sovits_off_leaves_the_decoder_alone() -> None:
+    tts = FakeTTS("v2")
+    assert optimize_pipeline(tts, sovits=False, **FAST).stages == {}
+    assert not isinstance(tts.vits_model.dec, OptimizedVocoder)
+
+
+def test_config_comes_from_the_pipelines_tts_infer_yaml(tmp_path) -> None:
+    path = tmp_path / "tts_infer.yaml"
+    path.write_text("use_vocoder_optimization: false\nvocoder_chunk_size: 77\ntts_compile:\n  warmup: lazy\n"
+                    "custom:\n  version: v2\n")
+    tts = FakeTTS("v2", configs_path=str(path))
+    handle = optimize_pipeline(tts)
+    assert handle.config.chunk_size == 77 and handle.config.enabled is False
+    _vits_call(tts)
+    assert handle.stats()["vits_model.dec"]["eager_calls"] == 1
+
+
+def test_unknown_version_warns_and_leaves_upstream_alone(caplog) -> None:
+    tts = FakeTTS("v2")
+    tts.configs.version = "v9"
+    with caplog.at_level(logging.WARNING, logger="tts_compile"):
+        assert optimize_pipeline(tts, **FAST).stages == {}
+    assert "unknown GPT-SoVITS version 'v9'" in caplog.text
+    assert not isinstance(tts.vits_model.dec, OptimizedVocoder)
+    with pytest.raises(ValueError, match="v9"):
+        optimize_pipeline(tts, fallback="raise", **FAST)
+
+
+def test_optimize_sovits_rejects_a_model_without_a_decoder() -> None:
+    with pytest.raises(TypeError, match="vits_model: expected a SynthesizerTrn"):
+        optimize_sovits(nn.Linear(2, 2))

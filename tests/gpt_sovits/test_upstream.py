@@ -1,0 +1,104 @@
+"""Parity with upstream GPT-SoVITS modules (random weights, CPU, fp32). Needs GPT_SOVITS_HOME: a checkout of
+RVC-Boss/GPT-SoVITS (plus x_transformers, which upstream's model module imports); skipped without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tts_compile import load_config, optimize_vocoder
+from tts_compile.gpt_sovits import optimize_sovits
+
+HOME = os.environ.get("GPT_SOVITS_HOME")
+pytestmark = pytest.mark.skipif(not HOME, reason="GPT_SOVITS_HOME is not set (path to a GPT-SoVITS checkout)")
+CHUNKED = {"compile_mode": "eager", "warmup": "lazy", "chunk_size": 64}  # several windows per call on CPU
+FP32_TOLERANCE = 1e-4  # max abs, issue 4 / DESIGN.md
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    root = Path(HOME)
+    sys.path[:0] = [str(root), str(root / "GPT_SoVITS")]
+    from module import models
+
+    return root / "GPT_SoVITS", models
+
+
+def _synthesizer(upstream, config: str, version: str):
+    root, models = upstream
+    hps = json.loads((root / "configs" / config).read_text())
+    model_args = {**hps["model"], "semantic_frame_rate": "25hz", "version": version}
+    torch.manual_seed(0)
+    return models.SynthesizerTrn(hps["data"]["filter_length"] // 2 + 1,
+                                 hps["train"]["segment_size"] // hps["data"]["hop_length"],
+                                 n_speakers=hps["data"]["n_speakers"], **model_args).eval()
+
+
+@pytest.mark.parametrize("config,version", [("s2.json", "v2"), ("s2v2ProPlus.json", "v2ProPlus")])
+def test_synthesizer_decode_matches_upstream(upstream, config, version) -> None:
+    model = _synthesizer(upstream, config, version)
+    gen = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 1024, (1, 1, 60), generator=gen)
+    text = torch.randint(1, 700, (1, 30), generator=gen)
+    refer = [torch.rand(1, 1025, 120, generator=gen)]
+    sv_emb = [torch.randn(1, 20480, generator=gen)] if "Pro" in version else None
+    with torch.inference_mode():
+        torch.manual_seed(2)  # decode draws its flow noise with randn_like
+        expected = model.decode(codes, text, refer, speed=1, sv_emb=sv_emb)
+        optimize_sovits(model, **CHUNKED)
+        torch.manual_seed(2)
+        got = model.decode(codes, text, refer, speed=1, sv_emb=sv_emb)
+    assert got.shape == expected.shape == (1, 1, 60 * 2 * 640)
+    assert float((got - expected).abs().max()) <= FP32_TOLERANCE
+    assert model.dec.optimization_stats()["windows"] > 1
+
+
+def test_v4_vocoder_matches_upstream(upstream) -> None:
+    _, models = upstream
+    torch.manual_seed(0)
+    vocoder = models.Generator(initial_channel=100, resblock="1", resblock_kernel_sizes=[3, 7, 11],
+                               resblock_dilation_sizes=[[1, 3, 5]] * 3, upsample_rates=[10, 6, 2, 2, 2],
+                               upsample_initial_channel=512, upsample_kernel_sizes=[20, 12, 4, 4, 4],
+                               gin_channels=0, is_bias=True).eval()
+    vocoder.remove_weight_norm()  # as upstream does before loading vocoder.pth
+    mel = torch.randn(1, 100, 150)
+    with torch.inference_mode():
+        expected = vocoder(mel)
+        got = optimize_vocoder(vocoder, **CHUNKED)(mel)
+    assert float((got - expected).abs().max()) <= FP32_TOLERANCE
+
+
+def test_upstream_bigvgan_matches(upstream) -> None:
+    """Upstream's vendored BigVGAN class at a small config (the 24 kHz one takes minutes on 2 CPU cores)."""
+    from BigVGAN.bigvgan import BigVGAN
+    from BigVGAN.env import AttrDict
+
+    h = AttrDict(num_mels=20, upsample_rates=[4, 2], upsample_kernel_sizes=[8, 4], upsample_initial_channel=32,
+                 resblock="1", resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3], [1, 3]],
+                 activation="snakebeta", snake_logscale=True, use_tanh_at_final=False, use_bias_at_final=False)
+    torch.manual_seed(0)
+    vocoder = BigVGAN(h).eval()
+    vocoder.remove_weight_norm()
+    mel = torch.randn(1, 20, 230)
+    with torch.inference_mode():
+        expected = vocoder(mel)
+        got = optimize_vocoder(vocoder, **CHUNKED)(mel)
+    assert float((got - expected).abs().max()) <= FP32_TOLERANCE
+
+
+def test_config_survives_upstreams_rewrite(upstream, tmp_path) -> None:
+    """Upstream rewrites tts_infer.yaml on every weight load (TTS_Config.save_configs): our keys must survive."""
+    pytest.importorskip("torchaudio", reason="upstream's TTS module needs its requirements (torchaudio, ...)")
+    from TTS_infer_pack.TTS import TTS_Config
+
+    path = tmp_path / "tts_infer.yaml"
+    example = Path(__file__).parents[2] / "configs" / "tts_infer.yaml"
+    path.write_text(example.read_text().replace("vocoder_chunk_size: 500", "vocoder_chunk_size: 250"))
+    before = load_config(path)
+    TTS_Config(str(path)).save_configs()
+    assert load_config(path) == before and before.chunk_size == 250

@@ -1,0 +1,169 @@
+"""`optimize_pipeline`: tts_compile on an upstream GPT-SoVITS `TTS` pipeline, kept in place across weight switches.
+
+Per version: v3/v4 get `tts.vocoder` optimized (BigVGAN, the v4 vocoder); v1/v2/v2Pro/v2ProPlus get the VITS decoder
+`tts.vits_model.dec` optimized (called by upstream as `dec(z, g=ge)`). Both are swapped for `OptimizedVocoder`
+modules with the original's call signature, so upstream's `decode`, `using_vocoder_synthesis`, the batched path and
+api_v2 run unchanged. `init_vits_weights` (api_v2's /set_sovits_weights, and upstream's reload after a failed
+request) is wrapped to re-apply optimization to the new models. `tts.use_vocoder_optimization = False` switches
+every optimized stage to its eager module at the next call (the seed's debug switch); `True` switches back.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import OptimizeConfig, load_config
+from ..vocoder import OptimizedVocoder, optimize_vocoder
+
+logger = logging.getLogger(__name__)
+
+VOCODER_VERSIONS = ("v3", "v4")
+SOVITS_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
+SWITCH = "use_vocoder_optimization"  # attribute on the TTS object, read at every call
+HANDLE = "tts_compile"  # attribute on the TTS object holding its PipelineOptimizer
+RELOADERS = ("init_vits_weights",)  # upstream methods that replace the models optimize_pipeline wrapped
+
+
+class PipelineOptimizer:
+    """What `optimize_pipeline` installed on one `TTS` object (also reachable as `tts.tts_compile`)."""
+
+    def __init__(self, tts: Any, config: OptimizeConfig) -> None:
+        self._tts = weakref.ref(tts)
+        self.config = config
+        self.stages: dict[str, OptimizedVocoder] = {}
+
+    def enabled(self) -> bool:
+        """The runtime switch: `tts.use_vocoder_optimization` (default True)."""
+        tts = self._tts()
+        return tts is not None and bool(getattr(tts, SWITCH, True))
+
+    def apply(self) -> None:
+        """Optimize the stages of the pipeline's current version (a no-op for stages already optimized)."""
+        tts = self._tts()
+        if tts is None:
+            return
+        version = getattr(getattr(tts, "configs", None), "version", None)
+        start = time.perf_counter()
+        try:
+            self.stages = self._optimize(tts, version)
+        except Exception as exc:  # the pipeline must keep working: upstream's own modules stay in place
+            if self.config.fallback == "raise":
+                raise
+            logger.warning("optimize_pipeline: %s: %s; GPT-SoVITS %s runs upstream's eager path", type(exc).__name__,
+                           exc, version)
+            self.stages = {}
+            return
+        if self.stages:
+            logger.info("optimize_pipeline: GPT-SoVITS %s, optimized %s in %.1f s", version,
+                        ", ".join(self.stages), time.perf_counter() - start)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per stage: the optimizer's counters (calls, replays, fallbacks, failure)."""
+        return {name: stage.optimization_stats() for name, stage in self.stages.items()}
+
+    def _optimize(self, tts: Any, version: str | None) -> dict[str, OptimizedVocoder]:
+        if version in VOCODER_VERSIONS:
+            if getattr(tts, "vocoder", None) is None:
+                raise ValueError(f"version {version} but tts.vocoder is None")
+            tts.vocoder = _wrap(tts.vocoder, self.config, {})
+            stages = {"vocoder": tts.vocoder}
+        elif version in SOVITS_VERSIONS:
+            stages = {"vits_model.dec": optimize_sovits(tts.vits_model, self.config).dec} if self.config.sovits else {}
+        else:
+            raise ValueError(f"unknown GPT-SoVITS version {version!r}; expected one of "
+                             f"{', '.join(SOVITS_VERSIONS + VOCODER_VERSIONS)}")
+        for stage in stages.values():
+            stage.optimizer.switch = self.enabled
+        return stages
+
+
+def optimize_pipeline(tts: Any, config: OptimizeConfig | str | os.PathLike | None = None,
+                      **options: Any) -> PipelineOptimizer:
+    """Optimize an upstream `TTS` pipeline in place and keep it optimized across weight switches.
+
+    `config`: an `OptimizeConfig`, a path to a `tts_infer.yaml`, or None for the pipeline's own config file
+    (`tts.configs.configs_path`, read for the seed keys and the `tts_compile:` section). `options` override it.
+    Returns the `PipelineOptimizer` (also `tts.tts_compile`); calling again re-applies with the new config.
+    """
+    resolved = _resolve(tts, config, options)
+    existing = getattr(tts, HANDLE, None)
+    if isinstance(existing, PipelineOptimizer):
+        existing.config = resolved
+        _unwrap(tts)
+        existing.apply()
+        return existing
+    handle = PipelineOptimizer(tts, resolved)
+    setattr(tts, HANDLE, handle)
+    if not hasattr(tts, SWITCH):
+        setattr(tts, SWITCH, True)
+    for name in RELOADERS:
+        if callable(getattr(tts, name, None)):
+            setattr(tts, name, _reapplying(getattr(tts, name), handle))
+    handle.apply()
+    return handle
+
+
+def optimize_sovits(vits_model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
+    """Optimize a v1/v2/v2Pro/v2ProPlus `SynthesizerTrn` in place: its decoder `dec` becomes an `OptimizedVocoder`.
+
+    `decode(...)` keeps upstream's signature and return value. Returns `vits_model`. Warm-up captures with the
+    speaker conditioning `g` of shape `(1, gin_channels, 1)` when the decoder has one.
+    """
+    resolved = (config or OptimizeConfig()).replace(**options) if options else (config or OptimizeConfig())
+    dec = getattr(vits_model, "dec", None)
+    if not isinstance(dec, nn.Module):
+        raise TypeError(f"vits_model: expected a SynthesizerTrn with a `dec` module, got {type(vits_model).__name__}")
+    if not isinstance(dec, OptimizedVocoder):
+        vits_model.dec = _wrap(dec, resolved, _conditioning_example(dec))
+    return vits_model
+
+
+def _wrap(module: nn.Module, config: OptimizeConfig, example_kwargs: dict[str, Any]) -> OptimizedVocoder:
+    if isinstance(module, OptimizedVocoder):
+        return module
+    return optimize_vocoder(module, config=config, example_kwargs=example_kwargs)
+
+
+def _conditioning_example(dec: nn.Module) -> dict[str, Any]:
+    cond = getattr(dec, "cond", None)
+    if not isinstance(cond, nn.Conv1d):
+        return {}
+    weight = cond.weight
+    return {"g": torch.zeros(1, cond.in_channels, 1, device=weight.device, dtype=weight.dtype)}
+
+
+def _reapplying(method: Any, handle: PipelineOptimizer) -> Any:
+    @functools.wraps(method)
+    def reload_and_optimize(*args: Any, **kwargs: Any) -> Any:
+        result = method(*args, **kwargs)
+        handle.apply()
+        return result
+
+    return reload_and_optimize
+
+
+def _unwrap(tts: Any) -> None:
+    """Put the eager modules back (before re-applying with a new config)."""
+    if isinstance(getattr(tts, "vocoder", None), OptimizedVocoder):
+        tts.vocoder = tts.vocoder.module
+    vits = getattr(tts, "vits_model", None)
+    if vits is not None and isinstance(getattr(vits, "dec", None), OptimizedVocoder):
+        vits.dec = vits.dec.module
+
+
+def _resolve(tts: Any, config: Any, options: dict[str, Any]) -> OptimizeConfig:
+    if isinstance(config, OptimizeConfig):
+        return config.replace(**options) if options else config
+    if config is None:
+        path = getattr(getattr(tts, "configs", None), "configs_path", None)
+        config = path if path is not None and Path(path).is_file() else None
+    return load_config(config, **options)
