@@ -1,4 +1,4 @@
-"""`python -m tts_compile bench | probe`: the command-line entry points."""
+"""`python -m tts_compile bench | probe | client`: the command-line entry points."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_bench(commands.add_parser("bench", help="eager vs optimized on a built-in vocoder, side by side"))
     _add_probe(commands.add_parser("probe", help="receptive field and hop of a vocoder"))
+    _add_client(commands.add_parser("client", help="latency and throughput of a running GPT-SoVITS service"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -83,6 +84,64 @@ def _run_probe(args: argparse.Namespace) -> int:
                      f"frames, context {field.context()} frames, output [B, {', '.join(map(str, field.out_dims))}"
                      f"{', ' if field.out_dims else ''}N]\n")
     return 0
+
+
+def _add_client(parser: argparse.ArgumentParser) -> None:
+    from .client import ENDPOINTS
+
+    parser.add_argument("--url", default="http://127.0.0.1:9880")
+    parser.add_argument("--endpoint", default="tts", choices=ENDPOINTS)
+    parser.add_argument("--text", action="append", default=None, metavar="LABEL=TEXT",
+                        help="a text to send (repeatable); default: built-in short, medium and long Chinese texts")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a request parameter (repeatable; VALUE parsed as JSON when it is JSON), e.g. "
+                             "ref_audio_path=/srv/ref.wav, prompt_text=..., voice_name=alice")
+    parser.add_argument("--requests", type=int, default=3, help="requests per text")
+    parser.add_argument("--concurrency", type=int, default=1, help="callers at once")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    parser.add_argument("--method", default="post", choices=("get", "post"))
+    parser.add_argument("--json", default=None, help="write every request and the summary to this JSON file")
+    parser.set_defaults(run=_run_client)
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    import json
+
+    from . import client
+
+    texts = dict(_pairs(args.text, "--text")) if args.text else dict(client.TEXTS)
+    params = {key: _json_or_text(value) for key, value in _pairs(args.param, "--param")}
+    try:
+        config = client.ClientConfig(url=args.url, endpoint=args.endpoint, texts=texts, requests=args.requests,
+                                     concurrency=args.concurrency, timeout_s=args.timeout, method=args.method,
+                                     params=params)
+    except ValueError as exc:
+        raise SystemExit(f"client: {exc}") from None
+    report = client.run(config, progress=True)
+    sys.stdout.write(client.table(report) + "\n")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False)
+    return 0 if report["summary"]["ok"] else 1
+
+
+def _pairs(items: Sequence[str], option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{option} {item!r}: expected KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
+
+
+def _json_or_text(value: str):
+    import json
+
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _load_target(target: str):
