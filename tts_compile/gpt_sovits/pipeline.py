@@ -74,7 +74,8 @@ class PipelineOptimizer:
         if version in VOCODER_VERSIONS:
             if getattr(tts, "vocoder", None) is None:
                 raise ValueError(f"version {version} but tts.vocoder is None")
-            tts.vocoder = _wrap(tts.vocoder, self.config, {})
+            if not isinstance(tts.vocoder, OptimizedVocoder):
+                tts.vocoder = optimize_vocoder(tts.vocoder, config=self.config)
             stages = {"vocoder": tts.vocoder}
         elif version in SOVITS_VERSIONS:
             stages = {"vits_model.dec": optimize_sovits(tts.vits_model, self.config).dec} if self.config.sovits else {}
@@ -118,19 +119,12 @@ def optimize_sovits(vits_model: nn.Module, config: OptimizeConfig | None = None,
     `decode(...)` keeps upstream's signature and return value. Returns `vits_model`. Warm-up captures with the
     speaker conditioning `g` of shape `(1, gin_channels, 1)` when the decoder has one.
     """
-    resolved = (config or OptimizeConfig()).replace(**options) if options else (config or OptimizeConfig())
     dec = getattr(vits_model, "dec", None)
     if not isinstance(dec, nn.Module):
         raise TypeError(f"vits_model: expected a SynthesizerTrn with a `dec` module, got {type(vits_model).__name__}")
     if not isinstance(dec, OptimizedVocoder):
-        vits_model.dec = _wrap(dec, resolved, _conditioning_example(dec))
+        vits_model.dec = optimize_vocoder(dec, config=config, example_kwargs=_conditioning_example(dec), **options)
     return vits_model
-
-
-def _wrap(module: nn.Module, config: OptimizeConfig, example_kwargs: dict[str, Any]) -> OptimizedVocoder:
-    if isinstance(module, OptimizedVocoder):
-        return module
-    return optimize_vocoder(module, config=config, example_kwargs=example_kwargs)
 
 
 def _conditioning_example(dec: nn.Module) -> dict[str, Any]:
