@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import statistics
 import struct
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -139,14 +138,13 @@ def send(config: ClientConfig, label: str, text: str) -> Result:
 def run(config: ClientConfig, progress: bool = True) -> dict[str, Any]:
     """Send `requests` per text with `concurrency` callers; per-request results and a summary."""
     jobs = [(label, text) for _ in range(config.requests) for label, text in config.texts.items()]
-    bar, lock = ProgressBar(len(jobs), "requests", progress), threading.Lock()
+    bar = ProgressBar(len(jobs), "requests", progress)
     results: list[Result] = []
     start = time.perf_counter()
     with ThreadPoolExecutor(config.concurrency) as pool:
         for future in as_completed([pool.submit(send, config, label, text) for label, text in jobs]):
-            with lock:
-                results.append(future.result())
-                bar.advance(results[-1].error or f"{results[-1].latency_s:.2f} s")
+            results.append(future.result())  # collected in this thread only
+            bar.advance(results[-1].error or f"{results[-1].latency_s:.2f} s")
     wall = time.perf_counter() - start
     return {"config": asdict(config), "wall_s": wall, "summary": summarize(results, wall, config.texts),
             "results": [asdict(r) for r in results]}
