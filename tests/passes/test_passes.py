@@ -66,6 +66,8 @@ def test_activation_pass_recognises_only_what_it_can_fuse() -> None:
     act = model.act_post
     act.register_forward_hook(lambda *a: None)
     assert "hooks" in recognise(act)
+    hooked_conv = nn.utils.weight_norm(nn.Conv1d(2, 2, 3))  # old-style weight norm: a forward pre-hook
+    assert "not an anti-aliased" in recognise(hooked_conv)  # no "left alone" log line for every such conv
 
 
 def test_nvidia_activation1d_is_recognised_and_matches() -> None:

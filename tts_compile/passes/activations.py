@@ -49,13 +49,14 @@ class FusedAntiAliasedActivation(nn.Module):
 
 def recognise(module: nn.Module) -> ActivationSpec | str:
     """The spec of a fusable anti-aliased activation, or the reason `module` is not one."""
-    if module._forward_pre_hooks or module._forward_hooks:
+    ours = isinstance(module, AntiAliasedSnakeBeta)
+    if not ours and not all(hasattr(module, a) for a in ("upsample", "downsample", "act")):
+        return "not an anti-aliased activation"
+    if module._forward_pre_hooks or module._forward_hooks:  # only an activation's hooks are worth a log line
         return "has forward hooks"
-    if isinstance(module, AntiAliasedSnakeBeta):
+    if ours:
         fir = tuple(module.fir.double().tolist())
         return ActivationSpec(module.log_alpha, module.log_beta, True, fir, fir)
-    if not all(hasattr(module, a) for a in ("upsample", "downsample", "act")):
-        return "not an anti-aliased activation"
     return _recognise_activation1d(module)
 
 
