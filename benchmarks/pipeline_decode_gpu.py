@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,21 +18,11 @@ from pathlib import Path
 import torch
 
 from tts_compile import optimize_vocoder
+from tts_compile.bench import timed
 from tts_compile.gpt_sovits import optimize_sovits
 
 log = logging.getLogger("pipeline_decode_gpu")
-
-
-def median_ms(fn, repeats: int = 10) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+REPEATS = 10
 
 
 def main() -> None:
@@ -71,24 +60,26 @@ def main() -> None:
         torch.manual_seed(2)
         return vits.decode(codes, text, refer, speed=1, sv_emb=sv_emb)
 
-    rows = []
+    def measure(fn):  # (output, median ms) after one warm-up call, device synchronized around each call
+        out, ms, _ = timed(fn, torch.device("cuda"), REPEATS)
+        return out, ms
+
+    def row(stage, size, eager, optimized):
+        (ref, ms), (out, opt_ms) = eager, optimized
+        return {"stage": stage, "size": size, "eager_ms": ms, "optimized_ms": opt_ms, "speedup": ms / opt_ms,
+                "max_abs_diff": float((out - ref).abs().max())}
+
     with torch.inference_mode():
-        eager = {t: (median_ms(lambda t=t: decode(t)), decode(t)) for t in inputs}
-        eager_voc = {f: (median_ms(lambda f=f: vocoder(mels[f])), vocoder(mels[f])) for f in mels}
+        eager = {t: measure(lambda t=t: decode(t)) for t in inputs}
+        eager_voc = {f: measure(lambda f=f: vocoder(mels[f])) for f in mels}
         start = time.perf_counter()
         optimize_sovits(vits, compile_mode=args.mode)
         optimized_voc = optimize_vocoder(vocoder, compile_mode=args.mode)
         startup = time.perf_counter() - start
-        for t, (ms, ref) in eager.items():
-            opt_ms = median_ms(lambda t=t: decode(t))
-            rows.append({"stage": "SynthesizerTrn.decode v2ProPlus", "size": f"{t} tokens", "eager_ms": ms,
-                         "optimized_ms": opt_ms, "speedup": ms / opt_ms,
-                         "max_abs_diff": float((decode(t) - ref).abs().max())})
-        for f, (ms, ref) in eager_voc.items():
-            opt_ms = median_ms(lambda f=f: optimized_voc(mels[f]))
-            rows.append({"stage": "v4 Generator (using_vocoder_synthesis call)", "size": f"{f} frames",
-                         "eager_ms": ms, "optimized_ms": opt_ms, "speedup": ms / opt_ms,
-                         "max_abs_diff": float((optimized_voc(mels[f]) - ref).abs().max())})
+        rows = [row("SynthesizerTrn.decode v2ProPlus", f"{t} tokens", eager[t], measure(lambda t=t: decode(t)))
+                for t in inputs]
+        rows += [row("v4 Generator (using_vocoder_synthesis call)", f"{f} frames", eager_voc[f],
+                     measure(lambda f=f: optimized_voc(mels[f]))) for f in mels]
     for row in rows:
         log.info("%-45s %-12s eager %8.2f ms  optimized %8.2f ms  %5.2fx  max|diff| %.1e", row["stage"], row["size"],
                  row["eager_ms"], row["optimized_ms"], row["speedup"], row["max_abs_diff"])

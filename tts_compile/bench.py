@@ -114,17 +114,17 @@ def run(model: str = "bigvgan-tiny", *, device: str = "cpu", dtype: str = "float
 
 def _measure(eager, optimized, mel, example, hop, sample_rate, repeats, with_eager) -> Row:
     with torch.inference_mode():
-        opt_out, opt_ms, opt_peak = _timed(lambda: optimized(mel, **example), mel.device, repeats)
+        opt_out, opt_ms, opt_peak = timed(lambda: optimized(mel, **example), mel.device, repeats)
         audio_s = mel.shape[-1] * hop / sample_rate
         if not with_eager:
             return Row(mel.shape[-1], audio_s, None, opt_ms, None, audio_s / (opt_ms / 1e3), None, None, opt_peak)
-        ref_out, eager_ms, eager_peak = _timed(lambda: eager(mel, **example), mel.device, repeats)
+        ref_out, eager_ms, eager_peak = timed(lambda: eager(mel, **example), mel.device, repeats)
     diff = float((opt_out.float() - ref_out.float()).abs().max())
     return Row(mel.shape[-1], audio_s, eager_ms, opt_ms, eager_ms / opt_ms, audio_s / (opt_ms / 1e3), diff,
                eager_peak, opt_peak)
 
 
-def _timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[torch.Tensor, float, float]:
+def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[torch.Tensor, float, float]:
     """Output, median milliseconds over `repeats` after one warm-up call, and peak memory (MiB) of one call."""
     out = fn()
     _sync(device)
