@@ -35,11 +35,17 @@ def _upsampled(x_row, stride_t, p, frames, up_ptr, PAD: tl.constexpr, TAPS: tl.c
     for shift in tl.static_range(-((PAD + 1) // 2), (TAPS - 1 - PAD) // 2 + 1):
         idx = tl.minimum(tl.maximum(p + shift, 0), frames - 1)
         value = tl.load(x_row + idx[None, :] * stride_t, mask=row_mask, other=0.0).to(tl.float32)
-        if 3 * PAD - 2 * (shift + PAD) >= 0 and 3 * PAD - 2 * (shift + PAD) < TAPS:
-            u0 += 2.0 * tl.load(up_ptr + 3 * PAD - 2 * (shift + PAD)) * value
-        if 1 + 3 * PAD - 2 * (shift + PAD) >= 0 and 1 + 3 * PAD - 2 * (shift + PAD) < TAPS:
-            u1 += 2.0 * tl.load(up_ptr + 1 + 3 * PAD - 2 * (shift + PAD)) * value
+        u0 = _add_tap(u0, up_ptr, value, PAD - 2 * shift, TAPS)
+        u1 = _add_tap(u1, up_ptr, value, PAD - 2 * shift + 1, TAPS)
     return u0, u1
+
+
+@triton.jit
+def _add_tap(u, up_ptr, value, K: tl.constexpr, TAPS: tl.constexpr):
+    """`u + 2 up[K] value` when tap K exists (0 <= K < TAPS), else `u`: decided at compile time."""
+    if K >= 0 and K < TAPS:
+        u += 2.0 * tl.load(up_ptr + K) * value
+    return u
 
 
 @triton.jit
