@@ -12,6 +12,7 @@ from torch import nn
 from tts_compile import OptimizedVocoder
 from tts_compile.gpt_sovits import optimize_pipeline, optimize_sovits
 from tts_compile.models import build_model
+from tts_compile.models.dit import build_flow_matching
 
 from ..conftest import conditioning, mel_for
 
@@ -34,6 +35,7 @@ class FakeTTS:
             "v1", "v2", "v2Pro", "v2ProPlus") else None
         if weights_path in ("v3", "v4"):
             self.vocoder = build_model("bigvgan-tiny" if weights_path == "v3" else "hifigan-tiny", seed=2)
+            self.vits_model = SimpleNamespace(cfm=build_flow_matching(seed=3))
 
 
 def _vits_call(tts: FakeTTS, frames: int = 90) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +60,28 @@ def test_v4_optimizes_the_vocoder() -> None:
     mel = mel_for("hifigan-tiny", 100)
     with torch.inference_mode():
         torch.testing.assert_close(tts.vocoder(mel), tts.vocoder.module(mel), rtol=0, atol=1e-5)
+
+
+def test_v4_captures_the_cfm_loop_and_keeps_its_output() -> None:
+    tts = FakeTTS("v4")
+    handle = optimize_pipeline(tts, **FAST)
+    cfm = tts.vits_model.cfm
+    mu, lens, prompt = torch.randn(1, 30, 24), torch.LongTensor([30]), torch.randn(1, 20, 12)
+    torch.manual_seed(5)
+    got = cfm.inference(mu, lens, prompt, 4)
+    torch.manual_seed(5)
+    expected = type(cfm).inference(cfm, mu, lens, prompt, 4)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert handle.stats()["vits_model.cfm"]["direct"] == 1
+    tts.use_vocoder_optimization = False
+    cfm.inference(mu, lens, prompt, 4)
+    assert handle.stats()["vits_model.cfm"]["eager"] == 1
+
+
+def test_cfm_off_leaves_the_flow_matching_alone() -> None:
+    tts = FakeTTS("v3")
+    handle = optimize_pipeline(tts, **FAST, cfm=False)
+    assert "inference" not in vars(tts.vits_model.cfm) and set(handle.stages) == {"vocoder"}
 
 
 def test_runtime_switch_serves_eager_and_back() -> None:

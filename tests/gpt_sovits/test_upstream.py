@@ -13,6 +13,7 @@ import torch
 
 from tts_compile import load_config, optimize_vocoder
 from tts_compile.gpt_sovits import optimize_sovits
+from tts_compile.gpt_sovits.cfm import optimize_cfm
 
 HOME = os.environ.get("GPT_SOVITS_HOME")
 pytestmark = pytest.mark.skipif(not HOME, reason="GPT_SOVITS_HOME is not set (path to a GPT-SoVITS checkout)")
@@ -56,6 +57,34 @@ def test_synthesizer_decode_matches_upstream(upstream, config, version) -> None:
     assert got.shape == expected.shape == (1, 1, 60 * 2 * 640)
     assert float((got - expected).abs().max()) <= FP32_TOLERANCE
     assert model.dec.optimization_stats()["windows"] > 1
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["eager", "reduce-overhead"])
+def test_cfm_inference_matches_upstream(upstream, mode, device) -> None:
+    """Upstream's CFM with a small DiT (the real one on a GPU: benchmarks/cfm_gpu.py), windows as TTS.py sends
+    them (x_lens = [T], half prompt); three calls so that a GPU captures the bucket and replays it."""
+    from f5_tts.model.backbones.dit import DiT
+
+    torch.manual_seed(0)
+    dit = DiT(dim=128, depth=3, heads=4, dim_head=32, ff_mult=2, mel_dim=100, text_dim=512, conv_layers=2)
+    cfm = upstream[1].CFM(100, dit).to(device).eval()
+    gen = torch.Generator().manual_seed(1)
+    mu, prompt = torch.randn(2, 96, 512, generator=gen).to(device), torch.randn(2, 100, 48, generator=gen).to(device)
+    lens = torch.LongTensor([96]).to(device)
+    torch.manual_seed(3)
+    expected = cfm.inference(mu, lens, prompt, 8, inference_cfg_rate=0)
+    optimize_cfm(cfm, compile_mode=mode)
+    for _ in range(3):
+        torch.manual_seed(3)
+        got = cfm.inference(mu, lens, prompt, 8, inference_cfg_rate=0)
+        assert float((got - expected).abs().max()) <= FP32_TOLERANCE
+    stats = cfm.tts_compile.optimization_stats()
+    assert stats["fallbacks"] == 0 and stats["eager"] == 0
+    assert stats["graph"] == (2 if device == "cuda" and mode != "eager" else 0)
 
 
 def test_v4_vocoder_matches_upstream(upstream) -> None:

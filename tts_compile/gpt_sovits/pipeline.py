@@ -1,9 +1,10 @@
 """`optimize_pipeline`: tts_compile on an upstream GPT-SoVITS `TTS` pipeline, kept in place across weight switches.
 
-Per version: v3/v4 get `tts.vocoder` optimized (BigVGAN, the v4 vocoder); v1/v2/v2Pro/v2ProPlus get the VITS decoder
-`tts.vits_model.dec` optimized (called by upstream as `dec(z, g=ge)`). Both are swapped for `OptimizedVocoder`
-modules with the original's call signature, so upstream's `decode`, `using_vocoder_synthesis`, the batched path and
-api_v2 run unchanged. `init_vits_weights` (api_v2's /set_sovits_weights, and upstream's reload after a failed
+Per version: v3/v4 get `tts.vocoder` optimized (BigVGAN, the v4 vocoder) and their flow-matching loop
+`tts.vits_model.cfm.inference` captured (`optimize_cfm`); v1/v2/v2Pro/v2ProPlus get the VITS decoder
+`tts.vits_model.dec` optimized (called by upstream as `dec(z, g=ge)`). Decoders are swapped for `OptimizedVocoder`
+modules with the original's call signature and the CFM keeps its `inference` signature, so upstream's `decode`,
+`using_vocoder_synthesis`, the batched path and api_v2 run unchanged. `init_vits_weights` (api_v2's /set_sovits_weights, and upstream's reload after a failed
 request) is wrapped to re-apply optimization to the new models. `tts.use_vocoder_optimization = False` switches
 every optimized stage to its eager module at the next call (the seed's debug switch); `True` switches back.
 """
@@ -23,6 +24,8 @@ from torch import nn
 
 from ..config import OptimizeConfig, load_config
 from ..vocoder import OptimizedVocoder, optimize_vocoder
+from .cfm import HANDLE as CFM_HANDLE
+from .cfm import OptimizedCFM, optimize_cfm, restore_cfm
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class PipelineOptimizer:
     def __init__(self, tts: Any, config: OptimizeConfig) -> None:
         self._tts = weakref.ref(tts)
         self.config = config
-        self.stages: dict[str, OptimizedVocoder] = {}
+        self.stages: dict[str, Any] = {}  # name -> its optimizer (OptimizedVocoder or OptimizedCFM)
 
     def enabled(self) -> bool:
         """The runtime switch: `tts.use_vocoder_optimization` (default True)."""
@@ -70,21 +73,32 @@ class PipelineOptimizer:
         """Per stage: the optimizer's counters (calls, replays, fallbacks, failure)."""
         return {name: stage.optimization_stats() for name, stage in self.stages.items()}
 
-    def _optimize(self, tts: Any, version: str | None) -> dict[str, OptimizedVocoder]:
+    def _optimize(self, tts: Any, version: str | None) -> dict[str, Any]:
         if version in VOCODER_VERSIONS:
             if getattr(tts, "vocoder", None) is None:
                 raise ValueError(f"version {version} but tts.vocoder is None")
             if not isinstance(tts.vocoder, OptimizedVocoder):
                 tts.vocoder = optimize_vocoder(tts.vocoder, config=self.config)
             stages = {"vocoder": tts.vocoder}
+            if self.config.cfm:
+                stages["vits_model.cfm"] = self._cfm(tts)
         elif version in SOVITS_VERSIONS:
             stages = {"vits_model.dec": optimize_sovits(tts.vits_model, self.config).dec} if self.config.sovits else {}
         else:
             raise ValueError(f"unknown GPT-SoVITS version {version!r}; expected one of "
                              f"{', '.join(SOVITS_VERSIONS + VOCODER_VERSIONS)}")
+        stages = {name: stage for name, stage in stages.items() if stage is not None}
         for stage in stages.values():
-            stage.optimizer.switch = self.enabled
+            (stage.optimizer if isinstance(stage, OptimizedVocoder) else stage).switch = self.enabled
         return stages
+
+    def _cfm(self, tts: Any) -> OptimizedCFM | None:
+        """The CFM's optimizer; a CFM of an unexpected shape stays upstream's (logged), the vocoder still counts."""
+        try:
+            return getattr(optimize_cfm(tts.vits_model.cfm, self.config), CFM_HANDLE)
+        except (AttributeError, TypeError) as exc:
+            logger.warning("optimize_pipeline: CFM left eager: %s", exc)
+            return None
 
 
 def optimize_pipeline(tts: Any, config: OptimizeConfig | str | os.PathLike | None = None,
@@ -152,6 +166,8 @@ def _unwrap(tts: Any) -> None:
     vits = getattr(tts, "vits_model", None)
     if vits is not None and isinstance(getattr(vits, "dec", None), OptimizedVocoder):
         vits.dec = vits.dec.module
+    if vits is not None and isinstance(getattr(getattr(vits, "cfm", None), CFM_HANDLE, None), OptimizedCFM):
+        restore_cfm(vits.cfm)
 
 
 def _resolve(tts: Any, config: Any, options: dict[str, Any]) -> OptimizeConfig:
