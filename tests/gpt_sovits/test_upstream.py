@@ -131,3 +131,48 @@ def test_config_survives_upstreams_rewrite(upstream, tmp_path) -> None:
     before = load_config(path)
     TTS_Config(str(path)).save_configs()
     assert load_config(path) == before and before.chunk_size == 250
+
+
+@pytest.fixture(scope="module")
+def upstream_t2s(upstream):
+    import yaml
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from AR.models.t2s_model import Text2SemanticDecoder
+
+    config = yaml.safe_load((upstream[0] / "configs" / "s1longer-v2.yaml").read_text())
+    config["model"].update(n_layer=3, hidden_dim=64, embedding_dim=64, head=4)
+    torch.manual_seed(0)
+    model = Text2SemanticDecoder(config=config, top_k=3).eval()
+    with torch.no_grad():
+        model.ar_predict_layer.weight.mul_(20.0)  # logits of order 1-10: top-k and the penalty matter
+    gen = torch.Generator().manual_seed(4)
+    inputs = (torch.randint(0, 700, (1, 12), generator=gen), torch.randint(0, 1024, (1, 9), generator=gen),
+              torch.randn(1, 1024, 12, generator=gen))
+    return model, inputs
+
+
+@pytest.mark.parametrize("top_k,seed", [(1, 0), (15, 1), (15, 2)])
+def test_t2s_tokens_match_upstream(upstream_t2s, top_k, seed) -> None:
+    """Greedy and seeded sampled decodes: the same tokens, idx and generator state as upstream's own loops."""
+    from tts_compile.gpt_sovits.t2s import optimize_t2s, restore_t2s
+
+    model, (phones, prompts, bert) = upstream_t2s
+    kwargs = {"top_k": top_k, "top_p": 1, "temperature": 1.0, "repetition_penalty": 1.35, "early_stop_num": 40}
+
+    def both():
+        torch.manual_seed(seed)
+        naive = next(model.infer_panel_naive(phones, None, prompts, bert, **kwargs))
+        batch = model.infer_panel_batch_infer([phones[0]], torch.LongTensor([12]), prompts, [bert[0]], **kwargs)
+        return naive, batch, torch.rand(3)
+
+    expected = both()
+    optimize_t2s(model, compile_mode="eager")
+    try:
+        got = both()
+        assert model.tts_compile.optimization_stats()["optimized"] == 2
+    finally:
+        restore_t2s(model)
+    assert torch.equal(got[0][0], expected[0][0]) and got[0][1] == expected[0][1]
+    assert torch.equal(got[1][0][0], expected[1][0][0]) and got[1][1] == expected[1][1]
+    assert torch.equal(got[2], expected[2])  # the generator is left where upstream leaves it

@@ -1,0 +1,115 @@
+"""Upstream GPT-SoVITS T2S decode before and after `optimize_t2s`, on the GPU (issue 5), random weights, fp16.
+
+Upstream's `Text2SemanticDecoder` from `s1longer-v2.yaml` (24 layers, 512-d, 16 heads); a 60-phone + 75-prompt-token
+prefix; 25 and 250 generated tokens (random weights never emit EOS, so `early_stop_num` fixes the length) at
+api_v2's sampling defaults (top_k 15, repetition_penalty 1.35) and greedy (top_k 1) for token parity.
+Steady-state decode rate = 225 tokens / (time(250) - time(25)).
+Usage (repo root, GPU machine): GPT_SOVITS_HOME=upstream python benchmarks/t2s_gpu.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from tts_compile.bench import timed
+from tts_compile.gpt_sovits.t2s import optimize_t2s, restore_t2s
+
+log = logging.getLogger("t2s_gpu")
+PHONES, PROMPT = 60, 75
+LENGTHS = (25, 250)
+SAMPLING = {"top_k": 15, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.35}
+
+
+def build(root: Path, device: str, smoke: bool):
+    from AR.models.t2s_model import Text2SemanticDecoder
+
+    config = yaml.safe_load((root / "GPT_SoVITS/configs/s1longer-v2.yaml").read_text())
+    if smoke:
+        config["model"].update(n_layer=2, hidden_dim=64, embedding_dim=64, head=4)
+    torch.manual_seed(0)
+    model = Text2SemanticDecoder(config=config, top_k=3).to(device).eval()
+    return model.half() if device == "cuda" else model
+
+
+def make_inputs(device: str):
+    gen = torch.Generator().manual_seed(1)
+    phones = torch.randint(0, 700, (1, PHONES), generator=gen).to(device)
+    bert = (0.1 * torch.randn(1, 1024, PHONES, generator=gen)).to(device)
+    prompts = torch.randint(0, 1024, (1, PROMPT), generator=gen).to(device)
+    return phones, prompts, bert
+
+
+def decode(model, inputs, tokens: int, sampling: dict) -> torch.Tensor:
+    phones, prompts, bert = inputs
+    torch.manual_seed(5)
+    y, _ = model.infer_panel_naive(phones, None, prompts, bert.to(next(model.parameters()).dtype),
+                                   early_stop_num=tokens - 1, **sampling).__next__()
+    return y[0, PROMPT:]
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Leading tokens that agree."""
+    differ = (a != b).nonzero()
+    return int(differ[0]) if len(differ) else len(a)
+
+
+def measure(model, inputs, device, repeats):
+    out, times = {}, {}
+    for n in LENGTHS:
+        out[n], times[n], _ = timed(lambda n=n: decode(model, inputs, n, SAMPLING), device, repeats)
+    greedy = decode(model, inputs, LENGTHS[-1], {**SAMPLING, "top_k": 1})
+    steady = (LENGTHS[1] - LENGTHS[0]) / ((times[LENGTHS[1]] - times[LENGTHS[0]]) / 1e3)
+    return {"ms": times, "steady_tok_s": steady, "end_to_end_tok_s": LENGTHS[1] / times[LENGTHS[1]] * 1e3}, out, greedy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", default="t2s.json")
+    parser.add_argument("--modes", default="cudagraphs,reduce-overhead")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    root = Path(os.environ["GPT_SOVITS_HOME"]).resolve()
+    sys.path[:0] = [str(root), str(root / "GPT_SoVITS")]
+    device = torch.device("cpu" if args.smoke else "cuda")
+    model = build(root, device.type, args.smoke)
+    inputs = make_inputs(device.type)
+    with torch.inference_mode():
+        upstream, ref, ref_greedy = measure(model, inputs, device, max(2, args.repeats // 2))
+        rows = [{"path": "upstream eager", **upstream}]
+        log.info("upstream eager: %s", upstream)
+        for mode in args.modes.split(","):
+            optimize_t2s(model, compile_mode=mode)
+            start = time.perf_counter()
+            decode(model, inputs, LENGTHS[-1], SAMPLING)
+            first = time.perf_counter() - start
+            result, out, greedy = measure(model, inputs, device, args.repeats)
+            stats = model.tts_compile.optimization_stats()
+            restore_t2s(model)
+            row = {"path": f"optimize_t2s {mode}", **result, "first_call_s": first, "stats": stats,
+                   "greedy_tokens_agree": agreement(greedy, ref_greedy), "sampled_tokens_agree":
+                   agreement(out[LENGTHS[-1]], ref[LENGTHS[-1]]), "syncs_per_250": stats["syncs"] / stats["calls"]}
+            rows.append(row)
+            log.info("%s: %s", row["path"], {k: v for k, v in row.items() if k != "path"})
+    log.info("%-32s %10s %10s %12s %12s", "path", "25 tok ms", "250 tok ms", "steady tok/s", "speed-up")
+    for row in rows:
+        log.info("%-32s %10.1f %10.1f %12.0f %11.1fx", row["path"], row["ms"][25], row["ms"][250],
+                 row["steady_tok_s"], rows[0]["ms"][250] / row["ms"][250])
+    with open(args.json, "w") as f:
+        json.dump({"device": "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(), "torch": torch.__version__,
+                   "phones": PHONES, "prompt": PROMPT, "sampling": SAMPLING, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

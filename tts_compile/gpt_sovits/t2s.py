@@ -1,0 +1,376 @@
+"""`optimize_t2s`: GPT-SoVITS's autoregressive T2S decode with a static KV cache and a captured decode step.
+
+Upstream decodes one token per Python iteration: 24 layers of small launches, K/V grown with `torch.cat`, ~89 tok/s
+on an H100. Here the K/V cache is preallocated (one capacity bucket per request length), and one decode step
+(sample the next token on the GPU, embed it, run the layers writing K/V in place, project the logits) is one CUDA
+graph; the host replays it and reads the EOS flags once every `CHECK_EVERY` steps.
+
+Upstream's semantics, kept term by term (docs: gpt-sovits-upstream.md 2.3-2.5): the EOS column is removed for the
+first 11 steps; repetition penalty over prompt + generated tokens (`score < 0 ? score * p : score / p`, applied to
+the columns seen so far: the same values upstream's gather/scatter writes); top-p if < 1; division by
+`max(temperature, 1e-5)`; top-k; softmax in the model dtype; one `exponential_` draw of shape (B, 1024 or 1025)
+per step and `argmax(probs / q)`; stop when the sample or the penalised argmax is EOS, at `early_stop_num` or at the
+1500-step cap; upstream's output slicing of `infer_panel_naive` and of `infer_panel_batch_infer`. Steps run past a
+stop are undone on the random generator (it is rewound to the state upstream leaves).
+
+Scope: one sequence with a prompt (batch 1: api_v2's default `batch_size=1`, and every row of
+`infer_panel_naive_batched`); batches of several rows, prompt-free and streaming calls go to upstream's own methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import OptimizeConfig, load_config
+from ..runner import GRAPH_MODES, INDUCTOR_MODES
+
+logger = logging.getLogger(__name__)
+
+MAX_STEPS = 1500  # upstream's cap (60 s of audio per segment)
+EARLY_STEPS = 11  # steps that cannot emit EOS (its column is removed)
+CHECK_EVERY = 16  # decode steps between two reads of the EOS flags (one host sync each)
+CAPACITIES = (1024, 2048, 4096)  # KV-cache lengths; a request takes the smallest that holds prefix + steps
+HANDLE = "tts_compile"
+METHODS = ("infer_panel_naive", "infer_panel_batch_infer", "infer_panel")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters of one call (Python values: a captured step bakes them in, one graph per set)."""
+
+    top_k: int
+    top_p: float
+    temperature: float
+    repetition_penalty: float
+
+
+def _layer(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor,
+           w: tuple, heads: int) -> torch.Tensor:
+    """One post-norm layer on x (B, L, d); K/V of the L positions `pos` written into the caches (B, H, cap, hd);
+    `visible` (B, 1, L, cap) marks the cache columns each row attends to."""
+    batch, length, dim = x.shape
+    q, k_new, v_new = F.linear(x, w[0], w[1]).chunk(3, dim=-1)
+    k.index_copy_(2, pos, k_new.view(batch, length, heads, -1).transpose(1, 2))
+    v.index_copy_(2, pos, v_new.view(batch, length, heads, -1).transpose(1, 2))
+    q = q.view(batch, length, heads, -1).transpose(1, 2)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=visible).transpose(1, 2).reshape(batch, length, dim)
+    x = F.layer_norm(x + F.linear(attn, w[2], w[3]), (dim,), w[4], w[5], w[6])
+    return F.layer_norm(x + F.linear(F.relu(F.linear(x, w[7], w[8])), w[9], w[10]), (dim,), w[11], w[12], w[13])
+
+
+def _stack(layers: list[tuple], heads: int, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+           visible: torch.Tensor) -> torch.Tensor:
+    """All layers; k, v: (layers, B, H, cap, hd)."""
+    for i, w in enumerate(layers):
+        x = _layer(x, k[i], v[i], pos, visible, w, heads)
+    return x
+
+
+def _penalised(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Repetition penalty on the seen columns, computed from the unpenalised logits (upstream's values)."""
+    if penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
+def _probs(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """top-p, temperature, top-k and softmax, in upstream's order and dtype."""
+    if s.top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True)
+        drop = torch.cumsum(F.softmax(ordered, dim=-1), dim=-1) > s.top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    logits = logits / max(s.temperature, 1e-5)
+    pivot = torch.topk(logits, min(s.top_k, logits.size(-1)))[0][:, -1:]
+    return F.softmax(torch.where(logits < pivot, -float("inf"), logits), dim=-1)
+
+
+class _State:
+    """Static buffers of one capacity bucket (batch 1): the caches, the current logits, the decoded tokens, EOS flags,
+    seen columns, and the device-side step counter and offsets that a captured step reads."""
+
+    def __init__(self, model: nn.Module, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
+        layers, dim, heads = len(model.h.layers), model.model_dim, model.num_head
+        vocab = model.ar_predict_layer.out_features
+        cache = (layers, 1, heads, capacity, dim // heads)
+        self.k = torch.zeros(cache, dtype=dtype, device=device)
+        self.v = torch.zeros(cache, dtype=dtype, device=device)
+        self.logits = torch.zeros(1, vocab, dtype=dtype, device=device)
+        self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
+        self.tokens = torch.zeros(1, MAX_STEPS, dtype=torch.long, device=device)
+        self.eos = torch.zeros(1, MAX_STEPS, dtype=torch.bool, device=device)
+        self.step = torch.zeros(1, dtype=torch.long, device=device)
+        self.prefix = torch.zeros(1, dtype=torch.long, device=device)  # text + prompt tokens
+        self.prompt = torch.zeros(1, dtype=torch.long, device=device)  # prompt tokens (audio position offset)
+        self.columns = torch.arange(capacity, device=device)
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+
+
+class T2SAccelerator:
+    """What `optimize_t2s` installed on one `Text2SemanticDecoder` (`model.tts_compile`): the decode, counters, switch."""
+
+    def __init__(self, model: nn.Module, config: OptimizeConfig) -> None:
+        self.model = model
+        self.config = config
+        self.original = {name: getattr(type(model), name).__get__(model) for name in METHODS}
+        self.switch: Callable[[], bool] = lambda: True
+        self.failure: str | None = None
+        self.counters = dict.fromkeys(("calls", "optimized", "upstream", "fallbacks", "captures", "steps", "syncs"), 0)
+        self.layers = [_layer_weights(layer) for layer in model.h.layers]
+        self.heads = model.num_head
+        stack = _stack
+        if config.compile_mode in INDUCTOR_MODES:
+            stack = torch.compile(_stack, mode=INDUCTOR_MODES[config.compile_mode], dynamic=False)
+        self._stack = stack
+        self._states: dict[tuple, _State] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        """Whether calls take the optimized path (enabled, not failed, switch on)."""
+        return self.config.enabled and self.failure is None and bool(self.switch())
+
+    def optimization_stats(self) -> dict[str, Any]:
+        """Counters: calls, optimized and upstream calls, fallbacks, captures, decoded steps, host syncs."""
+        return {**self.counters, "failure": self.failure}
+
+    # --- upstream's entry points -------------------------------------------------------------------------------
+
+    def infer_panel_naive(self, x, x_lens, prompts, bert_feature, top_k=-100, top_p=100, early_stop_num=-1,
+                          temperature=1.0, repetition_penalty=1.35, streaming_mode=False, chunk_length=24,
+                          **kwargs) -> Iterator[tuple[torch.Tensor, int]]:
+        """Upstream's generator: yields `(y, idx)` once, y = prompt + generated tokens (1, L)."""
+        args = (x, x_lens, prompts, bert_feature, top_k, top_p, early_stop_num, temperature, repetition_penalty)
+        if streaming_mode or not self._eligible(x, prompts, top_k):
+            self.counters["upstream"] += 1
+            yield from self.original["infer_panel_naive"](*args, streaming_mode=streaming_mode,
+                                                          chunk_length=chunk_length, **kwargs)
+            return
+        try:
+            tokens, idx, eos = self._run(x, prompts, bert_feature, top_k, top_p, early_stop_num, temperature,
+                                         repetition_penalty)
+        except Exception as exc:
+            yield from self._after_failure(exc, lambda: list(self.original["infer_panel_naive"](*args, **kwargs)))
+            return
+        yield torch.cat((prompts, tokens[:, : idx + (0 if eos else 1)].to(prompts.dtype)), dim=1), idx
+
+    def infer_panel(self, *args, **kwargs) -> tuple[torch.Tensor, int]:
+        """Upstream's `infer_panel`: the first (only) item of `infer_panel_naive`."""
+        return next(self.infer_panel_naive(*args, **kwargs))
+
+    def infer_panel_batch_infer(self, x, x_lens, prompts, bert_feature, top_k=-100, top_p=100, early_stop_num=-1,
+                                temperature=1.0, repetition_penalty=1.35, **kwargs) -> tuple[list, list]:
+        """Upstream's batched decode: `([y_row (L,)], [idx])`; batch 1 here, several rows upstream's own."""
+        args = (x, x_lens, prompts, bert_feature, top_k, top_p, early_stop_num, temperature, repetition_penalty)
+        if len(x) != 1 or not self._eligible(x[0][None], prompts, top_k) or "max_len" in kwargs:
+            self.counters["upstream"] += 1
+            return self.original["infer_panel_batch_infer"](*args, **kwargs)
+        try:
+            tokens, idx, _ = self._run(x[0][None], prompts, bert_feature[0][None], top_k, top_p, early_stop_num,
+                                       temperature, repetition_penalty)
+        except Exception as exc:
+            return self._after_failure(exc, lambda: self.original["infer_panel_batch_infer"](*args, **kwargs))
+        # upstream keeps y[:-1] on EOS and on early stop alike
+        return [torch.cat((prompts[0], tokens[0, :idx].to(prompts.dtype)))], [idx]
+
+    # --- the decode ----------------------------------------------------------------------------------------------
+
+    def _eligible(self, x: torch.Tensor, prompts: torch.Tensor | None, top_k: Any) -> bool:
+        return self.active and prompts is not None and prompts.dim() == 2 and prompts.shape[0] == 1 and \
+            x.dim() == 2 and x.shape[0] == 1 and isinstance(top_k, int) and top_k >= 1
+
+    def _run(self, x, prompts, bert, top_k, top_p, early_stop_num, temperature,
+             penalty) -> tuple[torch.Tensor, int, bool]:
+        """(tokens (1, steps), idx, stopped on EOS); on an error the generator is rewound before it propagates."""
+        self.counters["calls"] += 1
+        sampling = Sampling(int(top_k), float(top_p), float(temperature), float(penalty))
+        generator = _RngState(x.device)
+        try:
+            with self._lock, torch.inference_mode():
+                result = self._decode(x, prompts, bert, sampling, int(early_stop_num))
+        except Exception:
+            generator.restore()
+            raise
+        self.counters["optimized"] += 1
+        return result
+
+    def _after_failure(self, exc: Exception, upstream: Callable[[], Any]) -> Any:
+        """Serve upstream's result; disable this accelerator only if upstream succeeds where it failed (a bad input
+        raises upstream's own error and leaves it on)."""
+        result = upstream()
+        if self.config.fallback == "raise":
+            raise exc
+        self.failure = f"{type(exc).__name__}: {exc}"
+        self.counters["fallbacks"] += 1
+        logger.warning("optimize_t2s: %s; this model decodes with upstream's loop from now on", self.failure)
+        return result
+
+    def _decode(self, x, prompts, bert, sampling: Sampling, early_stop_num: int) -> tuple[torch.Tensor, int, bool]:
+        # upstream stops once (generated tokens) > early_stop_num, unless it is -1
+        last = MAX_STEPS - 1 if early_stop_num == -1 else min(MAX_STEPS - 1, max(early_stop_num, 0))
+        state = self._prefill(x, prompts, bert, last + 1)
+        step = 0
+        while True:
+            rng, start = _RngState(x.device), step
+            for _ in range(min(CHECK_EVERY, last + 1 - step)):
+                self._step(state, sampling, step)
+                step += 1
+            self.counters["steps"] += step - start
+            self.counters["syncs"] += 1
+            flags = state.eos[0, start:step].nonzero()
+            if len(flags) or step > last:
+                stop = start + int(flags[0]) if len(flags) else last
+                self._rewind(rng, state, start, stop)
+                return state.tokens[:, : stop + 1].clone(), stop, bool(len(flags))
+
+    def _prefill(self, x, prompts, bert, steps: int) -> _State:
+        """Embed the prefix like upstream and run it through the layers, filling the cache; logits of its last row."""
+        m = self.model
+        text = m.ar_text_position(m.ar_text_embedding(x) + m.bert_proj(bert.transpose(1, 2)))
+        audio = m.ar_audio_position(m.ar_audio_embedding(prompts))
+        xy = torch.cat((text, audio), dim=1)
+        n_text, n_prompt = text.shape[1], audio.shape[1]
+        state = self._state(n_text + n_prompt + steps, xy.dtype, xy.device)
+        columns = state.columns[None, :]
+        rows = torch.arange(n_text + n_prompt, device=xy.device)[:, None]
+        visible = (columns < n_text) | ((columns >= n_text) & (columns <= rows) & (rows >= n_text))
+        out = _stack(self.layers, self.heads, xy, state.k, state.v, rows[:, 0], visible[None, None])
+        state.logits.copy_(m.ar_predict_layer(out[:, -1]))
+        state.seen.zero_()
+        state.seen.scatter_(1, prompts.long(), True)
+        state.eos.zero_()
+        state.step.zero_()
+        state.prefix.fill_(n_text + n_prompt)
+        state.prompt.fill_(n_prompt)
+        return state
+
+    def _state(self, length: int, dtype: torch.dtype, device: torch.device) -> _State:
+        capacity = next((c for c in CAPACITIES if c >= length), None)
+        if capacity is None:
+            raise ValueError(f"prefix + steps = {length} exceeds the largest KV-cache capacity {CAPACITIES[-1]}")
+        key = (capacity, dtype, device)
+        if key not in self._states:
+            self._states[key] = _State(self.model, capacity, dtype, device)
+        return self._states[key]
+
+    def _step(self, state: _State, sampling: Sampling, step: int) -> None:
+        """One decode step: replayed from its graph on CUDA in the graph modes, run directly otherwise."""
+        vocab = state.logits.shape[1] - (1 if step < EARLY_STEPS else 0)
+        if state.k.device.type != "cuda" or self.config.compile_mode not in GRAPH_MODES:
+            self._step_body(state, sampling, vocab)
+            return
+        key = (sampling, vocab)
+        if key not in state.graphs:
+            state.graphs[key] = self._capture(state, sampling, vocab)
+        state.graphs[key].replay()
+
+    def _step_body(self, state: _State, sampling: Sampling, vocab: int) -> None:
+        """Sample from the current logits, record the token, embed it, run the layers, write the next logits."""
+        m = self.model
+        logits = _penalised(state.logits[:, :vocab], state.seen[:, :vocab], sampling.repetition_penalty)
+        probs = _probs(logits, sampling)
+        token = torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1, keepdim=True).long()
+        stop = token == m.EOS
+        if vocab > m.EOS:
+            stop |= torch.argmax(logits, dim=-1, keepdim=True) == m.EOS
+        state.tokens.index_copy_(1, state.step, token)
+        state.eos.index_copy_(1, state.step, stop)
+        state.seen.scatter_(1, token, True)
+        position = m.ar_audio_position
+        pe = position.pe.index_select(1, state.prompt + state.step).to(state.logits.dtype)
+        x = m.ar_audio_embedding(token) * position.x_scale + position.alpha * pe
+        pos = state.prefix + state.step
+        visible = (state.columns <= pos)[None, None, None, :]
+        out = self._stack(self.layers, self.heads, x, state.k, state.v, pos, visible)
+        state.logits.copy_(m.ar_predict_layer(out[:, -1]))
+        state.step += 1
+
+    def _capture(self, state: _State, sampling: Sampling, vocab: int) -> torch.cuda.CUDAGraph:
+        """Capture one step (after two warm-up runs on a side stream); buffers and the generator are restored, so
+        the request that triggered it decodes exactly as without the capture."""
+        start = time.perf_counter()
+        saved = {name: getattr(state, name).clone() for name in ("k", "v", "logits", "seen", "tokens", "eos", "step")}
+        rng = _RngState(state.k.device)
+        stream = torch.cuda.Stream(state.k.device)
+        stream.wait_stream(torch.cuda.current_stream(state.k.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step_body(state, sampling, vocab)
+        torch.cuda.current_stream(state.k.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            self._step_body(state, sampling, vocab)
+        for name, value in saved.items():
+            getattr(state, name).copy_(value)
+        rng.restore()
+        self.counters["captures"] += 1
+        logger.info("optimize_t2s: captured a decode step (cache %d, vocab %d, %s) in %.1f s",
+                    state.columns.numel(), vocab, sampling, time.perf_counter() - start)
+        return graph
+
+    def _rewind(self, rng: "_RngState", state: _State, start: int, stop: int) -> None:
+        """Leave the generator where upstream leaves it: one draw per step up to `stop`, none after."""
+        rng.restore()
+        for step in range(start, stop + 1):
+            vocab = state.logits.shape[1] - (1 if step < EARLY_STEPS else 0)
+            torch.empty(1, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
+
+
+def _layer_weights(layer: nn.Module) -> tuple:
+    """(qkv w, b, out w, b, norm1 w, b, eps, ffn1 w, b, ffn2 w, b, norm2 w, b, eps) of a TransformerEncoderLayer."""
+    if getattr(layer, "norm_first", False):
+        raise TypeError("optimize_t2s: pre-norm layers (norm_first=True) are not GPT-SoVITS's T2S")
+    attn = layer.self_attn
+    return (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias, layer.norm1.weight,
+            layer.norm1.bias, layer.norm1.eps, layer.linear1.weight, layer.linear1.bias, layer.linear2.weight,
+            layer.linear2.bias, layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
+
+
+class _RngState:
+    """The generator state of a device, to undo draws that upstream would not have made."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+    def restore(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(self.state, self.device)
+        else:
+            torch.set_rng_state(self.state)
+
+
+def optimize_t2s(model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
+    """Patch an upstream `Text2SemanticDecoder` in place: `infer_panel`, `infer_panel_naive` and
+    `infer_panel_batch_infer` keep their signatures and results and decode through `T2SAccelerator`
+    (`model.tts_compile`). Returns `model`."""
+    config = (config.replace(**options) if options else config) if config is not None else load_config(**options)
+    missing = [name for name in ("h", "ar_predict_layer", "ar_audio_embedding", "ar_audio_position", "num_head",
+                                 "EOS", "model_dim") if not hasattr(model, name)]
+    if missing:
+        raise TypeError(f"model: expected a GPT-SoVITS Text2SemanticDecoder; {type(model).__name__} lacks "
+                        f"{', '.join(missing)}")
+    if isinstance(getattr(model, HANDLE, None), T2SAccelerator):
+        return model
+    accelerator = T2SAccelerator(model, config)
+    model.__dict__[HANDLE] = accelerator
+    for name in METHODS:
+        model.__dict__[name] = getattr(accelerator, name)
+    logger.info("optimize_t2s: %s (%d layers, %s) ready", type(model).__name__, len(accelerator.layers),
+                config.compile_mode)
+    return model
+
+
+def restore_t2s(model: nn.Module) -> nn.Module:
+    """Undo `optimize_t2s`: upstream's own decode methods again."""
+    for name in (HANDLE, *METHODS):
+        model.__dict__.pop(name, None)
+    return model

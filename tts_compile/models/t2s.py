@@ -1,0 +1,137 @@
+"""A small autoregressive text-to-semantic model with the interface of GPT-SoVITS's `Text2SemanticDecoder`.
+
+Written from the published facts (docs: gpt-sovits-upstream.md 2.1-2.5), not from upstream's code, so CI can test
+the T2S accelerator without a GPT-SoVITS checkout: the attribute names the accelerator reads (`ar_text_embedding`,
+`bert_proj`, `ar_text_position`, `ar_audio_embedding`, `ar_audio_position` with `x_scale`, `alpha`, `pe`,
+`h.layers` of post-norm `nn.TransformerEncoderLayer`, `ar_predict_layer`, `num_head`, `EOS`), tiny sizes, and
+upstream's decode entry points written the slow, obvious way: every step re-runs the whole sequence through
+`nn.TransformerEncoder` with the prefix mask (no cache), and samples with gather/scatter as upstream does. It is
+the reference the accelerator is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_STEPS = 1500
+EARLY_STEPS = 11
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids (B, L) -> (B, L, dim)."""
+
+    def __init__(self, dim: int, vocab: int) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(ids)
+
+
+class SinePosition(nn.Module):
+    """x + alpha * sinusoidal table[:L] (x_scale 1, a learnable scalar alpha), the table kept as `pe` (1, P, dim)."""
+
+    def __init__(self, dim: int, positions: int = 4000) -> None:
+        super().__init__()
+        self.x_scale = 1.0
+        self.alpha = nn.Parameter(torch.ones(1))
+        position = torch.arange(positions, dtype=torch.float32)[:, None]
+        angle = position * torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * -(math.log(10000.0) / dim))
+        self.pe = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(1)[None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.pe = self.pe.to(device=x.device, dtype=x.dtype)
+        return x * self.x_scale + self.alpha * self.pe[:, : x.size(1)]
+
+
+class TinyT2S(nn.Module):
+    """Random-weight stand-in: `phones` (vocab 40), BERT features (1024-d), semantic vocab 64 + EOS."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, layers: int = 2, vocab: int = 65, phones: int = 40) -> None:
+        super().__init__()
+        self.model_dim, self.num_head, self.EOS = dim, heads, vocab - 1
+        self.bert_proj = nn.Linear(1024, dim)
+        self.ar_text_embedding = TokenEmbedding(dim, phones)
+        self.ar_text_position = SinePosition(dim)
+        self.ar_audio_embedding = TokenEmbedding(dim, vocab)
+        self.ar_audio_position = SinePosition(dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=False)
+        self.h = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.ar_predict_layer = nn.Linear(dim, vocab, bias=False)
+
+    @torch.inference_mode()
+    def infer_panel_naive(self, x, x_lens, prompts, bert_feature, top_k=-100, top_p=100, early_stop_num=-1,
+                          temperature=1.0, repetition_penalty=1.35, **kwargs) -> Iterator[tuple[torch.Tensor, int]]:
+        """Yields `(prompt + tokens (1, L), idx)` once: the EOS token dropped, or every token at early stop / cap."""
+        tokens, idx, eos = self._decode(x, prompts, bert_feature, top_k, top_p, early_stop_num, temperature,
+                                        repetition_penalty)
+        yield tokens[:, :-1] if eos else tokens, idx
+
+    def infer_panel(self, *args, **kwargs) -> tuple[torch.Tensor, int]:
+        return next(self.infer_panel_naive(*args, **kwargs))
+
+    @torch.inference_mode()
+    def infer_panel_batch_infer(self, x, x_lens, prompts, bert_feature, top_k=-100, top_p=100, early_stop_num=-1,
+                                temperature=1.0, repetition_penalty=1.35, **kwargs) -> tuple[list, list]:
+        """Rows decoded one by one (the stand-in does not batch); each keeps `y[:-1]`, as upstream's batch path."""
+        rows, indices = [], []
+        for i in range(len(x)):
+            tokens, idx, _ = self._decode(x[i][None], prompts[i : i + 1], bert_feature[i][None], top_k, top_p,
+                                          early_stop_num, temperature, repetition_penalty)
+            rows.append(tokens[0, :-1])
+            indices.append(idx)
+        return rows, indices
+
+    def _decode(self, x, prompts, bert, top_k, top_p, early_stop_num, temperature, penalty):
+        text = self.ar_text_position(self.ar_text_embedding(x) + self.bert_proj(bert.transpose(1, 2)))
+        n_text, y = text.shape[1], prompts
+        for idx in range(MAX_STEPS):
+            audio = self.ar_audio_position(self.ar_audio_embedding(y))
+            logits = self._last_logits(torch.cat((text, audio), dim=1), n_text)
+            if idx < EARLY_STEPS:
+                logits = logits[:, :-1]
+            token = _sample(logits, y, top_k, top_p, temperature, penalty)
+            y = torch.cat((y, token), dim=1)
+            stop = (early_stop_num != -1 and y.shape[1] - prompts.shape[1] > early_stop_num) or idx == MAX_STEPS - 1
+            eos = bool(torch.argmax(logits, dim=-1)[0] == self.EOS or token[0, 0] == self.EOS)
+            if stop or eos:
+                return y, idx, eos
+        raise AssertionError("unreachable: the loop stops at the cap")
+
+    def _last_logits(self, xy: torch.Tensor, n_text: int) -> torch.Tensor:
+        """Logits of the last row; text rows see the text, audio rows the text and the audio up to themselves."""
+        length = xy.shape[1]
+        rows, columns = torch.arange(length)[:, None], torch.arange(length)[None, :]
+        masked = (columns >= n_text) & ((rows < n_text) | (columns > rows))  # True = not attended
+        return self.ar_predict_layer(self.h(xy, mask=masked.to(xy.device))[:, -1])
+
+
+def _sample(logits, previous, top_k, top_p, temperature, penalty) -> torch.Tensor:
+    """Upstream's order: penalty (gather/scatter in place), top-p, temperature, top-k, softmax, exponential race."""
+    if penalty != 1.0:
+        score = torch.gather(logits, 1, previous.long())
+        logits.scatter_(1, previous.long(), torch.where(score < 0, score * penalty, score / penalty))
+    if top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True)
+        drop = torch.cumsum(F.softmax(ordered, dim=-1), dim=-1) > top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    logits = logits / max(temperature, 1e-5)
+    pivot = torch.topk(logits, min(top_k, logits.size(-1)))[0][:, -1:]
+    probs = F.softmax(torch.where(logits < pivot, -float("inf"), logits), dim=-1)
+    return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1, keepdim=True).long()
+
+
+def build_t2s(*, seed: int = 0, **sizes: int) -> TinyT2S:
+    """A stand-in T2S on the CPU in float32, eval mode, weights drawn from `seed` (logits of order 1-10, so that
+    top-k, penalties and temperature all change the draw)."""
+    torch.manual_seed(seed)
+    model = TinyT2S(**sizes)
+    with torch.no_grad():
+        model.ar_predict_layer.weight.mul_(8.0)
+    return model.eval()
