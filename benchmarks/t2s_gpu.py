@@ -71,12 +71,31 @@ def measure(model, inputs, device, repeats):
     return {"ms": times, "steady_tok_s": steady, "end_to_end_tok_s": LENGTHS[1] / times[LENGTHS[1]] * 1e3}, out, greedy
 
 
+def profile(model, inputs, path: str) -> None:
+    """Device time per kernel of a 50-token decode with the same step run uncaptured (compile_mode eager): where
+    a captured step's time goes, kernel by kernel."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    optimize_t2s(model, compile_mode="eager")
+    decode(model, inputs, 50, SAMPLING)
+    cuda = torch.cuda.is_available()
+    with torch_profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        decode(model, inputs, 50, SAMPLING)
+    restore_t2s(model)
+    table = prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=25,
+                                      max_name_column_width=70)
+    Path(path).write_text(table)
+    log.info("%s", "\n".join(table.splitlines()[:20]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default="t2s.json")
     parser.add_argument("--modes", default="cudagraphs,reduce-overhead")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script")
+    parser.add_argument("--profile", default="", help="write a per-kernel table of 50 uncaptured decode steps here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -102,6 +121,9 @@ def main() -> None:
                    agreement(out[LENGTHS[-1]], ref[LENGTHS[-1]]), "syncs_per_250": stats["syncs"] / stats["calls"]}
             rows.append(row)
             log.info("%s: %s", row["path"], {k: v for k, v in row.items() if k != "path"})
+    if args.profile:
+        with torch.inference_mode():
+            profile(model, inputs, args.profile)
     log.info("%-32s %10s %10s %12s %12s", "path", "25 tok ms", "250 tok ms", "steady tok/s", "speed-up")
     for row in rows:
         log.info("%-32s %10.1f %10.1f %12.0f %11.1fx", row["path"], row["ms"][25], row["ms"][250],

@@ -13,6 +13,7 @@ from tts_compile import OptimizedVocoder
 from tts_compile.gpt_sovits import optimize_pipeline, optimize_sovits
 from tts_compile.models import build_model
 from tts_compile.models.dit import build_flow_matching
+from tts_compile.models.t2s import build_t2s
 
 from ..conftest import conditioning, mel_for
 
@@ -27,7 +28,12 @@ class FakeTTS:
         self.configs = SimpleNamespace(version=version, configs_path=configs_path)
         self.vocoder = None
         self.vits_model = None
+        self.t2s_model = None
         self.init_vits_weights(version)
+        self.init_t2s_weights("t2s")
+
+    def init_t2s_weights(self, weights_path: str) -> None:
+        self.t2s_model = SimpleNamespace(model=build_t2s(seed=len(weights_path)))
 
     def init_vits_weights(self, weights_path: str) -> None:
         self.configs.version = weights_path  # the stand-in's "weights file" names its version
@@ -81,7 +87,21 @@ def test_v4_captures_the_cfm_loop_and_keeps_its_output() -> None:
 def test_cfm_off_leaves_the_flow_matching_alone() -> None:
     tts = FakeTTS("v3")
     handle = optimize_pipeline(tts, **FAST, cfm=False)
-    assert "inference" not in vars(tts.vits_model.cfm) and set(handle.stages) == {"vocoder"}
+    assert "inference" not in vars(tts.vits_model.cfm) and set(handle.stages) == {"vocoder", "t2s_model.model"}
+
+
+def test_t2s_decode_is_accelerated_and_reapplied_after_a_t2s_weight_switch() -> None:
+    tts = FakeTTS("v2")
+    handle = optimize_pipeline(tts, **FAST)
+    gen = torch.Generator().manual_seed(0)
+    phones, prompts = torch.randint(0, 40, (1, 6), generator=gen), torch.randint(0, 64, (1, 5), generator=gen)
+    bert = torch.randn(1, 1024, 6, generator=gen)
+    tts.t2s_model.model.infer_panel(phones, None, prompts, bert, top_k=1, early_stop_num=5)
+    assert handle.stats()["t2s_model.model"]["optimized"] == 1
+    tts.init_t2s_weights("other")  # what api_v2's /set_gpt_weights calls
+    assert hasattr(tts.t2s_model.model, "tts_compile") and handle.stats()["t2s_model.model"]["calls"] == 0
+    optimize_pipeline(tts, **FAST, t2s=False)
+    assert not hasattr(tts.t2s_model.model, "tts_compile") and "t2s_model.model" not in handle.stages
 
 
 def test_runtime_switch_serves_eager_and_back() -> None:
@@ -120,7 +140,7 @@ def test_calling_again_replaces_the_config_without_stacking_wrappers() -> None:
 
 def test_sovits_off_leaves_the_decoder_alone() -> None:
     tts = FakeTTS("v2")
-    assert optimize_pipeline(tts, sovits=False, **FAST).stages == {}
+    assert optimize_pipeline(tts, sovits=False, **FAST).stages.keys() == {"t2s_model.model"}
     assert not isinstance(tts.vits_model.dec, OptimizedVocoder)
 
 

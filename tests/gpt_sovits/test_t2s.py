@@ -67,14 +67,6 @@ def test_eos_and_early_stop_slicing() -> None:
     _assert_same(_both_apis(model, inputs, 0, top_k=1, early_stop_num=-1), expected)
 
 
-def test_compiled_stack_matches() -> None:
-    model = build_t2s()
-    inputs = _inputs(6, 5)
-    expected = _both_apis(model, inputs, 1, top_k=1, early_stop_num=20)
-    optimize_t2s(model, compile_mode="default")
-    _assert_same(_both_apis(model, inputs, 1, top_k=1, early_stop_num=20), expected)
-
-
 def test_batches_prompt_free_and_streaming_go_to_upstreams_methods() -> None:
     model = optimize_t2s(build_t2s(), **EAGER)
     phones, prompts, bert = _inputs(5, 4)

@@ -1,6 +1,6 @@
 """`optimize_pipeline`: tts_compile on an upstream GPT-SoVITS `TTS` pipeline, kept in place across weight switches.
 
-Per version: v3/v4 get `tts.vocoder` optimized (BigVGAN, the v4 vocoder) and their flow-matching loop
+Every version gets its T2S decode (`tts.t2s_model.model`, `optimize_t2s`) accelerated. Per version: v3/v4 get `tts.vocoder` optimized (BigVGAN, the v4 vocoder) and their flow-matching loop
 `tts.vits_model.cfm.inference` captured (`optimize_cfm`); v1/v2/v2Pro/v2ProPlus get the VITS decoder
 `tts.vits_model.dec` optimized (called by upstream as `dec(z, g=ge)`). Decoders are swapped for `OptimizedVocoder`
 modules with the original's call signature and the CFM keeps its `inference` signature, so upstream's `decode`,
@@ -26,6 +26,8 @@ from ..config import OptimizeConfig, load_config
 from ..vocoder import OptimizedVocoder, optimize_vocoder
 from .cfm import HANDLE as CFM_HANDLE
 from .cfm import OptimizedCFM, optimize_cfm, restore_cfm
+from .t2s import HANDLE as T2S_HANDLE
+from .t2s import T2SAccelerator, optimize_t2s, restore_t2s
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ VOCODER_VERSIONS = ("v3", "v4")
 SOVITS_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
 SWITCH = "use_vocoder_optimization"  # attribute on the TTS object, read at every call
 HANDLE = "tts_compile"  # attribute on the TTS object holding its PipelineOptimizer
-RELOADERS = ("init_vits_weights",)  # upstream methods that replace the models optimize_pipeline wrapped
+RELOADERS = ("init_vits_weights", "init_t2s_weights")  # upstream methods that replace the models wrapped here
 
 
 class PipelineOptimizer:
@@ -87,10 +89,20 @@ class PipelineOptimizer:
         else:
             raise ValueError(f"unknown GPT-SoVITS version {version!r}; expected one of "
                              f"{', '.join(SOVITS_VERSIONS + VOCODER_VERSIONS)}")
+        if self.config.t2s:
+            stages["t2s_model.model"] = self._t2s(tts)
         stages = {name: stage for name, stage in stages.items() if stage is not None}
         for stage in stages.values():
             (stage.optimizer if isinstance(stage, OptimizedVocoder) else stage).switch = self.enabled
         return stages
+
+    def _t2s(self, tts: Any) -> T2SAccelerator | None:
+        """The T2S decoder's accelerator; a decoder of an unexpected shape stays upstream's (logged)."""
+        try:
+            return getattr(optimize_t2s(tts.t2s_model.model, self.config), T2S_HANDLE)
+        except (AttributeError, TypeError) as exc:
+            logger.warning("optimize_pipeline: T2S left eager: %s", exc)
+            return None
 
     def _cfm(self, tts: Any) -> OptimizedCFM | None:
         """The CFM's optimizer; a CFM of an unexpected shape stays upstream's (logged), the vocoder still counts."""
@@ -168,6 +180,9 @@ def _unwrap(tts: Any) -> None:
         vits.dec = vits.dec.module
     if vits is not None and isinstance(getattr(getattr(vits, "cfm", None), CFM_HANDLE, None), OptimizedCFM):
         restore_cfm(vits.cfm)
+    t2s = getattr(getattr(tts, "t2s_model", None), "model", None)
+    if isinstance(getattr(t2s, T2S_HANDLE, None), T2SAccelerator):
+        restore_t2s(t2s)
 
 
 def _resolve(tts: Any, config: Any, options: dict[str, Any]) -> OptimizeConfig:

@@ -3,7 +3,10 @@
 Upstream decodes one token per Python iteration: 24 layers of small launches, K/V grown with `torch.cat`, ~89 tok/s
 on an H100. Here the K/V cache is preallocated (one capacity bucket per request length), and one decode step
 (sample the next token on the GPU, embed it, run the layers writing K/V in place, project the logits) is one CUDA
-graph; the host replays it and reads the EOS flags once every `CHECK_EVERY` steps.
+graph; the host replays it and reads the EOS flags once every `CHECK_EVERY` steps. In every graph mode
+(`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured from plain torch operations: inductor made
+the captured step slower and its tokens less like upstream's (H100 run 14: 745 vs 830 tok/s, greedy agreement 91
+vs 250 of 250 tokens; benchmarks/results/2026-11-25-h100-t2s.md).
 
 Upstream's semantics, kept term by term (docs: gpt-sovits-upstream.md 2.3-2.5): the EOS column is removed for the
 first 11 steps; repetition penalty over prompt + generated tokens (`score < 0 ? score * p : score / p`, applied to
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import OptimizeConfig, load_config
-from ..runner import GRAPH_MODES, INDUCTOR_MODES
+from ..runner import GRAPH_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +129,7 @@ class T2SAccelerator:
         self.counters = dict.fromkeys(("calls", "optimized", "upstream", "fallbacks", "captures", "steps", "syncs"), 0)
         self.layers = [_layer_weights(layer) for layer in model.h.layers]
         self.heads = model.num_head
-        stack = _stack
-        if config.compile_mode in INDUCTOR_MODES:
-            stack = torch.compile(_stack, mode=INDUCTOR_MODES[config.compile_mode], dynamic=False)
-        self._stack = stack
+        self._stack = _stack  # not compiled: measured slower in the captured step (H100 run 14: 745 vs 830 tok/s)
         self._states: dict[tuple, _State] = {}
         self._lock = threading.Lock()
 
