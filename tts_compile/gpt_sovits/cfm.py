@@ -31,6 +31,7 @@ from torch import nn
 
 from ..config import OptimizeConfig, load_config
 from ..runner import GRAPH_MODES, INDUCTOR_MODES, Runner
+from .rng import RngState
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class OptimizedCFM:
         if not self.active or not self._eligible(mu, x_lens, n_timesteps, inference_cfg_rate):
             self.counters["eager"] += 1
             return self.original(*args)
-        rng = _RngState(mu.device)
+        rng = RngState(mu.device)
         try:
             with torch.inference_mode():
                 return self._optimized(mu, prompt, n_timesteps, temperature)
@@ -177,20 +178,6 @@ class OptimizedCFM:
         self.counters["fallbacks"] += 1
         logger.warning("optimize_cfm: %s; this CFM runs upstream's eager inference from now on", self.failure)
         return result
-
-
-class _RngState:
-    """The generator state of a device, to undo the noise draw of a failed optimized call."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-    def restore(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(self.state, self.device)
-        else:
-            torch.set_rng_state(self.state)
 
 
 def optimize_cfm(cfm: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:

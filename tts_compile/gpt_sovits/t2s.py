@@ -34,6 +34,7 @@ from torch import nn
 
 from ..config import OptimizeConfig, load_config
 from ..runner import GRAPH_MODES
+from .rng import RngState
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class T2SAccelerator:
         """(tokens (1, steps), idx, stopped on EOS); on an error the generator is rewound before it propagates."""
         self.counters["calls"] += 1
         sampling = Sampling(int(top_k), float(top_p), float(temperature), float(penalty))
-        generator = _RngState(x.device)
+        generator = RngState(x.device)
         try:
             with self._lock, torch.inference_mode():
                 result = self._decode(x, prompts, bert, sampling, int(early_stop_num))
@@ -219,7 +220,7 @@ class T2SAccelerator:
         state = self._prefill(x, prompts, bert, last + 1)
         step = 0
         while True:
-            rng, start = _RngState(x.device), step
+            rng, start = RngState(x.device), step
             for _ in range(min(CHECK_EVERY, last + 1 - step)):
                 self._step(state, sampling, step)
                 step += 1
@@ -298,7 +299,7 @@ class T2SAccelerator:
         the request that triggered it decodes exactly as without the capture."""
         start = time.perf_counter()
         saved = {name: getattr(state, name).clone() for name in ("k", "v", "logits", "seen", "tokens", "eos", "step")}
-        rng = _RngState(state.k.device)
+        rng = RngState(state.k.device)
         stream = torch.cuda.Stream(state.k.device)
         stream.wait_stream(torch.cuda.current_stream(state.k.device))
         with torch.cuda.stream(stream):
@@ -316,7 +317,7 @@ class T2SAccelerator:
                     state.columns.numel(), vocab, sampling, time.perf_counter() - start)
         return graph
 
-    def _rewind(self, rng: "_RngState", state: _State, start: int, stop: int) -> None:
+    def _rewind(self, rng: RngState, state: _State, start: int, stop: int) -> None:
         """Leave the generator where upstream leaves it: one draw per step up to `stop`, none after."""
         rng.restore()
         for step in range(start, stop + 1):
@@ -332,20 +333,6 @@ def _layer_weights(layer: nn.Module) -> tuple:
     return (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias, layer.norm1.weight,
             layer.norm1.bias, layer.norm1.eps, layer.linear1.weight, layer.linear1.bias, layer.linear2.weight,
             layer.linear2.bias, layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
-
-
-class _RngState:
-    """The generator state of a device, to undo draws that upstream would not have made."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-    def restore(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(self.state, self.device)
-        else:
-            torch.set_rng_state(self.state)
 
 
 def optimize_t2s(model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
