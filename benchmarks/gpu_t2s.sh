@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU run 14 (issue 5): upstream T2S decode eager vs optimize_t2s (captured step of eager ops; inductor-compiled
-# layer stack in the captured step), fp16, token parity and host syncs; the T2S tests.
+# GPU runs 14-15 (issue 5): upstream T2S decode eager vs optimize_t2s (captured step of plain torch ops; run 14 also
+# timed --modes reduce-overhead and ran the T2S tests), fp16, token parity, host syncs, a per-kernel profile.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=. GPT_SOVITS_HOME=upstream TQDM_DISABLE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
