@@ -102,6 +102,13 @@ def test_disabled_config_and_restore() -> None:
     assert "inference" not in vars(cfm) and not hasattr(cfm, "tts_compile")
 
 
+def test_environment_switch_turns_an_optimized_cfm_off(monkeypatch) -> None:
+    cfm = optimize_cfm(build_flow_matching(), **EAGER)
+    monkeypatch.setenv("TTS_COMPILE_DISABLE", "1")  # set after optimize_cfm with an explicit config: still honoured
+    cfm.inference(*_inputs(1, 8, 2), 2)
+    assert cfm.tts_compile.optimization_stats()["eager"] == 1 and cfm.tts_compile.optimization_stats()["direct"] == 0
+
+
 def test_rejects_a_module_that_is_not_a_cfm() -> None:
     with pytest.raises(TypeError, match="cfm: expected a GPT-SoVITS CFM.*lacks"):
         optimize_cfm(torch.nn.Linear(2, 2))

@@ -107,6 +107,15 @@ def test_bad_input_raises_upstreams_error_and_keeps_the_accelerator() -> None:
     assert model.tts_compile.failure is None
 
 
+def test_environment_switch_turns_the_accelerator_off(monkeypatch) -> None:
+    model = optimize_t2s(build_t2s(), **EAGER)
+    monkeypatch.setenv("TTS_COMPILE_DISABLE", "1")
+    phones, prompts, bert = _inputs(5, 4)
+    model.infer_panel(phones, None, prompts, bert, top_k=1, early_stop_num=3)
+    stats = model.tts_compile.optimization_stats()
+    assert stats["upstream"] == 1 and stats["optimized"] == 0
+
+
 def test_restore_and_rejection() -> None:
     model = optimize_t2s(build_t2s(), **EAGER)
     restore_t2s(model)

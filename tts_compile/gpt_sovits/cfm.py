@@ -29,8 +29,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..config import OptimizeConfig, load_config
+from ..config import OptimizeConfig
 from ..runner import GRAPH_MODES, INDUCTOR_MODES, Runner
+from .accelerator import HANDLE, Accelerator, resolve_config
 from .rng import RngState
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ CAPTURE_AFTER = 2  # a bucket is captured when it is seen the second time: seria
 MAX_GRAPHS = 8  # captured buckets per CFM; later new buckets run the compiled loop without a graph
 ESTIMATOR_PARTS = ("time_embed", "d_embed", "text_embed", "input_embed", "rotary_embed", "transformer_blocks",
                    "norm_out", "proj_out")
-HANDLE = "tts_compile"  # attribute on the CFM holding its OptimizedCFM
 
 
 def _block(block: nn.Module, h: torch.Tensor, t: torch.Tensor, freqs: torch.Tensor, scale: Any) -> torch.Tensor:
@@ -71,16 +71,15 @@ def _euler(velocity: Callable[..., torch.Tensor], times: torch.Tensor, step: flo
     return x
 
 
-class OptimizedCFM:
+class OptimizedCFM(Accelerator):
     """What `optimize_cfm` installed on one CFM: its `inference`, counters, and the runtime switch."""
 
+    name = "optimize_cfm"
+
     def __init__(self, cfm: nn.Module, config: OptimizeConfig) -> None:
+        super().__init__(config, ("calls", "graph", "direct", "eager"))
         self.cfm = cfm
-        self.config = config
         self.original = type(cfm).inference.__get__(cfm)
-        self.switch: Callable[[], bool] = lambda: True
-        self.failure: str | None = None
-        self.counters: Counter[str] = Counter(dict.fromkeys(("calls", "graph", "direct", "eager", "fallbacks"), 0))
         device = next(cfm.parameters()).device
         self.runner = Runner("cudagraphs" if config.compile_mode in GRAPH_MODES else "eager", device)
         block = _block
@@ -90,11 +89,6 @@ class OptimizedCFM:
         self._seen: Counter[tuple] = Counter()
         self._constants: dict[tuple, Any] = {}
         self._lock = threading.Lock()
-
-    @property
-    def active(self) -> bool:
-        """Whether calls take the optimized path (enabled, not failed, switch on)."""
-        return self.config.enabled and self.failure is None and bool(self.switch())
 
     def inference(self, mu: torch.Tensor, x_lens: torch.Tensor, prompt: torch.Tensor, n_timesteps: int,
                   temperature: float = 1.0, inference_cfg_rate: float = 0) -> torch.Tensor:
@@ -110,11 +104,11 @@ class OptimizedCFM:
                 return self._optimized(mu, prompt, n_timesteps, temperature)
         except Exception as exc:
             rng.restore()  # upstream then draws the noise this call drew
-            return self._fall_back(exc, args)
+            return self.serve_upstream(exc, lambda: self.original(*args))
 
     def optimization_stats(self) -> dict[str, Any]:
         """Counters: calls, graph replays, direct (compiled, no graph) and eager calls, fallbacks; captures."""
-        return {**self.counters, "captures": self.runner.counters["captures"], "failure": self.failure}
+        return {**super().optimization_stats(), "captures": self.runner.counters["captures"]}
 
     def _eligible(self, mu: torch.Tensor, x_lens: Any, n_timesteps: int, cfg_rate: float) -> bool:
         """Classifier-free guidance, or an x_lens that masks frames, is upstream's own path."""
@@ -169,21 +163,11 @@ class OptimizedCFM:
             self._constants[key] = loop
         return loop
 
-    def _fall_back(self, exc: Exception, args: tuple) -> torch.Tensor:
-        """Serve upstream's path; disable the optimized one only if upstream succeeds where it failed."""
-        result = self.original(*args)
-        if self.config.fallback == "raise":
-            raise exc
-        self.failure = f"{type(exc).__name__}: {exc}"
-        self.counters["fallbacks"] += 1
-        logger.warning("optimize_cfm: %s; this CFM runs upstream's eager inference from now on", self.failure)
-        return result
-
 
 def optimize_cfm(cfm: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
     """Patch a GPT-SoVITS v3/v4 `CFM` in place: `cfm.inference` keeps its signature and result, its Euler loop
     runs compiled and captured. The handle (`OptimizedCFM`: optimization_stats, switch) is `cfm.tts_compile`. Returns `cfm`."""
-    config = (config.replace(**options) if options else config) if config is not None else load_config(**options)
+    config = resolve_config(config, options)
     estimator = getattr(cfm, "estimator", None)
     missing = [name for name in ESTIMATOR_PARTS if not hasattr(estimator, name)]
     if missing or not hasattr(cfm, "in_channels"):

@@ -17,16 +17,16 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..config import OptimizeConfig, load_config
 from ..vocoder import OptimizedVocoder, optimize_vocoder
-from .cfm import HANDLE as CFM_HANDLE
+from .accelerator import HANDLE as MODULE_HANDLE
+from .accelerator import Accelerator
 from .cfm import OptimizedCFM, optimize_cfm, restore_cfm
-from .t2s import HANDLE as T2S_HANDLE
 from .t2s import T2SAccelerator, optimize_t2s, restore_t2s
 
 logger = logging.getLogger(__name__)
@@ -83,33 +83,27 @@ class PipelineOptimizer:
                 tts.vocoder = optimize_vocoder(tts.vocoder, config=self.config)
             stages = {"vocoder": tts.vocoder}
             if self.config.cfm:
-                stages["vits_model.cfm"] = self._cfm(tts)
+                stages["vits_model.cfm"] = self._attached("CFM", optimize_cfm, lambda: tts.vits_model.cfm)
         elif version in SOVITS_VERSIONS:
             stages = {"vits_model.dec": optimize_sovits(tts.vits_model, self.config).dec} if self.config.sovits else {}
         else:
             raise ValueError(f"unknown GPT-SoVITS version {version!r}; expected one of "
                              f"{', '.join(SOVITS_VERSIONS + VOCODER_VERSIONS)}")
         if self.config.t2s:
-            stages["t2s_model.model"] = self._t2s(tts)
+            stages["t2s_model.model"] = self._attached("T2S", optimize_t2s, lambda: tts.t2s_model.model)
         stages = {name: stage for name, stage in stages.items() if stage is not None}
         for stage in stages.values():
             (stage.optimizer if isinstance(stage, OptimizedVocoder) else stage).switch = self.enabled
         return stages
 
-    def _t2s(self, tts: Any) -> T2SAccelerator | None:
-        """The T2S decoder's accelerator; a decoder of an unexpected shape stays upstream's (logged)."""
+    def _attached(self, label: str, optimize: Callable[..., nn.Module],
+                  module: Callable[[], nn.Module]) -> Accelerator | None:
+        """The accelerator `optimize` patches onto `module()`; a model of an unexpected shape stays upstream's (logged)
+        and the other stages still count."""
         try:
-            return getattr(optimize_t2s(tts.t2s_model.model, self.config), T2S_HANDLE)
+            return getattr(optimize(module(), self.config), MODULE_HANDLE)
         except (AttributeError, TypeError) as exc:
-            logger.warning("optimize_pipeline: T2S left eager: %s", exc)
-            return None
-
-    def _cfm(self, tts: Any) -> OptimizedCFM | None:
-        """The CFM's optimizer; a CFM of an unexpected shape stays upstream's (logged), the vocoder still counts."""
-        try:
-            return getattr(optimize_cfm(tts.vits_model.cfm, self.config), CFM_HANDLE)
-        except (AttributeError, TypeError) as exc:
-            logger.warning("optimize_pipeline: CFM left eager: %s", exc)
+            logger.warning("optimize_pipeline: %s left eager: %s", label, exc)
             return None
 
 
@@ -178,10 +172,10 @@ def _unwrap(tts: Any) -> None:
     vits = getattr(tts, "vits_model", None)
     if vits is not None and isinstance(getattr(vits, "dec", None), OptimizedVocoder):
         vits.dec = vits.dec.module
-    if vits is not None and isinstance(getattr(getattr(vits, "cfm", None), CFM_HANDLE, None), OptimizedCFM):
+    if vits is not None and isinstance(getattr(getattr(vits, "cfm", None), MODULE_HANDLE, None), OptimizedCFM):
         restore_cfm(vits.cfm)
     t2s = getattr(getattr(tts, "t2s_model", None), "model", None)
-    if isinstance(getattr(t2s, T2S_HANDLE, None), T2SAccelerator):
+    if isinstance(getattr(t2s, MODULE_HANDLE, None), T2SAccelerator):
         restore_t2s(t2s)
 
 

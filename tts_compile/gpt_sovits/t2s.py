@@ -26,14 +26,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import OptimizeConfig, load_config
+from ..config import OptimizeConfig
 from ..runner import GRAPH_MODES
+from .accelerator import HANDLE, Accelerator, resolve_config
 from .rng import RngState
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ MAX_STEPS = 1500  # upstream's cap (60 s of audio per segment)
 EARLY_STEPS = 11  # steps that cannot emit EOS (its column is removed)
 CHECK_EVERY = 16  # decode steps between two reads of the EOS flags (one host sync each)
 CAPACITIES = (1024, 2048, 4096)  # KV-cache lengths; a request takes the smallest that holds prefix + steps
-HANDLE = "tts_compile"
 METHODS = ("infer_panel_naive", "infer_panel_batch_infer", "infer_panel")
 
 
@@ -118,30 +118,21 @@ class _State:
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
 
 
-class T2SAccelerator:
-    """What `optimize_t2s` installed on one `Text2SemanticDecoder` (`model.tts_compile`): the decode, counters, switch."""
+class T2SAccelerator(Accelerator):
+    """What `optimize_t2s` installed on one `Text2SemanticDecoder` (`model.tts_compile`): the decode, counters, switch.
+    Counters: calls, optimized and upstream calls, fallbacks, captures, decoded steps, host syncs."""
+
+    name = "optimize_t2s"
 
     def __init__(self, model: nn.Module, config: OptimizeConfig) -> None:
+        super().__init__(config, ("calls", "optimized", "upstream", "captures", "steps", "syncs"))
         self.model = model
-        self.config = config
         self.original = {name: getattr(type(model), name).__get__(model) for name in METHODS}
-        self.switch: Callable[[], bool] = lambda: True
-        self.failure: str | None = None
-        self.counters = dict.fromkeys(("calls", "optimized", "upstream", "fallbacks", "captures", "steps", "syncs"), 0)
         self.layers = [_layer_weights(layer) for layer in model.h.layers]
         self.heads = model.num_head
         self._stack = _stack  # not compiled: measured slower in the captured step (H100 run 14: 745 vs 830 tok/s)
         self._states: dict[tuple, _State] = {}
         self._lock = threading.Lock()
-
-    @property
-    def active(self) -> bool:
-        """Whether calls take the optimized path (enabled, not failed, switch on)."""
-        return self.config.enabled and self.failure is None and bool(self.switch())
-
-    def optimization_stats(self) -> dict[str, Any]:
-        """Counters: calls, optimized and upstream calls, fallbacks, captures, decoded steps, host syncs."""
-        return {**self.counters, "failure": self.failure}
 
     # --- upstream's entry points -------------------------------------------------------------------------------
 
@@ -159,7 +150,7 @@ class T2SAccelerator:
             tokens, idx, eos = self._run(x, prompts, bert_feature, top_k, top_p, early_stop_num, temperature,
                                          repetition_penalty)
         except Exception as exc:
-            yield from self._after_failure(exc, lambda: list(self.original["infer_panel_naive"](*args, **kwargs)))
+            yield from self.serve_upstream(exc, lambda: list(self.original["infer_panel_naive"](*args, **kwargs)))
             return
         yield torch.cat((prompts, tokens[:, : idx + (0 if eos else 1)].to(prompts.dtype)), dim=1), idx
 
@@ -178,7 +169,7 @@ class T2SAccelerator:
             tokens, idx, _ = self._run(x[0][None], prompts, bert_feature[0][None], top_k, top_p, early_stop_num,
                                        temperature, repetition_penalty)
         except Exception as exc:
-            return self._after_failure(exc, lambda: self.original["infer_panel_batch_infer"](*args, **kwargs))
+            return self.serve_upstream(exc, lambda: self.original["infer_panel_batch_infer"](*args, **kwargs))
         # upstream keeps y[:-1] on EOS and on early stop alike
         return [torch.cat((prompts[0], tokens[0, :idx].to(prompts.dtype)))], [idx]
 
@@ -201,17 +192,6 @@ class T2SAccelerator:
             generator.restore()
             raise
         self.counters["optimized"] += 1
-        return result
-
-    def _after_failure(self, exc: Exception, upstream: Callable[[], Any]) -> Any:
-        """Serve upstream's result; disable this accelerator only if upstream succeeds where it failed (a bad input
-        raises upstream's own error and leaves it on)."""
-        result = upstream()
-        if self.config.fallback == "raise":
-            raise exc
-        self.failure = f"{type(exc).__name__}: {exc}"
-        self.counters["fallbacks"] += 1
-        logger.warning("optimize_t2s: %s; this model decodes with upstream's loop from now on", self.failure)
         return result
 
     def _decode(self, x, prompts, bert, sampling: Sampling, early_stop_num: int) -> tuple[torch.Tensor, int, bool]:
@@ -339,7 +319,7 @@ def optimize_t2s(model: nn.Module, config: OptimizeConfig | None = None, **optio
     """Patch an upstream `Text2SemanticDecoder` in place: `infer_panel`, `infer_panel_naive` and
     `infer_panel_batch_infer` keep their signatures and results and decode through `T2SAccelerator`
     (`model.tts_compile`). Returns `model`."""
-    config = (config.replace(**options) if options else config) if config is not None else load_config(**options)
+    config = resolve_config(config, options)
     missing = [name for name in ("h", "ar_predict_layer", "ar_audio_embedding", "ar_audio_position", "num_head",
                                  "EOS", "model_dim") if not hasattr(model, name)]
     if missing:

@@ -1,0 +1,53 @@
+"""`Accelerator`: what the GPT-SoVITS accelerators (`optimize_t2s`, `optimize_cfm`) share: the config, the runtime
+switch, TTS_COMPILE_DISABLE, the failure state and the rule for falling back to upstream's own method."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Callable
+
+from ..config import OptimizeConfig, disabled_by_environment, load_config
+
+logger = logging.getLogger(__name__)
+
+HANDLE = "tts_compile"  # attribute on the patched upstream module holding its accelerator
+
+
+class Accelerator:
+    """Base of an accelerator patched onto one upstream module: `active`, counters, and the fallback rule."""
+
+    name = "accelerator"  # the optimize_* function, for log lines
+
+    def __init__(self, config: OptimizeConfig, counters: tuple[str, ...]) -> None:
+        self.config = config
+        self.switch: Callable[[], bool] = lambda: True
+        self.failure: str | None = None
+        self.counters: Counter[str] = Counter(dict.fromkeys(counters + ("fallbacks",), 0))
+
+    @property
+    def active(self) -> bool:
+        """Whether calls take the optimized path (enabled, not disabled by the environment, not failed, switch on)."""
+        return self.config.enabled and not disabled_by_environment() and self.failure is None and bool(self.switch())
+
+    def optimization_stats(self) -> dict[str, Any]:
+        """The counters, and the failure that turned the accelerator off (None while it runs)."""
+        return {**self.counters, "failure": self.failure}
+
+    def serve_upstream(self, exc: Exception, upstream: Callable[[], Any]) -> Any:
+        """After the optimized path raised `exc`: serve upstream's result, and turn the accelerator off only if
+        upstream succeeds where it failed (a bad input raises upstream's own error and leaves it on)."""
+        result = upstream()
+        if self.config.fallback == "raise":
+            raise exc
+        self.failure = f"{type(exc).__name__}: {exc}"
+        self.counters["fallbacks"] += 1
+        logger.warning("%s: %s; upstream's own method serves every later call", self.name, self.failure)
+        return result
+
+
+def resolve_config(config: OptimizeConfig | None, options: dict[str, Any]) -> OptimizeConfig:
+    """`config` with keyword `options` applied, or the defaults (and TTS_COMPILE_DISABLE) with them."""
+    if config is None:
+        return load_config(**options)
+    return config.replace(**options) if options else config
