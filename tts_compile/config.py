@@ -97,13 +97,17 @@ class OptimizeConfig:
         "optimize_pipeline: decode T2S tokens with a static KV cache and a captured decode step (batch-1 calls; "
         "others run upstream's loop). Memory: the cache, ~100 MB per 1024 positions for the 24-layer model. "
         "False: leave T2S eager."))
+    t2s_kernels: bool = field(default=True, metadata=_doc(
+        "optimize_t2s on CUDA: run the decode step's layers as Triton kernels (five launches a layer instead of "
+        "~14; float32 accumulation, rounding differs from cuBLAS in the last bits). False: torch ops (cuBLAS, "
+        "SDPA). Without Triton, torch ops. No effect on CPU."))
     cfm: bool = field(default=True, metadata=_doc(
         "optimize_pipeline on GPT-SoVITS v3/v4: run the flow-matching loop (`vits_model.cfm`) compiled, each "
         "(batch, frames, steps) bucket captured as one CUDA graph on its second call (at most 8 per model; "
         "memory: one DiT forward's activations per bucket). False: leave the CFM eager."))
 
     def __post_init__(self) -> None:
-        _check_bool(self, "enabled", "verify", "progress", "cudnn_benchmark", "sovits", "cfm", "t2s")
+        _check_bool(self, "enabled", "verify", "progress", "cudnn_benchmark", "sovits", "cfm", "t2s", "t2s_kernels")
         _check_int(self, "chunk_size", "max_batch", minimum=1)
         _check_choice(self, "compile_mode", COMPILE_MODES)
         _check_choice(self, "fused_activation", SWITCHES)

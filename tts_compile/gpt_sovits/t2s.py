@@ -3,10 +3,11 @@
 Upstream decodes one token per Python iteration: 24 layers of small launches, K/V grown with `torch.cat`, ~89 tok/s
 on an H100. Here the K/V cache is preallocated (one capacity bucket per request length), and one decode step
 (sample the next token on the GPU, embed it, run the layers writing K/V in place, project the logits) is one CUDA
-graph; the host replays it and reads the EOS flags once every `CHECK_EVERY` steps. In every graph mode
-(`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured from plain torch operations: inductor made
-the captured step slower and its tokens less like upstream's (H100 run 14: 745 vs 830 tok/s, greedy agreement 91
-vs 250 of 250 tokens; benchmarks/results/2026-11-25-h100-t2s.md).
+graph; the host replays it and reads the EOS flags once every `CHECK_EVERY` steps. The layers of the step are
+`tts_compile::t2s_decode_step` (Triton kernels, five launches a layer: H100 run 19, 2090 vs 838 tok/s with torch
+ops; `t2s_kernels`). In every graph mode (`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured
+without inductor: inductor made it slower and its tokens less like upstream's (run 14: 745 vs 830 tok/s;
+benchmarks/results/2026-11-25-h100-t2s.md).
 
 Upstream's semantics, kept term by term (docs: gpt-sovits-upstream.md 2.3-2.5): the EOS column is removed for the
 first 11 steps; repetition penalty over prompt + generated tokens (`score < 0 ? score * p : score / p`, applied to
@@ -22,6 +23,7 @@ Scope: one sequence with a prompt (batch 1: api_v2's default `batch_size=1`, and
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import OptimizeConfig
+from ..kernels.t2s_decode import flatten, stack, t2s_decode_step
 from ..runner import GRAPH_MODES
 from .accelerator import HANDLE, Accelerator, resolve_config
 from .rng import RngState
@@ -54,28 +57,6 @@ class Sampling:
     top_p: float
     temperature: float
     repetition_penalty: float
-
-
-def _layer(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor,
-           w: tuple, heads: int) -> torch.Tensor:
-    """One post-norm layer on x (B, L, d); K/V of the L positions `pos` written into the caches (B, H, cap, hd);
-    `visible` (B, 1, L, cap) marks the cache columns each row attends to."""
-    batch, length, dim = x.shape
-    q, k_new, v_new = F.linear(x, w[0], w[1]).chunk(3, dim=-1)
-    k.index_copy_(2, pos, k_new.view(batch, length, heads, -1).transpose(1, 2))
-    v.index_copy_(2, pos, v_new.view(batch, length, heads, -1).transpose(1, 2))
-    q = q.view(batch, length, heads, -1).transpose(1, 2)
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=visible).transpose(1, 2).reshape(batch, length, dim)
-    x = F.layer_norm(x + F.linear(attn, w[2], w[3]), (dim,), w[4], w[5], w[6])
-    return F.layer_norm(x + F.linear(F.relu(F.linear(x, w[7], w[8])), w[9], w[10]), (dim,), w[11], w[12], w[13])
-
-
-def _stack(layers: list[tuple], heads: int, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-           visible: torch.Tensor) -> torch.Tensor:
-    """All layers; k, v: (layers, B, H, cap, hd)."""
-    for i, w in enumerate(layers):
-        x = _layer(x, k[i], v[i], pos, visible, w, heads)
-    return x
 
 
 def _penalised(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -130,7 +111,11 @@ class T2SAccelerator(Accelerator):
         self.original = {name: getattr(type(model), name).__get__(model) for name in METHODS}
         self.layers = [_layer_weights(layer) for layer in model.h.layers]
         self.heads = model.num_head
-        self._stack = _stack  # not compiled: measured slower in the captured step (H100 run 14: 745 vs 830 tok/s)
+        self.flat = flatten(self.layers)
+        self.predict = model.ar_predict_layer
+        self.kernels = config.t2s_kernels and importlib.util.find_spec("triton") is not None
+        if config.t2s_kernels and not self.kernels:
+            logger.info("optimize_t2s: Triton is not installed; the decode step runs torch ops")
         self._states: dict[tuple, _State] = {}
         self._lock = threading.Lock()
 
@@ -223,7 +208,7 @@ class T2SAccelerator(Accelerator):
         columns = state.columns[None, :]
         rows = torch.arange(n_text + n_prompt, device=xy.device)[:, None]
         visible = (columns < n_text) | ((columns >= n_text) & (columns <= rows) & (rows >= n_text))
-        out = _stack(self.layers, self.heads, xy, state.k, state.v, rows[:, 0], visible[None, None])
+        out = stack(self.layers, self.heads, xy, state.k, state.v, rows[:, 0], visible[None, None])
         state.logits.copy_(m.ar_predict_layer(out[:, -1]))
         state.seen.zero_()
         state.seen.scatter_(1, prompts.long(), True)
@@ -269,9 +254,14 @@ class T2SAccelerator(Accelerator):
         pe = position.pe.index_select(1, state.prompt + state.step).to(state.logits.dtype)
         x = m.ar_audio_embedding(token) * position.x_scale + position.alpha * pe
         pos = state.prefix + state.step
-        visible = (state.columns <= pos)[None, None, None, :]
-        out = self._stack(self.layers, self.heads, x, state.k, state.v, pos, visible)
-        state.logits.copy_(m.ar_predict_layer(out[:, -1]))
+        if self.kernels:  # Triton on CUDA, the torch layers elsewhere
+            logits = t2s_decode_step(x[:, 0], state.k, state.v, pos, *self.flat, self.predict.weight,
+                                     self.predict.bias)
+        else:
+            visible = (state.columns <= pos)[None, None, None, :]
+            out = stack(self.layers, self.heads, x, state.k, state.v, pos, visible)
+            logits = self.predict(out[:, -1])
+        state.logits.copy_(logits)
         state.step += 1
 
     def _capture(self, state: _State, sampling: Sampling, vocab: int) -> torch.cuda.CUDAGraph:
