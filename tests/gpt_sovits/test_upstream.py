@@ -3,6 +3,7 @@ RVC-Boss/GPT-SoVITS (plus x_transformers, which upstream's model module imports)
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -152,27 +153,78 @@ def upstream_t2s(upstream):
     return model, inputs
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("top_k,seed", [(1, 0), (15, 1), (15, 2)])
-def test_t2s_tokens_match_upstream(upstream_t2s, top_k, seed) -> None:
-    """Greedy and seeded sampled decodes: the same tokens, idx and generator state as upstream's own loops."""
+def test_t2s_tokens_match_upstream(upstream_t2s, top_k, seed, device) -> None:
+    """Greedy and seeded sampled decodes: the same tokens, idx and generator state as upstream's own loops (float32;
+    on CUDA through the captured step and the Triton layers)."""
     from tts_compile.gpt_sovits.t2s import optimize_t2s, restore_t2s
 
-    model, (phones, prompts, bert) = upstream_t2s
+    model, inputs = upstream_t2s
+    model = copy.deepcopy(model).to(device)
+    phones, prompts, bert = (t.to(device) for t in inputs)
     kwargs = {"top_k": top_k, "top_p": 1, "temperature": 1.0, "repetition_penalty": 1.35, "early_stop_num": 40}
 
     def both():
         torch.manual_seed(seed)
         naive = next(model.infer_panel_naive(phones, None, prompts, bert, **kwargs))
-        batch = model.infer_panel_batch_infer([phones[0]], torch.LongTensor([12]), prompts, [bert[0]], **kwargs)
-        return naive, batch, torch.rand(3)
+        batch = model.infer_panel_batch_infer([phones[0]], torch.tensor([12], device=device), prompts, [bert[0]],
+                                              **kwargs)
+        return naive, batch, torch.rand(3, device=device)
 
     expected = both()
-    optimize_t2s(model, compile_mode="eager")
+    optimize_t2s(model, compile_mode="eager" if device == "cpu" else "cudagraphs")
     try:
         got = both()
-        assert model.tts_compile.optimization_stats()["optimized"] == 2
+        stats = model.tts_compile.optimization_stats()
+        assert stats["optimized"] == 2 and stats["captures"] == (0 if device == "cpu" else 2)
     finally:
         restore_t2s(model)
     assert torch.equal(got[0][0], expected[0][0]) and got[0][1] == expected[0][1]
     assert torch.equal(got[1][0][0], expected[1][0][0]) and got[1][1] == expected[1][1]
     assert torch.equal(got[2], expected[2])  # the generator is left where upstream leaves it
+
+
+FREQUENCY_DRAWS = 1500  # seeded first-step samples for the chi-square test
+CHI2_Z = 3.09  # standard-normal quantile of the test's 0.1% level
+
+
+def _chi2_critical(df: int, z: float = CHI2_Z) -> float:
+    """Upper chi-square quantile (Wilson-Hilferty), good to ~1% for df >= 2."""
+    return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+
+
+def test_t2s_first_tokens_follow_upstreams_probabilities(upstream_t2s) -> None:
+    """First sampled tokens over many seeds against upstream's first-step probabilities (its own logits through its
+    own `logits_to_probs`): nothing outside the top-k support, Pearson's chi-square below the 0.1% critical value."""
+    from AR.models.utils import logits_to_probs
+
+    from tts_compile.gpt_sovits.t2s import optimize_t2s, restore_t2s
+
+    model, (phones, prompts, bert) = upstream_t2s
+    sampling = {"top_k": 15, "top_p": 1, "temperature": 1.0, "repetition_penalty": 1.35}
+    logits = []
+    hook = model.ar_predict_layer.register_forward_hook(lambda module, args, out: logits.append(out.detach()))
+    try:
+        next(model.infer_panel_naive(phones, None, prompts, bert, early_stop_num=0, **sampling))
+    finally:
+        hook.remove()
+    probs = logits_to_probs(logits[0][:, :-1].clone(), previous_tokens=prompts, **sampling)[0].double()  # no EOS yet
+    optimize_t2s(model, compile_mode="eager")
+    try:
+        counts = torch.zeros_like(probs)
+        for seed in range(FREQUENCY_DRAWS):
+            torch.manual_seed(seed)
+            y, _ = model.infer_panel(phones, None, prompts, bert, early_stop_num=0, **sampling)
+            counts[y[0, prompts.shape[1]]] += 1
+    finally:
+        restore_t2s(model)
+    assert counts[probs == 0].sum() == 0
+    expected = FREQUENCY_DRAWS * probs
+    rare = (expected < 5) & (probs > 0)  # merged into one cell, as the test's approximation needs
+    cells_got = torch.cat((counts[expected >= 5], counts[rare].sum()[None]))
+    cells_expected = torch.cat((expected[expected >= 5], expected[rare].sum()[None]))
+    keep = cells_expected > 0
+    statistic = float(((cells_got - cells_expected)[keep] ** 2 / cells_expected[keep]).sum())
+    assert int(keep.sum()) >= 3, "the first-step distribution is too peaked for a frequency test"
+    assert statistic < _chi2_critical(int(keep.sum()) - 1)
