@@ -3,7 +3,9 @@
 Upstream's `Text2SemanticDecoder` from `s1longer-v2.yaml` (24 layers, 512-d, 16 heads); a 60-phone + 75-prompt-token
 prefix; 25 and 250 generated tokens (random weights never emit EOS, so `early_stop_num` fixes the length) at
 api_v2's sampling defaults (top_k 15, repetition_penalty 1.35) and greedy (top_k 1) for token parity.
-Steady-state decode rate = 225 tokens / (time(250) - time(25)).
+Steady-state decode rate = 225 tokens / (time(250) - time(25)). Rows: upstream eager (`infer_panel_naive`),
+upstream's CUDA-graph runner (`t2s_model_cudagraph.CUDAGraphRunner`, wired only into its web UI; its own EOS rule,
+so no token parity), and `optimize_t2s` per variant (Triton kernels, or torch ops in the captured step).
 Usage (repo root, GPU machine): GPT_SOVITS_HOME=upstream python benchmarks/t2s_gpu.py --json out.json
 """
 
@@ -37,6 +39,8 @@ def build(root: Path, device: str, smoke: bool):
         config["model"].update(n_layer=2, hidden_dim=64, embedding_dim=64, head=4)
     torch.manual_seed(0)
     model = Text2SemanticDecoder(config=config, top_k=3).to(device).eval()
+    with torch.no_grad():  # an EOS logit of 0 never wins: every path decodes the full length (upstream's runner,
+        model.ar_predict_layer.weight[model.EOS].zero_()  # with its own EOS rule, stopped at 20 tokens in run 18)
     return model.half() if device == "cuda" else model
 
 
@@ -46,6 +50,34 @@ def make_inputs(device: str):
     bert = (0.1 * torch.randn(1, 1024, PHONES, generator=gen)).to(device)
     prompts = torch.randint(0, 1024, (1, PROMPT), generator=gen).to(device)
     return phones, prompts, bert
+
+
+VARIANTS = {"kernels": {"compile_mode": "cudagraphs"},
+            "torch": {"compile_mode": "cudagraphs", "t2s_kernels": False},
+            "reduce-overhead": {"compile_mode": "reduce-overhead"}}
+
+
+def graph_runner(model, root: Path):
+    """Upstream's web-UI runner over the same weights (its loader's key mapping, from our state dict)."""
+    from AR.models.structs_cudagraph import T2SRequest
+    from AR.models.t2s_model_cudagraph import CUDAGraphRunner, T2SDecoder
+
+    config = yaml.safe_load((root / "GPT_SoVITS/configs/s1longer-v2.yaml").read_text())
+    decoder = T2SDecoder(config, max_batch_size=1)
+    decoder.load_state_dict({f"model.{k}": v.float() for k, v in model.state_dict().items()})
+    runner = CUDAGraphRunner(decoder.eval(), torch.device("cuda"), torch.float16)
+
+    def run(inputs, tokens: int, sampling: dict) -> torch.Tensor:
+        phones, prompts, bert = inputs
+        torch.manual_seed(5)
+        request = T2SRequest([phones[0]], torch.tensor([PHONES], device=phones.device), prompts, [bert[0].half()],
+                             valid_length=1, early_stop_num=tokens - 1, use_cuda_graph=True, **sampling)
+        result = runner.generate(request)
+        if result.exception is not None:
+            raise result.exception
+        return result.result[0]
+
+    return run
 
 
 def decode(model, inputs, tokens: int, sampling: dict) -> torch.Tensor:
@@ -62,11 +94,12 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(differ[0]) if len(differ) else len(a)
 
 
-def measure(model, inputs, device, repeats):
+def measure(run, inputs, device, repeats):
+    """`run(inputs, tokens, sampling)` timed at each length; its greedy tokens at the longest."""
     out, times = {}, {}
     for n in LENGTHS:
-        out[n], times[n], _ = timed(lambda n=n: decode(model, inputs, n, SAMPLING), device, repeats)
-    greedy = decode(model, inputs, LENGTHS[-1], {**SAMPLING, "top_k": 1})
+        out[n], times[n], _ = timed(lambda n=n: run(inputs, n, SAMPLING), device, repeats)
+    greedy = run(inputs, LENGTHS[-1], {**SAMPLING, "top_k": 1})
     steady = (LENGTHS[1] - LENGTHS[0]) / ((times[LENGTHS[1]] - times[LENGTHS[0]]) / 1e3)
     return {"ms": times, "steady_tok_s": steady, "end_to_end_tok_s": LENGTHS[1] / times[LENGTHS[1]] * 1e3}, out, greedy
 
@@ -92,7 +125,7 @@ def profile(model, inputs, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default="t2s.json")
-    parser.add_argument("--modes", default="cudagraphs,reduce-overhead")
+    parser.add_argument("--variants", default="kernels,torch", help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script")
     parser.add_argument("--profile", default="", help="write a per-kernel table of 50 uncaptured decode steps here")
@@ -104,19 +137,27 @@ def main() -> None:
     device = torch.device("cpu" if args.smoke else "cuda")
     model = build(root, device.type, args.smoke)
     inputs = make_inputs(device.type)
+
+    def run(*call):  # upstream's methods until optimize_t2s patches them
+        return decode(model, *call)
+
     with torch.inference_mode():
-        upstream, ref, ref_greedy = measure(model, inputs, device, max(2, args.repeats // 2))
+        upstream, ref, ref_greedy = measure(run, inputs, device, max(2, args.repeats // 2))
         rows = [{"path": "upstream eager", **upstream}]
         log.info("upstream eager: %s", upstream)
-        for mode in args.modes.split(","):
-            optimize_t2s(model, compile_mode=mode)
+        if not args.smoke:
+            graphed, _, _ = measure(graph_runner(model, root), inputs, device, args.repeats)
+            rows.append({"path": "upstream CUDAGraphRunner", **graphed})
+            log.info("upstream CUDAGraphRunner: %s", graphed)
+        for variant in args.variants.split(","):
+            optimize_t2s(model, **VARIANTS[variant])
             start = time.perf_counter()
-            decode(model, inputs, LENGTHS[-1], SAMPLING)
+            run(inputs, LENGTHS[-1], SAMPLING)
             first = time.perf_counter() - start
-            result, out, greedy = measure(model, inputs, device, args.repeats)
+            result, out, greedy = measure(run, inputs, device, args.repeats)
             stats = model.tts_compile.optimization_stats()
             restore_t2s(model)
-            row = {"path": f"optimize_t2s {mode}", **result, "first_call_s": first, "stats": stats,
+            row = {"path": f"optimize_t2s {variant}", **result, "first_call_s": first, "stats": stats,
                    "greedy_tokens_agree": agreement(greedy, ref_greedy), "sampled_tokens_agree":
                    agreement(out[LENGTHS[-1]], ref[LENGTHS[-1]]), "syncs_per_250": stats["syncs"] / stats["calls"]}
             rows.append(row)
