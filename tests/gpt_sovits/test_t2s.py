@@ -40,14 +40,16 @@ def _assert_same(got, expected) -> None:
 @given(phones=st.integers(1, 12), prompt=st.integers(1, 10), top_k=st.sampled_from([1, 3, 64, 100]),
        top_p=st.sampled_from([1.0, 0.8]), temperature=st.sampled_from([1.0, 0.6]),
        penalty=st.sampled_from([1.0, 1.35]), early=st.sampled_from([0, 5, 2 * CHECK_EVERY + 3]),
-       seed=st.integers(0, 3))
-def test_decode_equals_the_reference(phones, prompt, top_k, top_p, temperature, penalty, early, seed) -> None:
+       seed=st.integers(0, 3), kernels=st.booleans())
+def test_decode_equals_the_reference(phones, prompt, top_k, top_p, temperature, penalty, early, seed,
+                                     kernels) -> None:
+    """Both step forms (the `t2s_decode_step` op, the torch layers) give the reference's tokens."""
     model = build_t2s(seed=seed)
     kwargs = {"top_k": top_k, "top_p": top_p, "temperature": temperature, "repetition_penalty": penalty,
               "early_stop_num": early}
     inputs = _inputs(phones, prompt, seed)
     expected = _both_apis(model, inputs, seed, **kwargs)
-    optimize_t2s(model, **EAGER)
+    optimize_t2s(model, **EAGER, t2s_kernels=kernels)
     _assert_same(_both_apis(model, inputs, seed, **kwargs), expected)
     stats = model.tts_compile.optimization_stats()
     assert stats["optimized"] == 2 and stats["upstream"] == 0
