@@ -1,11 +1,14 @@
 """`Accelerator`: what the GPT-SoVITS accelerators (`optimize_t2s`, `optimize_cfm`) share: the config, the runtime
-switch, TTS_COMPILE_DISABLE, the failure state and the rule for falling back to upstream's own method."""
+switch, TTS_COMPILE_DISABLE, the failure state, the rule for falling back to upstream's own method, and patching
+upstream's methods on the module instance (`install`, `uninstall`)."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
 from typing import Any, Callable
+
+from torch import nn
 
 from ..config import OptimizeConfig, disabled_by_environment, load_config
 
@@ -18,8 +21,10 @@ class Accelerator:
     """Base of an accelerator patched onto one upstream module: `active`, counters, and the fallback rule."""
 
     name = "accelerator"  # the optimize_* function, for log lines
+    methods: tuple[str, ...] = ()  # upstream's methods the accelerator answers on the patched instance
 
-    def __init__(self, config: OptimizeConfig, counters: tuple[str, ...]) -> None:
+    def __init__(self, module: nn.Module, config: OptimizeConfig, counters: tuple[str, ...]) -> None:
+        self.original = {name: getattr(type(module), name).__get__(module) for name in self.methods}
         self.config = config
         self.switch: Callable[[], bool] = lambda: True
         self.failure: str | None = None
@@ -44,6 +49,21 @@ class Accelerator:
         self.counters["fallbacks"] += 1
         logger.warning("%s: %s; upstream's own method serves every later call", self.name, self.failure)
         return result
+
+
+def install(accelerator: Accelerator, module: nn.Module) -> nn.Module:
+    """Patch `module` in place: its `methods` answered by `accelerator`, which `module.tts_compile` holds."""
+    module.__dict__[HANDLE] = accelerator
+    for name in accelerator.methods:
+        module.__dict__[name] = getattr(accelerator, name)
+    return module
+
+
+def uninstall(module: nn.Module, kind: type[Accelerator]) -> nn.Module:
+    """Undo `install` of an accelerator of class `kind`: upstream's own methods again."""
+    for name in (HANDLE, *kind.methods):
+        module.__dict__.pop(name, None)
+    return module
 
 
 def resolve_config(config: OptimizeConfig | None, options: dict[str, Any]) -> OptimizeConfig:

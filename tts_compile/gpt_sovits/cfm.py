@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import OptimizeConfig
 from ..runner import GRAPH_MODES, INDUCTOR_MODES, Runner
-from .accelerator import HANDLE, Accelerator, resolve_config
+from .accelerator import HANDLE, Accelerator, install, resolve_config, uninstall
 from .rng import RngState
 
 logger = logging.getLogger(__name__)
@@ -75,11 +75,11 @@ class OptimizedCFM(Accelerator):
     """What `optimize_cfm` installed on one CFM: its `inference`, counters, and the runtime switch."""
 
     name = "optimize_cfm"
+    methods = ("inference",)
 
     def __init__(self, cfm: nn.Module, config: OptimizeConfig) -> None:
-        super().__init__(config, ("calls", "graph", "direct", "eager"))
+        super().__init__(cfm, config, ("calls", "graph", "direct", "eager"))
         self.cfm = cfm
-        self.original = type(cfm).inference.__get__(cfm)
         device = next(cfm.parameters()).device
         self.runner = Runner("cudagraphs" if config.compile_mode in GRAPH_MODES else "eager", device)
         block = _block
@@ -97,14 +97,14 @@ class OptimizedCFM(Accelerator):
         args = (mu, x_lens, prompt, n_timesteps, temperature, inference_cfg_rate)
         if not self.active or not self._eligible(mu, x_lens, n_timesteps, inference_cfg_rate):
             self.counters["eager"] += 1
-            return self.original(*args)
+            return self.original["inference"](*args)
         rng = RngState(mu.device)
         try:
             with torch.inference_mode():
                 return self._optimized(mu, prompt, n_timesteps, temperature)
         except Exception as exc:
             rng.restore()  # upstream then draws the noise this call drew
-            return self.serve_upstream(exc, lambda: self.original(*args))
+            return self.serve_upstream(exc, lambda: self.original["inference"](*args))
 
     def optimization_stats(self) -> dict[str, Any]:
         """Counters: calls, graph replays, direct (compiled, no graph) and eager calls, fallbacks; captures."""
@@ -166,7 +166,8 @@ class OptimizedCFM(Accelerator):
 
 def optimize_cfm(cfm: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
     """Patch a GPT-SoVITS v3/v4 `CFM` in place: `cfm.inference` keeps its signature and result, its Euler loop
-    runs compiled and captured. The handle (`OptimizedCFM`: optimization_stats, switch) is `cfm.tts_compile`. Returns `cfm`."""
+    runs compiled and captured. The handle (`OptimizedCFM`: optimization_stats, switch) is `cfm.tts_compile`.
+    Returns `cfm`."""
     config = resolve_config(config, options)
     estimator = getattr(cfm, "estimator", None)
     missing = [name for name in ESTIMATOR_PARTS if not hasattr(estimator, name)]
@@ -176,9 +177,7 @@ def optimize_cfm(cfm: nn.Module, config: OptimizeConfig | None = None, **options
     if isinstance(getattr(cfm, HANDLE, None), OptimizedCFM):
         return cfm
     start = time.perf_counter()
-    handle = OptimizedCFM(cfm, config)
-    cfm.__dict__[HANDLE] = handle
-    cfm.__dict__["inference"] = handle.inference
+    install(OptimizedCFM(cfm, config), cfm)
     logger.info("optimize_cfm: %s (%s) ready in %.2f s; buckets are captured on their second call",
                 type(cfm).__name__, config.compile_mode, time.perf_counter() - start)
     return cfm
@@ -186,6 +185,4 @@ def optimize_cfm(cfm: nn.Module, config: OptimizeConfig | None = None, **options
 
 def restore_cfm(cfm: nn.Module) -> nn.Module:
     """Undo `optimize_cfm`: upstream's own `inference` again."""
-    for name in (HANDLE, "inference"):
-        cfm.__dict__.pop(name, None)
-    return cfm
+    return uninstall(cfm, OptimizedCFM)

@@ -1,12 +1,14 @@
 """`optimize_pipeline`: tts_compile on an upstream GPT-SoVITS `TTS` pipeline, kept in place across weight switches.
 
-Every version gets its T2S decode (`tts.t2s_model.model`, `optimize_t2s`) accelerated. Per version: v3/v4 get `tts.vocoder` optimized (BigVGAN, the v4 vocoder) and their flow-matching loop
-`tts.vits_model.cfm.inference` captured (`optimize_cfm`); v1/v2/v2Pro/v2ProPlus get the VITS decoder
-`tts.vits_model.dec` optimized (called by upstream as `dec(z, g=ge)`). Decoders are swapped for `OptimizedVocoder`
-modules with the original's call signature and the CFM keeps its `inference` signature, so upstream's `decode`,
-`using_vocoder_synthesis`, the batched path and api_v2 run unchanged. `init_vits_weights` (api_v2's /set_sovits_weights, and upstream's reload after a failed
-request) is wrapped to re-apply optimization to the new models. `tts.use_vocoder_optimization = False` switches
-every optimized stage to its eager module at the next call (the seed's debug switch); `True` switches back.
+Every version gets its T2S decode (`tts.t2s_model.model`, `optimize_t2s`) accelerated. Per version: v3/v4 get
+`tts.vocoder` optimized (BigVGAN, the v4 vocoder) and their flow-matching loop `tts.vits_model.cfm.inference`
+captured (`optimize_cfm`); v1/v2/v2Pro/v2ProPlus get the VITS decoder `tts.vits_model.dec` optimized (called by
+upstream as `dec(z, g=ge)`). Decoders are swapped for `OptimizedVocoder` modules with the original's call signature,
+and the CFM and T2S keep their methods' signatures, so upstream's `decode`, `using_vocoder_synthesis`, the batched
+path and api_v2 run unchanged. `init_vits_weights` and `init_t2s_weights` (api_v2's /set_sovits_weights and
+/set_gpt_weights, and upstream's reload after a failed request) are wrapped to re-apply optimization to the new
+models. `tts.use_vocoder_optimization = False` switches every optimized stage to its eager module at the next call
+(the seed's debug switch); `True` switches back.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import nn
 from ..config import OptimizeConfig, load_config
 from ..vocoder import OptimizedVocoder, optimize_vocoder
 from .accelerator import HANDLE as MODULE_HANDLE
-from .accelerator import Accelerator
+from .accelerator import Accelerator, resolve_config
 from .cfm import OptimizedCFM, optimize_cfm, restore_cfm
 from .t2s import T2SAccelerator, optimize_t2s, restore_t2s
 
@@ -44,7 +46,7 @@ class PipelineOptimizer:
     def __init__(self, tts: Any, config: OptimizeConfig) -> None:
         self._tts = weakref.ref(tts)
         self.config = config
-        self.stages: dict[str, Any] = {}  # name -> its optimizer (OptimizedVocoder or OptimizedCFM)
+        self.stages: dict[str, Any] = {}  # name -> its optimizer (OptimizedVocoder or an Accelerator)
 
     def enabled(self) -> bool:
         """The runtime switch: `tts.use_vocoder_optimization` (default True)."""
@@ -181,7 +183,7 @@ def _unwrap(tts: Any) -> None:
 
 def _resolve(tts: Any, config: Any, options: dict[str, Any]) -> OptimizeConfig:
     if isinstance(config, OptimizeConfig):
-        return config.replace(**options) if options else config
+        return resolve_config(config, options)
     if config is None:
         path = getattr(getattr(tts, "configs", None), "configs_path", None)
         config = path if path is not None and Path(path).is_file() else None

@@ -37,7 +37,7 @@ from torch import nn
 from ..config import OptimizeConfig
 from ..kernels.t2s_decode import flatten, stack, t2s_decode_step
 from ..runner import GRAPH_MODES
-from .accelerator import HANDLE, Accelerator, resolve_config
+from .accelerator import HANDLE, Accelerator, install, resolve_config, uninstall
 from .rng import RngState
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ MAX_STEPS = 1500  # upstream's cap (60 s of audio per segment)
 EARLY_STEPS = 11  # steps that cannot emit EOS (its column is removed)
 CHECK_EVERY = 16  # decode steps between two reads of the EOS flags (one host sync each)
 CAPACITIES = (1024, 2048, 4096)  # KV-cache lengths; a request takes the smallest that holds prefix + steps
-METHODS = ("infer_panel_naive", "infer_panel_batch_infer", "infer_panel")
 
 
 @dataclass(frozen=True)
@@ -104,11 +103,11 @@ class T2SAccelerator(Accelerator):
     Counters: calls, optimized and upstream calls, fallbacks, captures, decoded steps, host syncs."""
 
     name = "optimize_t2s"
+    methods = ("infer_panel_naive", "infer_panel_batch_infer", "infer_panel")
 
     def __init__(self, model: nn.Module, config: OptimizeConfig) -> None:
-        super().__init__(config, ("calls", "optimized", "upstream", "captures", "steps", "syncs"))
+        super().__init__(model, config, ("calls", "optimized", "upstream", "captures", "steps", "syncs"))
         self.model = model
-        self.original = {name: getattr(type(model), name).__get__(model) for name in METHODS}
         self.layers = [_layer_weights(layer) for layer in model.h.layers]
         self.heads = model.num_head
         self.flat = flatten(self.layers)
@@ -209,7 +208,7 @@ class T2SAccelerator(Accelerator):
         rows = torch.arange(n_text + n_prompt, device=xy.device)[:, None]
         visible = (columns < n_text) | ((columns >= n_text) & (columns <= rows) & (rows >= n_text))
         out = stack(self.layers, self.heads, xy, state.k, state.v, rows[:, 0], visible[None, None])
-        state.logits.copy_(m.ar_predict_layer(out[:, -1]))
+        state.logits.copy_(self.predict(out[:, -1]))
         state.seen.zero_()
         state.seen.scatter_(1, prompts.long(), True)
         state.eos.zero_()
@@ -317,17 +316,12 @@ def optimize_t2s(model: nn.Module, config: OptimizeConfig | None = None, **optio
                         f"{', '.join(missing)}")
     if isinstance(getattr(model, HANDLE, None), T2SAccelerator):
         return model
-    accelerator = T2SAccelerator(model, config)
-    model.__dict__[HANDLE] = accelerator
-    for name in METHODS:
-        model.__dict__[name] = getattr(accelerator, name)
-    logger.info("optimize_t2s: %s (%d layers, %s) ready", type(model).__name__, len(accelerator.layers),
+    install(T2SAccelerator(model, config), model)
+    logger.info("optimize_t2s: %s (%d layers, %s) ready", type(model).__name__, len(model.h.layers),
                 config.compile_mode)
     return model
 
 
 def restore_t2s(model: nn.Module) -> nn.Module:
     """Undo `optimize_t2s`: upstream's own decode methods again."""
-    for name in (HANDLE, *METHODS):
-        model.__dict__.pop(name, None)
-    return model
+    return uninstall(model, T2SAccelerator)
