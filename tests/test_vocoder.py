@@ -199,6 +199,19 @@ def test_wrapper_delegates_attributes_and_moves_with_to() -> None:
         vocoder.no_such_attribute
 
 
+def test_setting_up_draws_nothing_from_the_callers_generator() -> None:
+    """Probes, capture examples and verification use random mels; a seeded caller (upstream's decode draws its noise
+    right before the decoder runs) must see the same stream whether or not a call set something up."""
+    mel = mel_for("hifigan-tiny", 80)
+    torch.manual_seed(4)
+    expected = torch.rand(3)
+    vocoder = optimize_vocoder(tiny("hifigan-tiny"), **{**FAST, "verify": True})
+    torch.manual_seed(4)
+    vocoder(mel)
+    vocoder.warmup()
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_weights_moving_rebuilds_the_setup() -> None:
     model = tiny("hifigan-tiny")
     vocoder = optimize_vocoder(model, **FAST)

@@ -9,6 +9,7 @@ wrong in the optimized path is logged once and served by the eager module instea
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -216,7 +217,8 @@ class VocoderOptimizer:
                 if setup is not None:
                     self._count("rebuilds")
                     logger.info("%s: weights changed (moved, cast or loaded in place): optimizing again", self.name)
-                setup = self._setup = self._build(mel, args, kwargs)
+                with _own_rng(mel.device):
+                    setup = self._setup = self._build(mel, args, kwargs)
             return setup
 
     def _fingerprint(self) -> tuple[Any, ...]:
@@ -308,7 +310,7 @@ class VocoderOptimizer:
                         time.perf_counter() - started, (_reserved(setup.device) - memory) / 2**20, setup.device)
 
     def _capture(self, setup: _Setup, cond: _Conditioning, bucket: Bucket) -> None:
-        with self._lock:
+        with self._lock, _own_rng(setup.device):
             key = self._key(cond, bucket)
             if setup.runner.has(key):
                 return
@@ -337,7 +339,8 @@ class VocoderOptimizer:
     def _verify(self, setup: _Setup, example_kwargs: Mapping[str, Any]) -> None:
         """Compare with the eager module on a random mel that needs several windows, of uneven spacing."""
         frames = 2 * setup.buckets.lengths[-1] + setup.buckets.lengths[0] // 2 + 1
-        mel = torch.randn(1, setup.n_mels, frames, device=setup.device, dtype=setup.dtype)
+        with _own_rng(setup.device):
+            mel = torch.randn(1, setup.n_mels, frames, device=setup.device, dtype=setup.dtype)
         with torch.inference_mode():
             expected = self._eager(self._module, mel, **example_kwargs)
             got = self._optimized_call(mel, (), None, example_kwargs)
@@ -526,6 +529,12 @@ def _check_lengths(lengths: Any, mel: torch.Tensor) -> list[int]:
 def _version(tensor: torch.Tensor) -> int:
     """In-place write counter; inference-mode tensors have none (and cannot be written in place later)."""
     return 0 if tensor.is_inference() else tensor._version
+
+
+def _own_rng(device: torch.device) -> contextlib.AbstractContextManager:
+    """Random draws of set-up (probes, capture examples) leave the caller's generators where they were: a seeded
+    request draws the same numbers whether or not this call happened to set something up."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def _effective_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
