@@ -44,19 +44,23 @@ def test_optimized_copy_shares_weights_and_leaves_the_original_alone() -> None:
     assert shadow.conv_pre.conv.weight is model.conv_pre.weight
 
 
-def test_conv_pass_leaves_hooked_and_custom_convolutions_alone(caplog: pytest.LogCaptureFixture) -> None:
+def test_conv_pass_takes_weight_norm_and_leaves_hooked_and_custom_convolutions_alone() -> None:
     class Causal(nn.Conv1d):
         def forward(self, x):
             return super().forward(nn.functional.pad(x, (2, 0)))[..., : x.shape[-1]]
 
-    old_style = nn.utils.weight_norm(nn.Conv1d(4, 4, 3, padding=1))
+    old_style = nn.utils.weight_norm(nn.Conv1d(4, 4, 3, padding=1))  # upstream's VITS decoder keeps these hooks
+    hooked = nn.Conv1d(4, 4, 3, padding=1)
+    hooked.register_forward_pre_hook(lambda module, args: (args[0] * 2,))
     model = nn.Sequential(Causal(4, 4, 3), old_style, parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1)),
-                          nn.Conv1d(4, 4, 3, padding=1, padding_mode="reflect"))
+                          nn.Conv1d(4, 4, 3, padding=1, padding_mode="reflect"), hooked)
     x = torch.randn(1, 4, 20)
     with torch.no_grad():
         expected = model(x)
-        assert channels_last_convs_(model) == 1  # only the parametrized one
-        assert isinstance(model[2], ChannelsLastConv1d) and type(model[0]) is Causal
+        old_style.weight = torch.zeros_like(old_style.weight)  # only the hook's own function gives the real weight
+        assert channels_last_convs_(model) == 2  # weight norm, old style and parametrized
+        assert isinstance(model[1], ChannelsLastConv1d) and isinstance(model[2], ChannelsLastConv1d)
+        assert type(model[0]) is Causal and type(model[4]) is nn.Conv1d
         assert relative_error(model(x), expected) <= FLOAT32_TOLERANCE
 
 
