@@ -7,15 +7,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 from tts_compile import OptimizedVocoder
-from tts_compile.gpt_sovits import optimize_pipeline, optimize_sovits
+from tts_compile.gpt_sovits import optimize_pipeline
 from tts_compile.models import build_model
 from tts_compile.models.dit import build_flow_matching
 from tts_compile.models.t2s import build_t2s
+from tts_compile.models.vits import VITSConfig, build_vits
 
-from ..conftest import conditioning, mel_for
+from ..conftest import mel_for
+from .test_sovits import PADDED, _request, _seeded
 
 FAST = {"compile_mode": "eager", "warmup": "lazy", "verify": False, "chunk_size": 40}
 
@@ -37,26 +38,29 @@ class FakeTTS:
 
     def init_vits_weights(self, weights_path: str) -> None:
         self.configs.version = weights_path  # the stand-in's "weights file" names its version
-        self.vits_model = SimpleNamespace(dec=build_model("vits-tiny", seed=1)) if weights_path in (
+        self.vits_model = build_vits(VITSConfig(version=weights_path), seed=1) if weights_path in (
             "v1", "v2", "v2Pro", "v2ProPlus") else None
         if weights_path in ("v3", "v4"):
             self.vocoder = build_model("bigvgan-tiny" if weights_path == "v3" else "hifigan-tiny", seed=2)
             self.vits_model = SimpleNamespace(cfm=build_flow_matching(seed=3))
 
 
-def _vits_call(tts: FakeTTS, frames: int = 90) -> tuple[torch.Tensor, torch.Tensor]:
-    mel, cond = mel_for("vits-tiny", frames), conditioning("vits-tiny")
-    with torch.inference_mode():
-        return tts.vits_model.dec(mel, **cond), tts.vits_model.dec.module(mel, **cond)
+def _vits_call(tts: FakeTTS, tokens: int = 45) -> tuple[torch.Tensor, torch.Tensor]:
+    """`tts.vits_model.decode` on a request, and an untouched copy of the same model's (same seed, same noise)."""
+    version = tts.vits_model.version
+    request = _request(version, tokens, 20, 1)
+    return _seeded(tts.vits_model.decode, **request)[0], _seeded(build_vits(VITSConfig(version=version),
+                                                                            seed=1).decode, **request)[0]
 
 
-def test_v2_optimizes_the_vits_decoder_and_keeps_its_output() -> None:
+def test_v2_captures_decode_optimizes_its_decoder_and_keeps_its_output() -> None:
     tts = FakeTTS("v2")
     handle = optimize_pipeline(tts, **FAST)
     assert isinstance(tts.vits_model.dec, OptimizedVocoder) and tts.tts_compile is handle
     got, expected = _vits_call(tts)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    assert handle.stats()["vits_model.dec"]["windows"] > 1  # it really went through the chunked path
+    torch.testing.assert_close(got, expected, rtol=0, atol=PADDED)
+    assert handle.stats()["vits_model"]["direct"] == 3  # reference, encoder, flow: the staged decode ran
+    assert handle.stats()["vits_model.dec"]["windows"] > 1  # and the chunked decoder
 
 
 def test_v4_optimizes_the_vocoder() -> None:
@@ -109,11 +113,12 @@ def test_runtime_switch_serves_eager_and_back() -> None:
     handle = optimize_pipeline(tts, **FAST)
     tts.use_vocoder_optimization = False
     _vits_call(tts)
-    stats = handle.stats()["vits_model.dec"]
-    assert stats["calls"] == 0 and stats["eager_calls"] >= 1
+    stats = handle.stats()
+    assert stats["vits_model.dec"]["calls"] == 0 and stats["vits_model.dec"]["eager_calls"] >= 1
+    assert stats["vits_model"]["eager"] == 1
     tts.use_vocoder_optimization = True
     _vits_call(tts)
-    assert handle.stats()["vits_model.dec"]["calls"] == 1
+    assert handle.stats()["vits_model.dec"]["calls"] == 1 and handle.stats()["vits_model"]["direct"] == 3
 
 
 def test_weight_switch_reoptimizes_the_new_models(caplog) -> None:
@@ -123,9 +128,9 @@ def test_weight_switch_reoptimizes_the_new_models(caplog) -> None:
         tts.init_vits_weights("v3")  # what api_v2's /set_sovits_weights calls
     assert isinstance(tts.vocoder, OptimizedVocoder) and "GPT-SoVITS v3, optimized vocoder" in caplog.text
     tts.init_vits_weights("v2ProPlus")
-    assert isinstance(tts.vits_model.dec, OptimizedVocoder)
+    assert isinstance(tts.vits_model.dec, OptimizedVocoder) and hasattr(tts.vits_model, "tts_compile")
     got, expected = _vits_call(tts)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, expected, rtol=0, atol=PADDED)
 
 
 def test_calling_again_replaces_the_config_without_stacking_wrappers() -> None:
@@ -136,12 +141,13 @@ def test_calling_again_replaces_the_config_without_stacking_wrappers() -> None:
     assert tts.init_vits_weights is reload and handle.config.chunk_size == 60
     assert isinstance(tts.vits_model.dec, OptimizedVocoder)
     assert not isinstance(tts.vits_model.dec.module, OptimizedVocoder)
+    assert tts.vits_model.tts_compile.config.chunk_size == 60
 
 
 def test_sovits_off_leaves_the_decoder_alone() -> None:
     tts = FakeTTS("v2")
     assert optimize_pipeline(tts, sovits=False, **FAST).stages.keys() == {"t2s_model.model"}
-    assert not isinstance(tts.vits_model.dec, OptimizedVocoder)
+    assert not isinstance(tts.vits_model.dec, OptimizedVocoder) and "decode" not in vars(tts.vits_model)
 
 
 def test_config_comes_from_the_pipelines_tts_infer_yaml(tmp_path) -> None:
@@ -164,8 +170,3 @@ def test_unknown_version_warns_and_leaves_upstream_alone(caplog) -> None:
     assert not isinstance(tts.vits_model.dec, OptimizedVocoder)
     with pytest.raises(ValueError, match="v9"):
         optimize_pipeline(tts, fallback="raise", **FAST)
-
-
-def test_optimize_sovits_rejects_a_model_without_a_decoder() -> None:
-    with pytest.raises(TypeError, match="vits_model: expected a SynthesizerTrn"):
-        optimize_sovits(nn.Linear(2, 2))

@@ -41,26 +41,43 @@ def _synthesizer(upstream, config: str, version: str):
                                  n_speakers=hps["data"]["n_speakers"], **model_args).eval()
 
 
-@pytest.mark.parametrize("config,version", [("s2.json", "v2"), ("s2v2ProPlus.json", "v2ProPlus")])
-def test_synthesizer_decode_matches_upstream(upstream, config, version) -> None:
-    model = _synthesizer(upstream, config, version)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DECODES = [  # version, config, tokens, phones, references (None: one, as a tensor), speed
+    ("v2", "s2.json", 60, 30, 1, 1),
+    ("v2ProPlus", "s2v2ProPlus.json", 60, 30, 1, 1),
+    ("v1", "s2.json", 37, 51, None, 1.25),
+    ("v2Pro", "s2v2Pro.json", 41, 12, 2, 0.9),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("version,config,tokens,phones,refs,speed", DECODES)
+def test_synthesizer_decode_matches_upstream(upstream, device, version, config, tokens, phones, refs, speed) -> None:
+    """optimize_sovits's staged decode (padded encoder and flow, windowed decoder; captured on CUDA) against upstream's
+    `SynthesizerTrn.decode` in float32, with the same noise."""
+    model = _synthesizer(upstream, config, version).to(device)
     gen = torch.Generator().manual_seed(1)
-    codes = torch.randint(0, 1024, (1, 1, 60), generator=gen)
-    text = torch.randint(1, 700, (1, 30), generator=gen)
-    refer = [torch.rand(1, 1025, 120, generator=gen)]
-    sv_emb = [torch.randn(1, 20480, generator=gen)] if "Pro" in version else None
+    codes = torch.randint(0, 1024, (1, 1, tokens), generator=gen).to(device)
+    text = torch.randint(1, 300, (1, phones), generator=gen).to(device)
+    refer = [torch.rand(1, 1025, 100 + 20 * i, generator=gen).to(device) for i in range(refs or 1)]
+    sv_emb = [torch.randn(1, 20480, generator=gen).to(device) for _ in refer] if "Pro" in version else None
+    if not refs:
+        refer, sv_emb = refer[0], sv_emb[0] if sv_emb else None
+    args = (codes, text, refer)
     with torch.inference_mode():
         torch.manual_seed(2)  # decode draws its flow noise with randn_like
-        expected = model.decode(codes, text, refer, speed=1, sv_emb=sv_emb)
-        optimize_sovits(model, **CHUNKED)
-        torch.manual_seed(2)
-        got = model.decode(codes, text, refer, speed=1, sv_emb=sv_emb)
-    assert got.shape == expected.shape == (1, 1, 60 * 2 * 640)
-    assert float((got - expected).abs().max()) <= FP32_TOLERANCE
+        expected = model.decode(*args, speed=speed, sv_emb=sv_emb)
+        optimize_sovits(model, **{**CHUNKED, "compile_mode": "cudagraphs" if device == "cuda" else "eager"})
+        for _ in range(2):  # the first call captures on CUDA, the second replays
+            torch.manual_seed(2)
+            got = model.decode(*args, speed=speed, sv_emb=sv_emb)
+            assert got.shape == expected.shape
+            assert float((got - expected).abs().max()) <= FP32_TOLERANCE
+    stats = model.tts_compile.optimization_stats()
+    assert stats["graph" if device == "cuda" else "direct"] == 6 and stats["failure"] is None
     assert model.dec.optimization_stats()["windows"] > 1
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -2,10 +2,10 @@
 
 Every version gets its T2S decode (`tts.t2s_model.model`, `optimize_t2s`) accelerated. Per version: v3/v4 get
 `tts.vocoder` optimized (BigVGAN, the v4 vocoder) and their flow-matching loop `tts.vits_model.cfm.inference`
-captured (`optimize_cfm`); v1/v2/v2Pro/v2ProPlus get the VITS decoder `tts.vits_model.dec` optimized (called by
-upstream as `dec(z, g=ge)`). Decoders are swapped for `OptimizedVocoder` modules with the original's call signature,
-and the CFM and T2S keep their methods' signatures, so upstream's `decode`, `using_vocoder_synthesis`, the batched
-path and api_v2 run unchanged. `init_vits_weights` and `init_t2s_weights` (api_v2's /set_sovits_weights and
+captured (`optimize_cfm`); v1/v2/v2Pro/v2ProPlus get `tts.vits_model.decode` captured stage by stage and its decoder
+`dec` optimized (`optimize_sovits`). Decoders are swapped for `OptimizedVocoder` modules with the original's call
+signature, and the CFM, T2S and SoVITS keep their methods' signatures, so upstream's `TTS.run`,
+`using_vocoder_synthesis`, the batched path and api_v2 run unchanged. `init_vits_weights` and `init_t2s_weights` (api_v2's /set_sovits_weights and
 /set_gpt_weights, and upstream's reload after a failed request) are wrapped to re-apply optimization to the new
 models. `tts.use_vocoder_optimization = False` switches every optimized stage to its eager module at the next call
 (the seed's debug switch); `True` switches back.
@@ -21,7 +21,6 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from ..config import OptimizeConfig, load_config
@@ -29,6 +28,7 @@ from ..vocoder import OptimizedVocoder, optimize_vocoder
 from .accelerator import HANDLE as MODULE_HANDLE
 from .accelerator import Accelerator, resolve_config
 from .cfm import OptimizedCFM, optimize_cfm, restore_cfm
+from .sovits import OptimizedSoVITS, optimize_sovits, restore_sovits
 from .t2s import T2SAccelerator, optimize_t2s, restore_t2s
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,10 @@ class PipelineOptimizer:
             if self.config.cfm:
                 stages["vits_model.cfm"] = self._attached("CFM", optimize_cfm, lambda: tts.vits_model.cfm)
         elif version in SOVITS_VERSIONS:
-            stages = {"vits_model.dec": optimize_sovits(tts.vits_model, self.config).dec} if self.config.sovits else {}
+            stages = {}
+            if self.config.sovits:
+                stages["vits_model"] = self._attached("SoVITS", optimize_sovits, lambda: tts.vits_model)
+                stages["vits_model.dec"] = tts.vits_model.dec if stages["vits_model"] is not None else None
         else:
             raise ValueError(f"unknown GPT-SoVITS version {version!r}; expected one of "
                              f"{', '.join(SOVITS_VERSIONS + VOCODER_VERSIONS)}")
@@ -135,28 +138,6 @@ def optimize_pipeline(tts: Any, config: OptimizeConfig | str | os.PathLike | Non
     return handle
 
 
-def optimize_sovits(vits_model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
-    """Optimize a v1/v2/v2Pro/v2ProPlus `SynthesizerTrn` in place: its decoder `dec` becomes an `OptimizedVocoder`.
-
-    `decode(...)` keeps upstream's signature and return value. Returns `vits_model`. Warm-up captures with the
-    speaker conditioning `g` of shape `(1, gin_channels, 1)` when the decoder has one.
-    """
-    dec = getattr(vits_model, "dec", None)
-    if not isinstance(dec, nn.Module):
-        raise TypeError(f"vits_model: expected a SynthesizerTrn with a `dec` module, got {type(vits_model).__name__}")
-    if not isinstance(dec, OptimizedVocoder):
-        vits_model.dec = optimize_vocoder(dec, config=config, example_kwargs=_conditioning_example(dec), **options)
-    return vits_model
-
-
-def _conditioning_example(dec: nn.Module) -> dict[str, Any]:
-    cond = getattr(dec, "cond", None)
-    if not isinstance(cond, nn.Conv1d):
-        return {}
-    weight = cond.weight
-    return {"g": torch.zeros(1, cond.in_channels, 1, device=weight.device, dtype=weight.dtype)}
-
-
 def _reapplying(method: Any, handle: PipelineOptimizer) -> Any:
     @functools.wraps(method)
     def reload_and_optimize(*args: Any, **kwargs: Any) -> Any:
@@ -172,8 +153,8 @@ def _unwrap(tts: Any) -> None:
     if isinstance(getattr(tts, "vocoder", None), OptimizedVocoder):
         tts.vocoder = tts.vocoder.module
     vits = getattr(tts, "vits_model", None)
-    if vits is not None and isinstance(getattr(vits, "dec", None), OptimizedVocoder):
-        vits.dec = vits.dec.module
+    if vits is not None and isinstance(getattr(vits, MODULE_HANDLE, None), OptimizedSoVITS):
+        restore_sovits(vits)
     if vits is not None and isinstance(getattr(getattr(vits, "cfm", None), MODULE_HANDLE, None), OptimizedCFM):
         restore_cfm(vits.cfm)
     t2s = getattr(getattr(tts, "t2s_model", None), "model", None)

@@ -1,0 +1,118 @@
+"""optimize_sovits on the stand-in synthesizer (upstream SynthesizerTrn's interface), CPU, float32: the staged,
+padded decode draws the same noise and gives the same audio as the model's own `decode`, or hands the call to it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tts_compile import OptimizedVocoder
+from tts_compile.gpt_sovits import optimize_sovits, restore_sovits
+from tts_compile.gpt_sovits import sovits as sovits_module
+from tts_compile.gpt_sovits.sovits import bucket
+from tts_compile.models.vits import VITSConfig, build_vits
+
+FAST = {"compile_mode": "eager", "warmup": "lazy", "verify": False, "chunk_size": 40}
+PADDED = 2e-5  # fp32 max abs, padded vs exact lengths on CPU (reduction order): measured 4.3e-6 over 60 requests
+
+
+def _request(version: str, tokens: int, phones: int, refs: int | None, seed: int = 0) -> dict:
+    """decode's arguments: `refs` None gives one reference as a tensor (upstream's other calling form)."""
+    c, gen = VITSConfig(version=version), torch.Generator().manual_seed(seed)
+    refer = [torch.rand(1, c.spec_bins, 20 + 7 * i, generator=gen) for i in range(refs or 1)]
+    speakers = [torch.randn(1, c.sv_dim, generator=gen) for _ in refer]
+    pro = "Pro" in version
+    return {"codes": torch.randint(0, c.codebook, (1, 1, tokens), generator=gen),
+            "text": torch.randint(0, c.symbols, (1, phones), generator=gen),
+            "refer": refer if refs else refer[0], "sv_emb": (speakers if refs else speakers[0]) if pro else None}
+
+
+def _seeded(decode, seed: int = 3, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """decode's audio, and the next number the generator gives (same draws -> same number)."""
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        audio = decode(**kwargs)
+    return audio, torch.rand(1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(version=st.sampled_from(["v1", "v2", "v2ProPlus"]), tokens=st.integers(1, 70), phones=st.integers(1, 40),
+       refs=st.sampled_from([None, 1, 2]), speed=st.sampled_from([1, 0.8, 1.25]), noise=st.sampled_from([0.5, 0.3]))
+def test_staged_decode_equals_decode(version, tokens, phones, refs, speed, noise) -> None:
+    config = VITSConfig(version=version)
+    model = optimize_sovits(build_vits(config, seed=1), **FAST)
+    kwargs = {**_request(version, tokens, phones, refs), "speed": speed, "noise_scale": noise}
+    got, got_next = _seeded(model.decode, **kwargs)
+    expected, expected_next = _seeded(build_vits(config, seed=1).decode, **kwargs)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= PADDED
+    assert torch.equal(got_next, expected_next)  # the same random draws
+    assert model.tts_compile.optimization_stats()["direct"] == 3  # reference, encoder, flow: the staged path ran
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 5000), smallest=st.sampled_from([16, 32, 64]))
+def test_buckets_hold_the_length_with_bounded_padding(n, smallest) -> None:
+    size = bucket(n, smallest)
+    assert size >= n and size % 8 == 0 and bucket(size, smallest) == size
+    assert size <= max(smallest, 1.5 * n + 8)
+    assert bucket(n + 1, smallest) >= size
+
+
+def test_a_handful_of_buckets_serve_every_length() -> None:
+    assert len({bucket(n, 32) for n in range(1, 1501)}) == 13
+
+
+@pytest.mark.parametrize("change", ["batch", "no_reference", "speed", "speaker"])
+def test_inputs_upstream_rejects_get_upstreams_own_error(change) -> None:
+    version = "v2ProPlus" if change == "speaker" else "v2"
+    model = optimize_sovits(build_vits(VITSConfig(version=version)), **FAST)
+    kwargs = _request(version, 12, 6, 1)
+    kwargs.update({"batch": {"codes": kwargs["codes"].expand(1, 2, 12)}, "no_reference": {"refer": []},
+                   "speed": {"speed": 0}, "speaker": {"sv_emb": None}}[change])
+    with pytest.raises((RuntimeError, ZeroDivisionError, TypeError, AttributeError)):  # the stand-in's own errors
+        _seeded(model.decode, **kwargs)
+    assert model.tts_compile.optimization_stats()["eager"] == 1 and model.tts_compile.failure is None
+
+
+def test_a_too_long_request_is_served_by_upstreams_decode(monkeypatch) -> None:
+    monkeypatch.setattr(sovits_module, "LARGEST_TOKENS", 8)
+    model = optimize_sovits(build_vits(seed=1), **FAST)
+    kwargs = _request("v2", 12, 6, 1)
+    got, _ = _seeded(model.decode, **kwargs)
+    expected, _ = _seeded(build_vits(seed=1).decode, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=PADDED)
+    assert model.tts_compile.optimization_stats()["eager"] == 1
+
+
+def test_a_failing_stage_falls_back_with_the_same_noise(monkeypatch, caplog) -> None:
+    model = optimize_sovits(build_vits(seed=1), **FAST)
+    monkeypatch.setattr(sovits_module, "_flow", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    kwargs = _request("v2", 20, 9, None)
+    with caplog.at_level(logging.WARNING, logger="tts_compile"):
+        got = _seeded(model.decode, **kwargs)
+    expected = _seeded(build_vits(seed=1).decode, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=PADDED)
+    assert "RuntimeError: boom" in caplog.text and model.tts_compile.failure == "RuntimeError: boom"
+    _seeded(model.decode, **kwargs)
+    assert model.tts_compile.optimization_stats()["eager"] == 1
+
+
+def test_switch_off_and_restore_give_upstreams_decode_back() -> None:
+    model = optimize_sovits(build_vits(), **FAST)
+    assert isinstance(model.dec, OptimizedVocoder)
+    model.tts_compile.switch = lambda: False
+    _seeded(model.decode, **_request("v2", 10, 5, None))
+    assert model.tts_compile.optimization_stats()["eager"] == 1
+    restore_sovits(model)
+    assert "decode" not in vars(model) and not hasattr(model, "tts_compile")
+    assert not isinstance(model.dec, OptimizedVocoder)
+
+
+def test_optimize_sovits_names_what_a_model_lacks() -> None:
+    with pytest.raises(TypeError, match="vits_model: expected a GPT-SoVITS SynthesizerTrn .* lacks decode"):
+        optimize_sovits(torch.nn.Linear(2, 2))
