@@ -91,8 +91,9 @@ class OptimizeConfig:
     progress: bool = field(default=True, metadata=_doc(
         "Show a progress bar on stderr during warm-up when stderr is a terminal."))
     sovits: bool = field(default=True, metadata=_doc(
-        "optimize_pipeline on GPT-SoVITS v1/v2/v2Pro/v2ProPlus: optimize the VITS decoder (`vits_model.dec`). "
-        "False: leave SoVITS eager (the v3/v4 vocoder still follows `enabled`)."))
+        "optimize_pipeline on GPT-SoVITS v1/v2/v2Pro/v2ProPlus: run `vits_model.decode` as captured stages (reference "
+        "embedding, text encoder and flow over padded length buckets) and its decoder `dec` through the vocoder's "
+        "windows. False: leave SoVITS eager (the v3/v4 vocoder still follows `enabled`)."))
     t2s: bool = field(default=True, metadata=_doc(
         "optimize_pipeline: decode T2S tokens with a static KV cache and a captured decode step (batch-1 calls; "
         "others run upstream's loop). Memory: the cache, ~100 MB per 1024 positions for the 24-layer model. "
