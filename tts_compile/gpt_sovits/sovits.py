@@ -184,9 +184,13 @@ class OptimizedSoVITS(Accelerator):
              label: str) -> torch.Tensor:
         """Replay the graph of `key` (capturing it on first sight, up to MAX_GRAPHS), else run `call` uncaptured."""
         with self._lock:
-            if self.runner.graphs and not self.runner.has(key) and self.runner.counters["captures"] < MAX_GRAPHS:
-                seconds = self.runner.prepare(key, call, inputs)
-                logger.info("optimize_sovits: captured the %s in %.2f s", label, seconds)
+            if self.runner.graphs and not self.runner.has(key):
+                if self.runner.counters["captures"] < MAX_GRAPHS:
+                    seconds = self.runner.prepare(key, call, inputs)
+                    logger.info("optimize_sovits: captured the %s in %.2f s", label, seconds)
+                elif self.counters["direct"] == 0:
+                    logger.warning("optimize_sovits: %d shapes captured (the limit); new ones run uncaptured",
+                                   MAX_GRAPHS)
         if self.runner.has(key):
             self.counters["graph"] += 1
             return self.runner.run(key, inputs)
