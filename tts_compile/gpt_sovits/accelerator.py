@@ -1,16 +1,20 @@
-"""`Accelerator`: what the GPT-SoVITS accelerators (`optimize_t2s`, `optimize_cfm`) share: the config, the runtime
+"""`Accelerator`: what the GPT-SoVITS accelerators (`optimize_t2s`, `optimize_cfm`, `optimize_sovits`) share: the config, the runtime
 switch, TTS_COMPILE_DISABLE, the failure state, the rule for falling back to upstream's own method, and patching
 upstream's methods on the module instance (`install`, `uninstall`)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
+from collections.abc import Hashable, Sequence
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..config import OptimizeConfig, disabled_by_environment, load_config
+from ..runner import GRAPH_MODES, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,28 @@ class Accelerator:
         self.counters["fallbacks"] += 1
         logger.warning("%s: %s; upstream's own method serves every later call", self.name, self.failure)
         return result
+
+
+class GraphAccelerator(Accelerator):
+    """An accelerator whose optimized calls run on one `Runner` (CUDA graphs on CUDA in the graph modes): the runner
+    counts graph replays, uncaptured (direct) runs and captures."""
+
+    def __init__(self, module: nn.Module, config: OptimizeConfig, counters: tuple[str, ...]) -> None:
+        super().__init__(module, config, counters)
+        self.device = next(module.parameters()).device
+        self.runner = Runner("cudagraphs" if config.compile_mode in GRAPH_MODES else "eager", self.device)
+        self._lock = threading.Lock()  # capture decisions
+
+    def optimization_stats(self) -> dict[str, Any]:
+        """The counters, graph replays, direct runs and captures, and the failure (None while it runs)."""
+        runner = self.runner.counters
+        return {**super().optimization_stats(), "graph": runner["replays"], "direct": runner["direct"],
+                "captures": runner["captures"]}
+
+    def replay_or_direct(self, key: Hashable, call: Callable[..., torch.Tensor],
+                         inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The captured graph of `key` on `inputs`, or `call` run without a graph when `key` has none."""
+        return self.runner.run(key, inputs) if self.runner.has(key) else self.runner.direct(call, inputs)
 
 
 def install(accelerator: Accelerator, module: nn.Module) -> nn.Module:

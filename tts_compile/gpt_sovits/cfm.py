@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -30,8 +29,8 @@ import torch
 from torch import nn
 
 from ..config import OptimizeConfig
-from ..runner import GRAPH_MODES, INDUCTOR_MODES, Runner
-from .accelerator import HANDLE, Accelerator, install, resolve_config, uninstall
+from ..runner import INDUCTOR_MODES
+from .accelerator import HANDLE, GraphAccelerator, install, resolve_config, uninstall
 from .rng import RngState
 
 logger = logging.getLogger(__name__)
@@ -71,24 +70,21 @@ def _euler(velocity: Callable[..., torch.Tensor], times: torch.Tensor, step: flo
     return x
 
 
-class OptimizedCFM(Accelerator):
+class OptimizedCFM(GraphAccelerator):
     """What `optimize_cfm` installed on one CFM: its `inference`, counters, and the runtime switch."""
 
     name = "optimize_cfm"
     methods = ("inference",)
 
     def __init__(self, cfm: nn.Module, config: OptimizeConfig) -> None:
-        super().__init__(cfm, config, ("calls", "graph", "direct", "eager"))
+        super().__init__(cfm, config, ("calls", "eager"))
         self.cfm = cfm
-        device = next(cfm.parameters()).device
-        self.runner = Runner("cudagraphs" if config.compile_mode in GRAPH_MODES else "eager", device)
         block = _block
         if config.compile_mode in INDUCTOR_MODES:
             block = torch.compile(_block, mode=INDUCTOR_MODES[config.compile_mode], dynamic=True)
         self._velocity = functools.partial(_velocity, cfm.estimator, block)
         self._seen: Counter[tuple] = Counter()
         self._constants: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
 
     def inference(self, mu: torch.Tensor, x_lens: torch.Tensor, prompt: torch.Tensor, n_timesteps: int,
                   temperature: float = 1.0, inference_cfg_rate: float = 0) -> torch.Tensor:
@@ -105,10 +101,6 @@ class OptimizedCFM(Accelerator):
         except Exception as exc:
             rng.restore()  # upstream then draws the noise this call drew
             return self.serve_upstream(exc, lambda: self.original["inference"](*args))
-
-    def optimization_stats(self) -> dict[str, Any]:
-        """Counters: calls, graph replays, direct (compiled, no graph) and eager calls, fallbacks; captures."""
-        return {**super().optimization_stats(), "captures": self.runner.counters["captures"]}
 
     def _eligible(self, mu: torch.Tensor, x_lens: Any, n_timesteps: int, cfg_rate: float) -> bool:
         """Classifier-free guidance, or an x_lens that masks frames, is upstream's own path."""
@@ -141,11 +133,7 @@ class OptimizedCFM(Accelerator):
         if capture:
             seconds = self.runner.prepare(key, self._loop(key, keep), inputs)
             logger.info("optimize_cfm: captured batch %d x %d frames x %d steps in %.1f s", *key[:3], seconds)
-        if self.runner.has(key):
-            self.counters["graph"] += 1
-            return self.runner.run(key, inputs)
-        self.counters["direct"] += 1
-        return self.runner.direct(self._loop(key, keep), inputs)
+        return self.replay_or_direct(key, self._loop(key, keep), inputs)
 
     def _loop(self, key: tuple, keep: bool) -> Callable[..., torch.Tensor]:
         """The Euler loop of one bucket with its constants: per-step times (n, B), computed as upstream does, and

@@ -22,7 +22,6 @@ import functools
 import logging
 import math
 import numbers
-import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -32,9 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import OptimizeConfig
-from ..runner import GRAPH_MODES, Runner
 from ..vocoder import OptimizedVocoder, optimize_vocoder
-from .accelerator import HANDLE, Accelerator, install, resolve_config, uninstall
+from .accelerator import HANDLE, GraphAccelerator, install, resolve_config, uninstall
 from .rng import RngState
 
 logger = logging.getLogger(__name__)
@@ -97,18 +95,15 @@ def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(x, (0, size - x.size(-1)))
 
 
-class OptimizedSoVITS(Accelerator):
+class OptimizedSoVITS(GraphAccelerator):
     """What `optimize_sovits` installed on one `SynthesizerTrn`: its `decode`, counters, and the runtime switch."""
 
     name = "optimize_sovits"
     methods = ("decode",)
 
     def __init__(self, vits: nn.Module, config: OptimizeConfig) -> None:
-        super().__init__(vits, config, ("calls", "graph", "direct", "eager"))
+        super().__init__(vits, config, ("calls", "eager"))
         self.vits = vits
-        self.device = next(vits.parameters()).device
-        self.runner = Runner("cudagraphs" if config.compile_mode in GRAPH_MODES else "eager", self.device)
-        self._lock = threading.Lock()
 
     def decode(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, noise_scale: float = 0.5, speed: float = 1,
                sv_emb: Any = None) -> torch.Tensor:
@@ -128,10 +123,6 @@ class OptimizedSoVITS(Accelerator):
         except Exception as exc:
             rng.restore()  # upstream then draws the noise this call drew
             return self.serve_upstream(exc, lambda: self.original["decode"](*args))
-
-    def optimization_stats(self) -> dict[str, Any]:
-        """Counters: calls, graph replays, direct (uncaptured) and eager calls, fallbacks; captures."""
-        return {**super().optimization_stats(), "captures": self.runner.counters["captures"]}
 
     def _ineligible(self, codes: Any, text: Any, refer: Any, noise_scale: Any, speed: Any, sv_emb: Any) -> str | None:
         """Why a call goes to upstream's own decode (an input it would reject, or one outside the buckets)."""
@@ -188,14 +179,10 @@ class OptimizedSoVITS(Accelerator):
                 if self.runner.counters["captures"] < MAX_GRAPHS:
                     seconds = self.runner.prepare(key, call, inputs)
                     logger.info("optimize_sovits: captured the %s in %.2f s", label, seconds)
-                elif self.counters["direct"] == 0:
+                elif self.runner.counters["direct"] == 0:
                     logger.warning("optimize_sovits: %d shapes captured (the limit); new ones run uncaptured",
                                    MAX_GRAPHS)
-        if self.runner.has(key):
-            self.counters["graph"] += 1
-            return self.runner.run(key, inputs)
-        self.counters["direct"] += 1
-        return self.runner.direct(call, inputs)
+        return self.replay_or_direct(key, call, inputs)
 
 
 def optimize_sovits(vits_model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
