@@ -59,11 +59,13 @@ class GraphAccelerator(Accelerator):
     """An accelerator whose optimized calls run on one `Runner` (CUDA graphs on CUDA in the graph modes): the runner
     counts graph replays, uncaptured (direct) runs and captures."""
 
+    max_graphs = 48  # captured buckets per module; later new buckets run uncaptured
+
     def __init__(self, module: nn.Module, config: OptimizeConfig, counters: tuple[str, ...]) -> None:
         super().__init__(module, config, counters)
         self.device = next(module.parameters()).device
         self.runner = Runner("cudagraphs" if config.compile_mode in GRAPH_MODES else "eager", self.device)
-        self._lock = threading.Lock()  # capture decisions
+        self._lock = threading.Lock()  # capture decisions: one capture per key, even from concurrent callers
 
     def optimization_stats(self) -> dict[str, Any]:
         """The counters, graph replays, direct runs and captures, and the failure (None while it runs)."""
@@ -71,9 +73,18 @@ class GraphAccelerator(Accelerator):
         return {**super().optimization_stats(), "graph": runner["replays"], "direct": runner["direct"],
                 "captures": runner["captures"]}
 
-    def replay_or_direct(self, key: Hashable, call: Callable[..., torch.Tensor],
-                         inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The captured graph of `key` on `inputs`, or `call` run without a graph when `key` has none."""
+    def run_graph(self, key: Hashable, call: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
+                  label: str, capture: bool = True) -> torch.Tensor:
+        """`call` on `inputs` through the graph of `key`, capturing it first when `capture` (at most `max_graphs`);
+        without a graph when `key` has none."""
+        with self._lock:
+            if capture and self.runner.graphs and not self.runner.has(key):
+                if self.runner.counters["captures"] < self.max_graphs:
+                    seconds = self.runner.prepare(key, call, inputs)
+                    logger.info("%s: captured the %s in %.2f s", self.name, label, seconds)
+                elif self.runner.counters["direct"] == 0:
+                    logger.warning("%s: %d shapes captured (the limit); new ones run uncaptured", self.name,
+                                   self.max_graphs)
         return self.runner.run(key, inputs) if self.runner.has(key) else self.runner.direct(call, inputs)
 
 

@@ -36,7 +36,6 @@ from .rng import RngState
 logger = logging.getLogger(__name__)
 
 CAPTURE_AFTER = 2  # a bucket is captured when it is seen the second time: serial mode's odd last windows never are
-MAX_GRAPHS = 8  # captured buckets per CFM; later new buckets run the compiled loop without a graph
 ESTIMATOR_PARTS = ("time_embed", "d_embed", "text_embed", "input_embed", "rotary_embed", "transformer_blocks",
                    "norm_out", "proj_out")
 
@@ -75,6 +74,7 @@ class OptimizedCFM(GraphAccelerator):
 
     name = "optimize_cfm"
     methods = ("inference",)
+    max_graphs = 8  # a bucket is a (batch, window) pair: a service meets few; its graph holds a whole loop
 
     def __init__(self, cfm: nn.Module, config: OptimizeConfig) -> None:
         super().__init__(cfm, config, ("calls", "eager"))
@@ -124,20 +124,16 @@ class OptimizedCFM(GraphAccelerator):
         return self._run((batch, frames, n, mu.dtype, mu.device), (x, cond, text, dt, held))
 
     def _run(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Replay the bucket's graph (capturing it on its second call), else run the loop without one."""
+        """Replay the bucket's graph (captured on its second call), else run the loop without one."""
         with self._lock:
             self._seen[key] += 1
-            capture = (self.runner.graphs and not self.runner.has(key) and self._seen[key] >= CAPTURE_AFTER
-                       and self.runner.counters["captures"] < MAX_GRAPHS)
-            keep = capture or self.runner.has(key)
-        if capture:
-            seconds = self.runner.prepare(key, self._loop(key, keep), inputs)
-            logger.info("optimize_cfm: captured batch %d x %d frames x %d steps in %.1f s", *key[:3], seconds)
-        return self.replay_or_direct(key, self._loop(key, keep), inputs)
+            wanted = self._seen[key] >= CAPTURE_AFTER
+        return self.run_graph(key, self._loop(key, wanted), inputs, "batch {} x {} frames x {} steps".format(*key),
+                              capture=wanted)
 
     def _loop(self, key: tuple, keep: bool) -> Callable[..., torch.Tensor]:
         """The Euler loop of one bucket with its constants: per-step times (n, B), computed as upstream does, and
-        the rotary table. Kept for captured buckets (their graph reads them in place), rebuilt otherwise."""
+        the rotary table. Kept for buckets seen often enough to be captured (a graph reads them in place)."""
         if key in self._constants:
             return self._constants[key]
         batch, frames, n, dtype, device = key

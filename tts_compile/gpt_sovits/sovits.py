@@ -23,7 +23,6 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -40,7 +39,6 @@ logger = logging.getLogger(__name__)
 PARTS = ("decode", "dec", "enc_p", "flow", "quantizer", "ref_enc", "version", "semantic_frame_rate")
 SMALLEST = {"tokens": 32, "phones": 16, "frames": 64}  # smallest bucket per padded axis
 LARGEST_TOKENS = 4096  # longer decodes (upstream concatenates a request's sentences) run upstream's own path
-MAX_GRAPHS = 48  # captured shapes per model; later new shapes run uncaptured
 
 
 def bucket(n: int, smallest: int) -> int:
@@ -151,7 +149,7 @@ class OptimizedSoVITS(GraphAccelerator):
         refs = refer if listed else [refer]
         speakers = ([sv_emb[i] for i in range(len(refs))] if listed else [sv_emb]) if vits.is_v2pro else []
         inputs = (*refs, *speakers)
-        ge = self._run(("ge", listed, *((t.shape, t.dtype) for t in inputs)),
+        ge = self.run_graph(("ge", listed, *((t.shape, t.dtype) for t in inputs)),
                        functools.partial(_reference, vits, listed, len(refs)), inputs,
                        f"reference embedding of {len(refs)} x {refs[0].size(-1)} frames")
         features = _features(vits, codes)
@@ -159,30 +157,17 @@ class OptimizedSoVITS(GraphAccelerator):
         out = frames if speed == 1 else int(frames / speed) + 1
         lengths = torch.tensor([frames, phones, out], device=self.device)
         padded = (bucket(tokens, SMALLEST["tokens"]) * frames // tokens, bucket(phones, SMALLEST["phones"]))
-        y = self._run(("enc", *padded, ge.shape, ge.dtype), functools.partial(_encode, vits),
+        y = self.run_graph(("enc", *padded, ge.shape, ge.dtype), functools.partial(_encode, vits),
                       (_pad(features, padded[0]), _pad(text, padded[1]), lengths, ge),
                       f"text encoder at {padded[0]} frames x {padded[1]} phones")[..., :frames]
         if speed != 1:
             y = F.interpolate(y.contiguous(), size=out, mode="linear")
         noise = torch.randn((1, vits.enc_p.out_channels, out), dtype=y.dtype, device=self.device)
         size = bucket(out, SMALLEST["frames"])
-        z = self._run(("flow", size, float(noise_scale), ge.shape, ge.dtype),
+        z = self.run_graph(("flow", size, float(noise_scale), ge.shape, ge.dtype),
                       functools.partial(_flow, vits, float(noise_scale)),
                       (_pad(y, size), lengths, _pad(noise, size), ge), f"flow at {size} frames")
         return vits.dec(z[..., :out].contiguous(), g=ge)
-
-    def _run(self, key: Hashable, call: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
-             label: str) -> torch.Tensor:
-        """Replay the graph of `key` (capturing it on first sight, up to MAX_GRAPHS), else run `call` uncaptured."""
-        with self._lock:
-            if self.runner.graphs and not self.runner.has(key):
-                if self.runner.counters["captures"] < MAX_GRAPHS:
-                    seconds = self.runner.prepare(key, call, inputs)
-                    logger.info("optimize_sovits: captured the %s in %.2f s", label, seconds)
-                elif self.runner.counters["direct"] == 0:
-                    logger.warning("optimize_sovits: %d shapes captured (the limit); new ones run uncaptured",
-                                   MAX_GRAPHS)
-        return self.replay_or_direct(key, call, inputs)
 
 
 def optimize_sovits(vits_model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
