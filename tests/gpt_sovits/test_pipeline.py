@@ -39,10 +39,10 @@ class FakeTTS:
     def init_vits_weights(self, weights_path: str) -> None:
         self.configs.version = weights_path  # the stand-in's "weights file" names its version
         self.vits_model = build_vits(VITSConfig(version=weights_path), seed=1) if weights_path in (
-            "v1", "v2", "v2Pro", "v2ProPlus") else None
+            "v1", "v2", "v2Pro", "v2ProPlus", "v3", "v4") else None
         if weights_path in ("v3", "v4"):
             self.vocoder = build_model("bigvgan-tiny" if weights_path == "v3" else "hifigan-tiny", seed=2)
-            self.vits_model = SimpleNamespace(cfm=build_flow_matching(seed=3))
+            self.vits_model.cfm = build_flow_matching(seed=3)
 
 
 def _vits_call(tts: FakeTTS, tokens: int = 45) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +91,21 @@ def test_v4_captures_the_cfm_loop_and_keeps_its_output() -> None:
 def test_cfm_off_leaves_the_flow_matching_alone() -> None:
     tts = FakeTTS("v3")
     handle = optimize_pipeline(tts, **FAST, cfm=False)
-    assert "inference" not in vars(tts.vits_model.cfm) and set(handle.stages) == {"vocoder", "t2s_model.model"}
+    assert "inference" not in vars(tts.vits_model.cfm)
+    assert set(handle.stages) == {"vocoder", "vits_model", "t2s_model.model"}
+
+
+def test_v3_captures_decode_encp_and_sovits_off_leaves_it_alone() -> None:
+    tts = FakeTTS("v3")
+    handle = optimize_pipeline(tts, **FAST)
+    request = _request("v3", 30, 12, None)
+    args = (request["codes"], request["text"], request["refer"])
+    got, ge = tts.vits_model.decode_encp(*args)
+    expected, expected_ge = type(tts.vits_model).decode_encp(tts.vits_model, *args)
+    torch.testing.assert_close(got, expected, rtol=0, atol=PADDED)
+    assert torch.equal(ge, expected_ge) and handle.stats()["vits_model"]["direct"] == 3
+    optimize_pipeline(tts, **FAST, sovits=False)
+    assert "decode_encp" not in vars(tts.vits_model) and "vits_model" not in handle.stages
 
 
 def test_t2s_decode_is_accelerated_and_reapplied_after_a_t2s_weight_switch() -> None:

@@ -54,6 +54,33 @@ def test_staged_decode_equals_decode(version, tokens, phones, refs, speed, noise
     assert model.tts_compile.optimization_stats()["direct"] == 3  # reference, encoder, flow: the staged path ran
 
 
+@settings(max_examples=15, deadline=None)
+@given(version=st.sampled_from(["v3", "v4"]), tokens=st.integers(1, 90), phones=st.integers(1, 40),
+       speed=st.sampled_from([1, 0.8, 1.25, 2]), ge_given=st.booleans())
+def test_staged_decode_encp_equals_decode_encp(version, tokens, phones, speed, ge_given) -> None:
+    """v3/v4: the CFM conditioning, from a reference (the prompt's call) or a given ge (a segment's); speed 2 on one
+    token makes upstream's WN mask shorter than the upsampled features."""
+    config = VITSConfig(version=version)
+    model, plain = optimize_sovits(build_vits(config, seed=1), **FAST), build_vits(config, seed=1)
+    request = _request(version, tokens, phones, None)
+    args = (request["codes"], request["text"], request["refer"])
+    ge = plain.decode_encp(*args)[1] if ge_given else None
+    expected, expected_ge = plain.decode_encp(*args, ge, speed)
+    got, got_ge = model.decode_encp(*args, ge, speed)
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert float((got - expected).abs().max()) <= PADDED
+    assert got_ge is ge if ge_given else torch.equal(got_ge, expected_ge)  # the reference stage is not padded
+    assert model.tts_compile.optimization_stats()["direct"] == (2 if ge_given else 3)
+
+
+def test_decode_encp_without_ge_or_reference_gets_upstreams_own_error() -> None:
+    model = optimize_sovits(build_vits(VITSConfig(version="v3")), **FAST)
+    request = _request("v3", 12, 6, None)
+    with pytest.raises(AttributeError):  # the stand-in reads refer.size
+        model.decode_encp(request["codes"], request["text"], None)
+    assert model.tts_compile.optimization_stats()["eager"] == 1 and model.tts_compile.failure is None
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 5000), smallest=st.sampled_from([16, 32, 64]))
 def test_buckets_hold_the_length_with_bounded_padding(n, smallest) -> None:
@@ -116,3 +143,14 @@ def test_switch_off_and_restore_give_upstreams_decode_back() -> None:
 def test_optimize_sovits_names_what_a_model_lacks() -> None:
     with pytest.raises(TypeError, match="vits_model: expected a GPT-SoVITS SynthesizerTrn .* lacks decode"):
         optimize_sovits(torch.nn.Linear(2, 2))
+    v3 = build_vits(VITSConfig(version="v3"))
+    del v3.wns1
+    with pytest.raises(TypeError, match="expected a GPT-SoVITS SynthesizerTrnV3 .* lacks wns1"):
+        optimize_sovits(v3)
+
+
+def test_restore_gives_decode_encp_back() -> None:
+    model = optimize_sovits(build_vits(VITSConfig(version="v4")), **FAST)
+    assert "decode_encp" in vars(model)
+    restore_sovits(model)
+    assert "decode_encp" not in vars(model) and not hasattr(model, "tts_compile")

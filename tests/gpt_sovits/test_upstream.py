@@ -78,6 +78,40 @@ def test_synthesizer_decode_matches_upstream(upstream, device, version, config, 
     assert model.dec.optimization_stats()["windows"] > 1
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("version,tokens,phones,speed", [("v3", 75, 40, 1), ("v3", 23, 9, 0.9), ("v4", 61, 33, 1),
+                                                         ("v4", 30, 17, 1.3)])
+def test_decode_encp_matches_upstream(upstream, device, version, tokens, phones, speed) -> None:
+    """optimize_sovits's staged `decode_encp` (padded encoder and conditioning stack, captured on CUDA) against
+    upstream's `SynthesizerTrnV3.decode_encp` in float32: the prompt's call (ge from the reference) and a segment's
+    (ge given)."""
+    root, models = upstream
+    hps = json.loads((root / "configs" / "s2.json").read_text())
+    torch.manual_seed(0)
+    model = models.SynthesizerTrnV3(hps["data"]["filter_length"] // 2 + 1,
+                                    hps["train"]["segment_size"] // hps["data"]["hop_length"],
+                                    n_speakers=hps["data"]["n_speakers"],
+                                    **{**hps["model"], "semantic_frame_rate": "25hz", "version": version})
+    model = model.eval().to(device)
+    gen = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 1024, (1, 1, tokens), generator=gen).to(device)
+    text = torch.randint(1, 300, (1, phones), generator=gen).to(device)
+    refer = torch.rand(1, 1025, 120, generator=gen).to(device)
+    with torch.inference_mode():
+        prompt, ge = model.decode_encp(codes, text, refer)
+        segment, _ = model.decode_encp(codes[..., :tokens // 2], text[:, :phones // 2 + 1], refer, ge, speed)
+        optimize_sovits(model, **{**CHUNKED, "compile_mode": "cudagraphs" if device == "cuda" else "eager"})
+        for _ in range(2):  # the first call captures on CUDA, the second replays
+            got, got_ge = model.decode_encp(codes, text, refer)
+            got_segment, same_ge = model.decode_encp(codes[..., :tokens // 2], text[:, :phones // 2 + 1], refer, ge,
+                                                     speed)
+            assert got.shape == prompt.shape and got_segment.shape == segment.shape and same_ge is ge
+            assert max(float((got - prompt).abs().max()), float((got_ge - ge).abs().max()),
+                       float((got_segment - segment).abs().max())) <= FP32_TOLERANCE
+    stats = model.tts_compile.optimization_stats()
+    assert stats["graph" if device == "cuda" else "direct"] == 10 and stats["failure"] is None
+
+
 
 
 @pytest.mark.parametrize("device", DEVICES)

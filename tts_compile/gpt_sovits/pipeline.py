@@ -1,8 +1,9 @@
 """`optimize_pipeline`: tts_compile on an upstream GPT-SoVITS `TTS` pipeline, kept in place across weight switches.
 
 Every version gets its T2S decode (`tts.t2s_model.model`, `optimize_t2s`) accelerated. Per version: v3/v4 get
-`tts.vocoder` optimized (BigVGAN, the v4 vocoder) and their flow-matching loop `tts.vits_model.cfm.inference`
-captured (`optimize_cfm`); v1/v2/v2Pro/v2ProPlus get `tts.vits_model.decode` captured stage by stage and its decoder
+`tts.vocoder` optimized (BigVGAN, the v4 vocoder), their flow-matching loop `tts.vits_model.cfm.inference` captured
+(`optimize_cfm`) and its conditioning `tts.vits_model.decode_encp` captured stage by stage (`optimize_sovits`);
+v1/v2/v2Pro/v2ProPlus get `tts.vits_model.decode` captured stage by stage and its decoder
 `dec` optimized (`optimize_sovits`). Decoders are swapped for `OptimizedVocoder` modules with the original's call
 signature, and the CFM, T2S and SoVITS keep their methods' signatures, so upstream's `TTS.run`,
 `using_vocoder_synthesis`, the batched path and api_v2 run unchanged. `init_vits_weights` and `init_t2s_weights` (api_v2's /set_sovits_weights and
@@ -28,7 +29,7 @@ from ..vocoder import OptimizedVocoder, optimize_vocoder
 from .accelerator import HANDLE as MODULE_HANDLE
 from .accelerator import Accelerator, resolve_config
 from .cfm import OptimizedCFM, optimize_cfm, restore_cfm
-from .sovits import OptimizedSoVITS, optimize_sovits, restore_sovits
+from .sovits import SoVITSAccelerator, optimize_sovits, restore_sovits
 from .t2s import T2SAccelerator, optimize_t2s, restore_t2s
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class PipelineOptimizer:
             if not isinstance(tts.vocoder, OptimizedVocoder):
                 tts.vocoder = optimize_vocoder(tts.vocoder, config=self.config)
             stages = {"vocoder": tts.vocoder}
+            if self.config.sovits:
+                stages["vits_model"] = self._attached("SoVITS", optimize_sovits, lambda: tts.vits_model)
             if self.config.cfm:
                 stages["vits_model.cfm"] = self._attached("CFM", optimize_cfm, lambda: tts.vits_model.cfm)
         elif version in SOVITS_VERSIONS:
@@ -153,7 +156,7 @@ def _unwrap(tts: Any) -> None:
     if isinstance(getattr(tts, "vocoder", None), OptimizedVocoder):
         tts.vocoder = tts.vocoder.module
     vits = getattr(tts, "vits_model", None)
-    if vits is not None and isinstance(getattr(vits, MODULE_HANDLE, None), OptimizedSoVITS):
+    if vits is not None and isinstance(getattr(vits, MODULE_HANDLE, None), SoVITSAccelerator):
         restore_sovits(vits)
     if vits is not None and isinstance(getattr(getattr(vits, "cfm", None), MODULE_HANDLE, None), OptimizedCFM):
         restore_cfm(vits.cfm)

@@ -1,4 +1,5 @@
-"""`optimize_sovits`: GPT-SoVITS v1/v2/v2Pro/v2ProPlus's `SynthesizerTrn.decode` with its stages captured.
+"""`optimize_sovits`: GPT-SoVITS v1/v2/v2Pro/v2ProPlus's `SynthesizerTrn.decode`, and v3/v4's
+`SynthesizerTrnV3.decode_encp`, with their stages captured.
 
 Upstream's `decode` is launch-bound (~35 ms on an H100 whether it decodes 25 or 250 tokens): a reference encoder, a
 relative-attention text encoder, a coupling flow and the HiFi-GAN decoder, each hundreds of small launches from
@@ -13,6 +14,9 @@ Python. Here each stage is a replayed CUDA graph:
   (shape, dtype, device, order) and padded outside the graph; speed != 1 interpolates the encoder output between the
   two graphs exactly as upstream does;
 * decoder `dec`: `optimize_vocoder`'s windows (the decoder has no masks: padding would change the last samples).
+v3/v4's `decode_encp` (the CFM's conditioning, once for the prompt and once per segment) shares the reference and
+text-encoder graphs, then runs bridge, nearest upsampling and the masked WN stack as one graph per frame bucket (the
+upsampling keeps upstream's scale factor, so each real frame reads the source frame it reads unpadded).
 Numerics differ from upstream's only where a kernel sees a longer (padded) axis and reduces in another order.
 """
 
@@ -23,6 +27,7 @@ import logging
 import math
 import numbers
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,6 +42,9 @@ from .rng import RngState
 logger = logging.getLogger(__name__)
 
 PARTS = ("decode", "dec", "enc_p", "flow", "quantizer", "ref_enc", "version", "semantic_frame_rate")
+V3_PARTS = ("decode_encp", "enc_p", "bridge", "wns1", "quantizer", "ref_enc", "version", "semantic_frame_rate")
+UPSAMPLE = {"v3": 1.875, "v4": 2}  # decode_encp: encoder frames -> CFM frames
+MASKED_PER_TOKEN = {"v3": 3.875, "v4": 4}  # decode_encp: WN mask length per token (before speed)
 SMALLEST = {"tokens": 32, "phones": 16, "frames": 64}  # smallest bucket per padded axis
 LARGEST_TOKENS = 4096  # longer decodes (upstream concatenates a request's sentences) run upstream's own path
 
@@ -57,7 +65,7 @@ def _reference(vits: nn.Module, listed: bool, count: int, *tensors: torch.Tensor
         mask = torch.ones(1, 1, refer.size(2), dtype=refer.dtype, device=refer.device)  # upstream: the full length
         spec = refer if vits.version == "v1" else refer[:, :vits.ref_enc.in_dim]
         ge = vits.ref_enc(spec * mask, mask)
-        if vits.is_v2pro:
+        if getattr(vits, "is_v2pro", False):
             ge += vits.sv_emb(tensors[count + i]).unsqueeze(-1)
             ge = vits.prelu(ge)
         ges.append(ge)
@@ -76,7 +84,7 @@ def _features(vits: nn.Module, codes: torch.Tensor) -> torch.Tensor:
 def _encode(vits: nn.Module, features: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor,
             ge: torch.Tensor) -> torch.Tensor:
     """The text encoder's output before the speed change (B, hidden, frames); lengths = [frames, phones, ...]."""
-    ge_text = vits.ge_to512(ge.transpose(2, 1)).transpose(2, 1) if vits.is_v2pro else ge
+    ge_text = vits.ge_to512(ge.transpose(2, 1)).transpose(2, 1) if getattr(vits, "is_v2pro", False) else ge
     return vits.enc_p(features, lengths[0:1], text, lengths[1:2], ge_text)[4]
 
 
@@ -89,58 +97,111 @@ def _flow(vits: nn.Module, noise_scale: float, y: torch.Tensor, lengths: torch.T
     return vits.flow(z_p, mask, g=ge, reverse=True) * mask
 
 
+def _conditioning(vits: nn.Module, y: torch.Tensor, lengths: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
+    """v3/v4 `decode_encp` after the text encoder: bridge, nearest upsampling at upstream's scale (so each frame reads
+    the source frame it reads unpadded), the WN stack masked to lengths[2] frames."""
+    fea = F.interpolate(vits.bridge(y), scale_factor=UPSAMPLE[vits.version], mode="nearest")
+    return vits.wns1(fea, lengths[2:3], ge)[0]
+
+
 def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(x, (0, size - x.size(-1)))
 
 
-class OptimizedSoVITS(GraphAccelerator):
-    """What `optimize_sovits` installed on one `SynthesizerTrn`: its `decode`, counters, and the runtime switch."""
+def _request_problem(device: torch.device, codes: Any, text: Any, speed: Any) -> str | None:
+    """Why codes, phones or speed keep a call off the staged path (an input upstream rejects, or one too long)."""
+    if not all(isinstance(t, torch.Tensor) and t.device == device for t in (codes, text)):
+        return f"codes and text are not both tensors on {device}"
+    if codes.dim() != 3 or codes.shape[:2] != (1, 1) or text.dim() != 2 or text.size(0) != 1:
+        return f"codes {tuple(codes.shape)} / text {tuple(text.shape)}: expected (1, 1, tokens) / (1, phones)"
+    if not 0 < codes.size(-1) <= LARGEST_TOKENS or text.size(-1) == 0:
+        return f"{codes.size(-1)} tokens, {text.size(-1)} phones: outside 1..{LARGEST_TOKENS} tokens, >= 1 phone"
+    if not isinstance(speed, numbers.Real) or speed <= 0:
+        return f"speed={speed!r}: expected a real number > 0"
+    return None
+
+
+def _spectrograms_problem(device: torch.device, refs: list[Any]) -> str | None:
+    if not refs or not all(isinstance(r, torch.Tensor) and r.device == device and r.dim() == 3 and r.size(0) == 1
+                           for r in refs):
+        return f"refer: expected a (1, bins, frames) spectrogram on {device} or a non-empty list of them"
+    return None
+
+
+class SoVITSAccelerator(GraphAccelerator):
+    """The stages `decode` (v1-v2ProPlus) and `decode_encp` (v3/v4) share: reference embedding and text encoder as
+    graphs over padded buckets, and the rule for serving a call."""
 
     name = "optimize_sovits"
-    methods = ("decode",)
 
     def __init__(self, vits: nn.Module, config: OptimizeConfig) -> None:
         super().__init__(vits, config, ("calls", "eager"))
         self.vits = vits
 
-    def decode(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, noise_scale: float = 0.5, speed: float = 1,
-               sv_emb: Any = None) -> torch.Tensor:
-        """Upstream's signature and result: audio (1, 1, samples) from codes (1, 1, tokens) and phones (1, phones)."""
+    def _serve(self, method: str, args: tuple[Any, ...], problem: str | None,
+               staged: Callable[..., Any]) -> Any:
+        """`staged(*args)`; upstream's `method` for a call with a `problem`, while off, or (RNG rewound, so it draws
+        the same noise) after a failure."""
         self.counters["calls"] += 1
-        args = (codes, text, refer, noise_scale, speed, sv_emb)
-        reason = self._ineligible(*args)
-        if reason or not self.active:
-            if reason:
-                logger.debug("optimize_sovits: upstream's decode: %s", reason)
+        if problem or not self.active:
+            if problem:
+                logger.debug("optimize_sovits: upstream's %s: %s", method, problem)
             self.counters["eager"] += 1
-            return self.original["decode"](*args)
+            return self.original[method](*args)
         rng = RngState(self.device)
         try:
             with torch.no_grad():
-                return self._decode(*args)
+                return staged(*args)
         except Exception as exc:
-            rng.restore()  # upstream then draws the noise this call drew
-            return self.serve_upstream(exc, lambda: self.original["decode"](*args))
+            rng.restore()
+            return self.serve_upstream(exc, lambda: self.original[method](*args))
 
-    def _ineligible(self, codes: Any, text: Any, refer: Any, noise_scale: Any, speed: Any, sv_emb: Any) -> str | None:
-        """Why a call goes to upstream's own decode (an input it would reject, or one outside the buckets)."""
+    def _reference(self, refs: list[torch.Tensor], speakers: list[torch.Tensor], listed: bool) -> torch.Tensor:
+        """`ge` of the references (and their v2Pro speaker embeddings) through the graph of their shapes."""
+        inputs = (*refs, *speakers)
+        return self.run_graph(("ge", listed, *((t.shape, t.dtype) for t in inputs)),
+                              functools.partial(_reference, self.vits, listed, len(refs)), inputs,
+                              f"reference embedding of {len(refs)} x {refs[0].size(-1)} frames")
+
+    def _text_encoder(self, codes: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, ge: torch.Tensor,
+                      speed: float) -> torch.Tensor:
+        """The text encoder's output (1, hidden, frames) through the graph of its (frames, phones) bucket, then
+        stretched for `speed` as upstream does; lengths = [frames, phones, ...]."""
+        features = _features(self.vits, codes)
+        tokens, frames, phones = codes.size(-1), features.size(-1), text.size(-1)
+        padded = (bucket(tokens, SMALLEST["tokens"]) * frames // tokens, bucket(phones, SMALLEST["phones"]))
+        y = self.run_graph(("enc", *padded, ge.shape, ge.dtype), functools.partial(_encode, self.vits),
+                           (_pad(features, padded[0]), _pad(text, padded[1]), lengths, ge),
+                           f"text encoder at {padded[0]} frames x {padded[1]} phones")[..., :frames]
+        return y if speed == 1 else F.interpolate(y.contiguous(), size=_stretched(frames, speed), mode="linear")
+
+
+def _stretched(frames: int, speed: float) -> int:
+    """Frames after upstream's speed change."""
+    return frames if speed == 1 else int(frames / speed) + 1
+
+
+class OptimizedSoVITS(SoVITSAccelerator):
+    """What `optimize_sovits` installed on a v1/v2/v2Pro/v2ProPlus `SynthesizerTrn`: its `decode`."""
+
+    methods = ("decode",)
+
+    def decode(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, noise_scale: float = 0.5, speed: float = 1,
+               sv_emb: Any = None) -> torch.Tensor:
+        """Upstream's signature and result: audio (1, 1, samples) from codes (1, 1, tokens) and phones (1, phones)."""
+        args = (codes, text, refer, noise_scale, speed, sv_emb)
+        return self._serve("decode", args, self._problem(*args), self._decode)
+
+    def _problem(self, codes: Any, text: Any, refer: Any, noise_scale: Any, speed: Any, sv_emb: Any) -> str | None:
         refs = refer if isinstance(refer, list) else [refer]
-        if not all(isinstance(t, torch.Tensor) and t.device == self.device for t in (codes, text, *refs)):
-            return f"codes, text and refer are not all tensors on {self.device}"
-        if codes.dim() != 3 or codes.shape[:2] != (1, 1) or text.dim() != 2 or text.size(0) != 1:
-            return f"codes {tuple(codes.shape)} / text {tuple(text.shape)}: expected (1, 1, tokens) / (1, phones)"
-        if not refs or any(r.dim() != 3 or r.size(0) != 1 for r in refs):
-            return "refer: expected a (1, bins, frames) spectrogram or a non-empty list of them"
+        if problem := _request_problem(self.device, codes, text, speed) or _spectrograms_problem(self.device, refs):
+            return problem
         if self.vits.is_v2pro:
             speakers = sv_emb if isinstance(refer, list) else [sv_emb]
             if not isinstance(speakers, (list, tuple)) or len(speakers) < len(refs) or not all(
                     isinstance(t, torch.Tensor) and t.device == self.device for t in speakers[:len(refs)]):
                 return f"v2Pro needs a speaker embedding on {self.device} for each of the {len(refs)} references"
-        if not 0 < codes.size(-1) <= LARGEST_TOKENS or text.size(-1) == 0:
-            return f"{codes.size(-1)} tokens, {text.size(-1)} phones: outside 1..{LARGEST_TOKENS} tokens, >= 1 phone"
-        if not isinstance(noise_scale, numbers.Real) or not isinstance(speed, numbers.Real) or speed <= 0:
-            return f"noise_scale={noise_scale!r}, speed={speed!r}: expected real numbers, speed > 0"
-        return None
+        return None if isinstance(noise_scale, numbers.Real) else f"noise_scale={noise_scale!r}: expected a number"
 
     def _decode(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, noise_scale: float, speed: float,
                 sv_emb: Any) -> torch.Tensor:
@@ -148,53 +209,89 @@ class OptimizedSoVITS(GraphAccelerator):
         listed = isinstance(refer, list)
         refs = refer if listed else [refer]
         speakers = ([sv_emb[i] for i in range(len(refs))] if listed else [sv_emb]) if vits.is_v2pro else []
-        inputs = (*refs, *speakers)
-        ge = self.run_graph(("ge", listed, *((t.shape, t.dtype) for t in inputs)),
-                       functools.partial(_reference, vits, listed, len(refs)), inputs,
-                       f"reference embedding of {len(refs)} x {refs[0].size(-1)} frames")
-        features = _features(vits, codes)
-        tokens, frames, phones = codes.size(-1), features.size(-1), text.size(-1)
-        out = frames if speed == 1 else int(frames / speed) + 1
-        lengths = torch.tensor([frames, phones, out], device=self.device)
-        padded = (bucket(tokens, SMALLEST["tokens"]) * frames // tokens, bucket(phones, SMALLEST["phones"]))
-        y = self.run_graph(("enc", *padded, ge.shape, ge.dtype), functools.partial(_encode, vits),
-                      (_pad(features, padded[0]), _pad(text, padded[1]), lengths, ge),
-                      f"text encoder at {padded[0]} frames x {padded[1]} phones")[..., :frames]
-        if speed != 1:
-            y = F.interpolate(y.contiguous(), size=out, mode="linear")
+        ge = self._reference(refs, speakers, listed)
+        frames = codes.size(-1) * (2 if vits.semantic_frame_rate == "25hz" else 1)
+        out = _stretched(frames, speed)
+        lengths = torch.tensor([frames, text.size(-1), out], device=self.device)
+        y = self._text_encoder(codes, text, lengths, ge, speed)
         noise = torch.randn((1, vits.enc_p.out_channels, out), dtype=y.dtype, device=self.device)
         size = bucket(out, SMALLEST["frames"])
         z = self.run_graph(("flow", size, float(noise_scale), ge.shape, ge.dtype),
-                      functools.partial(_flow, vits, float(noise_scale)),
-                      (_pad(y, size), lengths, _pad(noise, size), ge), f"flow at {size} frames")
+                           functools.partial(_flow, vits, float(noise_scale)),
+                           (_pad(y, size), lengths, _pad(noise, size), ge), f"flow at {size} frames")
         return vits.dec(z[..., :out].contiguous(), g=ge)
 
 
+class OptimizedSoVITSv3(SoVITSAccelerator):
+    """What `optimize_sovits` installed on a v3/v4 `SynthesizerTrnV3`: its `decode_encp`, the CFM's conditioning."""
+
+    methods = ("decode_encp",)
+
+    def decode_encp(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, ge: Any = None,
+                    speed: float = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Upstream's signature and result: (features (1, channels, frames), ge) from codes (1, 1, tokens), phones
+        (1, phones) and a reference spectrogram (read only when `ge` is None)."""
+        args = (codes, text, refer, ge, speed)
+        return self._serve("decode_encp", args, self._problem(*args), self._decode_encp)
+
+    def _problem(self, codes: Any, text: Any, refer: Any, ge: Any, speed: Any) -> str | None:
+        if problem := _request_problem(self.device, codes, text, speed):
+            return problem
+        if ge is None:
+            return _spectrograms_problem(self.device, [refer]) if isinstance(refer, torch.Tensor) else \
+                f"refer: expected a (1, bins, frames) spectrogram, got {type(refer).__name__}"
+        if not isinstance(ge, torch.Tensor) or ge.device != self.device or ge.dim() != 3 or ge.size(0) != 1:
+            return f"ge: expected a (1, channels, 1) tensor on {self.device}"
+        return None
+
+    def _decode_encp(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, ge: Any,
+                     speed: float) -> tuple[torch.Tensor, torch.Tensor]:
+        vits = self.vits
+        if ge is None:
+            ge = self._reference([refer], [], listed=False)
+        frames = 2 * codes.size(-1)  # upstream's y_lengths (v3/v4 codes are 25 Hz)
+        stretched = _stretched(frames, speed)
+        out = math.floor(stretched * UPSAMPLE[vits.version])  # nearest upsampling's length
+        per_token = MASKED_PER_TOKEN[vits.version] * codes.size(-1)
+        masked = min(out, int(per_token) if speed == 1 else int(per_token / speed) + 1)
+        lengths = torch.tensor([frames, text.size(-1), masked], device=self.device)
+        y = self._text_encoder(codes, text, lengths, ge, speed)
+        size = bucket(stretched, SMALLEST["frames"])
+        fea = self.run_graph(("wns", size, ge.shape, ge.dtype), functools.partial(_conditioning, vits),
+                             (_pad(y, size), lengths, ge), f"conditioning stack at {size} frames")
+        return fea[..., :out].contiguous(), ge
+
+
 def optimize_sovits(vits_model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
-    """Optimize a v1/v2/v2Pro/v2ProPlus `SynthesizerTrn` in place: `decode` keeps its signature and result and runs its
-    stages as captured graphs; the decoder `dec` becomes an `OptimizedVocoder`. The handle (`OptimizedSoVITS`:
-    optimization_stats, switch) is `vits_model.tts_compile`. Returns `vits_model`."""
+    """Optimize a GPT-SoVITS synthesizer in place, its methods keeping their signatures and results: a
+    v1/v2/v2Pro/v2ProPlus `SynthesizerTrn`'s `decode` runs its stages as captured graphs and its decoder `dec` becomes
+    an `OptimizedVocoder`; a v3/v4 `SynthesizerTrnV3`'s `decode_encp` runs as captured graphs. The handle
+    (`optimization_stats`, `switch`) is `vits_model.tts_compile`. Returns `vits_model`."""
     config = resolve_config(config, options)
-    missing = [name for name in PARTS if not hasattr(vits_model, name)]
-    if missing or not isinstance(vits_model.dec, nn.Module):
-        raise TypeError(f"vits_model: expected a GPT-SoVITS SynthesizerTrn ({', '.join(PARTS)}); "
-                        f"{type(vits_model).__name__} lacks {', '.join(missing) or 'a dec module'}")
+    v3 = getattr(vits_model, "version", None) in UPSAMPLE
+    parts = V3_PARTS if v3 else PARTS
+    missing = [name for name in parts if not hasattr(vits_model, name)]
+    if missing or not v3 and not isinstance(vits_model.dec, nn.Module):
+        raise TypeError(f"vits_model: expected a GPT-SoVITS {'SynthesizerTrnV3' if v3 else 'SynthesizerTrn'} "
+                        f"({', '.join(parts)}); {type(vits_model).__name__} lacks {', '.join(missing) or 'a dec module'}")
+    if isinstance(getattr(vits_model, HANDLE, None), SoVITSAccelerator):
+        return vits_model
     start = time.perf_counter()
-    if not isinstance(vits_model.dec, OptimizedVocoder):
+    if not v3 and not isinstance(vits_model.dec, OptimizedVocoder):
         vits_model.dec = optimize_vocoder(vits_model.dec, config=config,
                                           example_kwargs=_conditioning_example(vits_model.dec))
-    if not isinstance(getattr(vits_model, HANDLE, None), OptimizedSoVITS):
-        install(OptimizedSoVITS(vits_model, config), vits_model)
-        logger.info("optimize_sovits: %s %s (%s) ready in %.2f s; shapes are captured on first sight",
-                    type(vits_model).__name__, vits_model.version, config.compile_mode, time.perf_counter() - start)
+    install((OptimizedSoVITSv3 if v3 else OptimizedSoVITS)(vits_model, config), vits_model)
+    logger.info("optimize_sovits: %s %s (%s) ready in %.2f s; shapes are captured on first sight",
+                type(vits_model).__name__, vits_model.version, config.compile_mode, time.perf_counter() - start)
     return vits_model
 
 
 def restore_sovits(vits_model: nn.Module) -> nn.Module:
-    """Undo `optimize_sovits`: upstream's own `decode` and decoder again."""
+    """Undo `optimize_sovits`: upstream's own `decode` (and decoder) or `decode_encp` again."""
     if isinstance(getattr(vits_model, "dec", None), OptimizedVocoder):
         vits_model.dec = vits_model.dec.module
-    return uninstall(vits_model, OptimizedSoVITS)
+    handle = getattr(vits_model, HANDLE, None)
+    return uninstall(vits_model, type(handle)) if isinstance(handle, SoVITSAccelerator) else vits_model
 
 
 def _conditioning_example(dec: nn.Module) -> dict[str, Any]:

@@ -1,11 +1,13 @@
-"""A small VITS synthesizer with the interface of GPT-SoVITS v1/v2/v2Pro/v2ProPlus's `SynthesizerTrn` at inference.
+"""A small VITS synthesizer with the interface of GPT-SoVITS v1/v2/v2Pro/v2ProPlus's `SynthesizerTrn` at inference,
+and its v3/v4 sibling (`SynthesizerTrnV3`) that turns the same text encoder's output into CFM conditioning features.
 
 Written from the published facts (VITS, Kim et al. 2021; docs: gpt-sovits-upstream.md 3.1), not from upstream's
 code, so CI can test the SoVITS accelerator without a GPT-SoVITS checkout. Kept from upstream: the submodules
 `decode` composes (`quantizer.decode`, `enc_p` with its six outputs and speed interpolation, `flow(..., reverse=True)`,
-`dec(z, g=ge)`, `ref_enc(spec, mask)`, and for v2Pro `sv_emb`, `prelu`, `ge_to512`), their masks (attention scores
-of padded keys filled with -1e4, convolutions reading `x * mask`), and `decode`'s order of operations and noise draw.
-Sizes are tiny; weights are random.
+`dec(z, g=ge)`, `ref_enc(spec, mask)`, and for v2Pro `sv_emb`, `prelu`, `ge_to512`; v3/v4: `bridge`, `wns1`), their
+masks (attention scores of padded keys filled with -1e4, convolutions reading `x * mask`), `decode`'s order of
+operations and noise draw, and `decode_encp`'s frame arithmetic (docs: gpt-sovits-upstream.md 3.3). Sizes are tiny;
+weights are random.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class VITSConfig:
     codebook: int = 64
     symbols: int = 50
     flows: int = 2
+    features: int = 20  # v3/v4: CFM conditioning channels (upstream 512)
     version: str = "v2"
 
 
@@ -237,10 +240,60 @@ class VITSSynthesizer(nn.Module):
         return self.dec((z * y_mask)[:, :, :], g=ge)
 
 
-def build_vits(config: VITSConfig = VITSConfig(), *, seed: int = 0) -> VITSSynthesizer:
-    """A stand-in synthesizer on the CPU in float32, eval mode, weights drawn from `seed`."""
+class WNEncoder(nn.Module):
+    """`wns1`: 1x1 in, gated dilated kernel-5 convolutions conditioned on g with residuals, 1x1 out; every layer's
+    output masked to `x_lengths`. Returns (features * mask, mask) as upstream's `Encoder`."""
+
+    def __init__(self, c: VITSConfig, layers: int = 2) -> None:
+        super().__init__()
+        self.pre, self.proj = nn.Conv1d(c.features, c.hidden, 1), nn.Conv1d(c.hidden, c.features, 1)
+        self.convs = nn.ModuleList(nn.Conv1d(c.hidden, 2 * c.hidden, 5, padding=2) for _ in range(layers))
+        self.cond = nn.Conv1d(c.gin, 2 * c.hidden * layers, 1)
+
+    def forward(self, x: torch.Tensor, x_lengths: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = _mask(x_lengths, x.size(2), x.dtype)
+        x = self.pre(x) * mask
+        for conv, cond in zip(self.convs, self.cond(g).chunk(len(self.convs), dim=1)):
+            tanh, sigmoid = (conv(x) + cond).chunk(2, dim=1)
+            x = (x + torch.tanh(tanh) * torch.sigmoid(sigmoid)) * mask
+        return self.proj(x) * mask, mask
+
+
+class V3Synthesizer(nn.Module):
+    """`decode_encp(codes, text, refer, ge=None, speed=1)` -> (CFM features (1, features, frames), ge), as upstream's
+    v3/v4 `SynthesizerTrnV3`: 2 encoder frames per token, upsampled by 1.875 (v3) or 2 (v4), the WN stack masked to
+    3.875 (v3) or 4 (v4) frames per token (divided by speed, plus one, when speed != 1)."""
+
+    def __init__(self, c: VITSConfig) -> None:
+        super().__init__()
+        self.version = c.version
+        self.semantic_frame_rate = "25hz"
+        self.quantizer = Codebook(c)
+        self.enc_p = TextEncoder(c)
+        self.ref_enc = StyleEncoder(c)
+        self.bridge = nn.Sequential(nn.Conv1d(c.hidden, c.features, 1), nn.LeakyReLU())
+        self.wns1 = WNEncoder(c)
+
+    @torch.no_grad()
+    def decode_encp(self, codes, text, refer, ge=None, speed=1):
+        if ge is None:
+            mask = torch.ones(1, 1, refer.size(2), device=refer.device, dtype=refer.dtype)
+            ge = self.ref_enc(refer[:, :self.ref_enc.in_dim] * mask, mask)
+        tokens = codes.size(2)
+        per_token, upsample = (3.875, 1.875) if self.version == "v3" else (4, 2)
+        frames = int(tokens * per_token) if speed == 1 else int(tokens * per_token / speed) + 1
+        quantized = F.interpolate(self.quantizer.decode(codes), scale_factor=2, mode="nearest")
+        y = self.enc_p(quantized, torch.tensor([2 * tokens], device=codes.device), text,
+                       torch.tensor([text.size(-1)], device=text.device), ge, speed)[0]
+        fea = F.interpolate(self.bridge(y), scale_factor=upsample, mode="nearest")
+        return self.wns1(fea, torch.tensor([frames], device=codes.device), ge)[0], ge
+
+
+def build_vits(config: VITSConfig = VITSConfig(), *, seed: int = 0) -> VITSSynthesizer | V3Synthesizer:
+    """A stand-in synthesizer (v3/v4: its `decode_encp` sibling) on the CPU in float32, eval mode, weights drawn
+    from `seed`."""
     generator = torch.Generator().manual_seed(seed)
-    model = VITSSynthesizer(config)
+    model = V3Synthesizer(config) if config.version in ("v3", "v4") else VITSSynthesizer(config)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("bias"):
