@@ -22,6 +22,13 @@ CHUNKED = {"compile_mode": "eager", "warmup": "lazy", "chunk_size": 64}  # sever
 FP32_TOLERANCE = 1e-4  # max abs, issue 4 / DESIGN.md
 
 
+@pytest.fixture(autouse=True)
+def _float32_convolutions(monkeypatch):
+    """Float32 parity means float32 arithmetic: cuDNN's default TF32 convolutions (10-bit mantissa) put both paths
+    ~1e-4 apart on upstream's 8-layer, 512-channel WN stack (measured 1.4e-4 on an H100) before any change of ours."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 @pytest.fixture(scope="module")
 def upstream():
     root = Path(HOME)
