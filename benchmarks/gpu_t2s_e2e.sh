@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# GPU runs 18-19 (issue 5; run 19 without --profile, EOS row zeroed): upstream T2S decode eager and upstream's CUDAGraphRunner vs optimize_t2s with the Triton
-# layers and with torch ops in the captured step, fp16, 250 tokens after a 60 + 75 prefix; token parity, host
-# syncs; per-kernel device time of the uncaptured kernel step.
+# GPU runs 18-19 and 27 (issue 5): upstream T2S decode eager and upstream's CUDAGraphRunner vs optimize_t2s with the
+# Triton layers (and, since run 27, the fused sampling launch) and with torch ops in the captured step, fp16, 250
+# tokens after a 60 + 75 prefix; token parity, host syncs; per-kernel device time of the uncaptured kernel step.
+# TESTS=1 first runs the T2S kernel tests natively and the T2S parity tests against upstream on CUDA.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=. GPT_SOVITS_HOME=upstream TQDM_DISABLE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-deps .whl/*.whl 2>&1 | tail -2
-timeout 500 python3 benchmarks/t2s_gpu.py --variants kernels,torch --json "$OUT/t2s.json" \
+if [ "${TESTS:-0}" = 1 ]; then
+  python3 -m pytest -q -p no:cacheprovider tests/kernels/test_t2s_sample.py tests/kernels/test_t2s_decode.py \
+    tests/gpt_sovits/test_t2s.py 2>&1 | tail -2
+  python3 -m pytest -q -p no:cacheprovider tests/gpt_sovits/test_upstream.py -k "t2s" 2>&1 | tail -2
+fi
+timeout 400 python3 benchmarks/t2s_gpu.py --variants kernels,torch --json "$OUT/t2s.json" \
   --profile "$OUT/t2s_profile.txt" 2> "$OUT/t2s.log" | cat
-grep -v "^use early\|^T2S\|^Infer Speed\|^Loading" "$OUT/t2s.log" | cut -c1-300 | tail -14
+grep -v "^use early\|^T2S\|^Infer Speed\|^Loading" "$OUT/t2s.log" | cut -c1-300 | tail -30

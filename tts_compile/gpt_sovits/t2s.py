@@ -5,7 +5,8 @@ on an H100. Here the K/V cache is preallocated (one capacity bucket per request 
 (sample the next token on the GPU, embed it, run the layers writing K/V in place, project the logits) is one CUDA
 graph; the host replays it and reads the EOS flags once every `CHECK_EVERY` steps. The layers of the step are
 `tts_compile::t2s_decode_step` (Triton kernels, five launches a layer: H100 run 19, 2090 vs 838 tok/s with torch
-ops; `t2s_kernels`). In every graph mode (`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured
+ops; `t2s_kernels`), and the sampling before them one Triton launch (`kernels.t2s_sample`) after torch's own
+`exponential_` draw. In every graph mode (`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured
 without inductor: inductor made it slower and its tokens less like upstream's (run 14: 745 vs 830 tok/s;
 benchmarks/results/2026-11-25-h100-t2s.md).
 
@@ -27,15 +28,14 @@ import importlib.util
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import OptimizeConfig
 from ..kernels.t2s_decode import flatten, stack, t2s_decode_step
+from ..kernels.t2s_sample import Embedding, Sampling, sample
 from ..runner import GRAPH_MODES
 from .accelerator import HANDLE, Accelerator, install, resolve_config, uninstall
 from .rng import RngState
@@ -48,38 +48,10 @@ CHECK_EVERY = 16  # decode steps between two reads of the EOS flags (one host sy
 CAPACITIES = (1024, 2048, 4096)  # KV-cache lengths; a request takes the smallest that holds prefix + steps
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling parameters of one call (Python values: a captured step bakes them in, one graph per set)."""
-
-    top_k: int
-    top_p: float
-    temperature: float
-    repetition_penalty: float
-
-
-def _penalised(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Repetition penalty on the seen columns, computed from the unpenalised logits (upstream's values)."""
-    if penalty == 1.0:
-        return logits
-    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
-
-
-def _probs(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
-    """top-p, temperature, top-k and softmax, in upstream's order and dtype."""
-    if s.top_p < 1.0:
-        ordered, order = torch.sort(logits, descending=True)
-        drop = torch.cumsum(F.softmax(ordered, dim=-1), dim=-1) > s.top_p
-        drop[:, 0] = False
-        logits = logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
-    logits = logits / max(s.temperature, 1e-5)
-    pivot = torch.topk(logits, min(s.top_k, logits.size(-1)))[0][:, -1:]
-    return F.softmax(torch.where(logits < pivot, -float("inf"), logits), dim=-1)
-
-
 class _State:
     """Static buffers of one capacity bucket (batch 1): the caches, the current logits, the decoded tokens, EOS flags,
-    seen columns, and the device-side step counter and offsets that a captured step reads."""
+    seen columns, the next input, the device-side step counter and offsets that a captured step reads, and the
+    embedding it reads."""
 
     def __init__(self, model: nn.Module, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
         layers, dim, heads = len(model.h.layers), model.model_dim, model.num_head
@@ -88,6 +60,8 @@ class _State:
         self.k = torch.zeros(cache, dtype=dtype, device=device)
         self.v = torch.zeros(cache, dtype=dtype, device=device)
         self.logits = torch.zeros(1, vocab, dtype=dtype, device=device)
+        self.x = torch.zeros(1, dim, dtype=dtype, device=device)  # the next step's input
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # the cache column the next step writes
         self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
         self.tokens = torch.zeros(1, MAX_STEPS, dtype=torch.long, device=device)
         self.eos = torch.zeros(1, MAX_STEPS, dtype=torch.bool, device=device)
@@ -95,6 +69,9 @@ class _State:
         self.prefix = torch.zeros(1, dtype=torch.long, device=device)  # text + prompt tokens
         self.prompt = torch.zeros(1, dtype=torch.long, device=device)  # prompt tokens (audio position offset)
         self.columns = torch.arange(capacity, device=device)
+        position = model.ar_audio_position  # its own table: captured steps read it, whatever upstream later swaps in
+        self.embedding = Embedding(model.ar_audio_embedding.word_embeddings.weight,
+                                   position.pe.to(device=device, dtype=dtype).clone(), position.alpha, position.x_scale)
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
 
 
@@ -204,6 +181,9 @@ class T2SAccelerator(Accelerator):
         xy = torch.cat((text, audio), dim=1)
         n_text, n_prompt = text.shape[1], audio.shape[1]
         state = self._state(n_text + n_prompt + steps, xy.dtype, xy.device)
+        if n_prompt + steps > state.embedding.pe.shape[1]:
+            raise ValueError(f"{n_prompt} prompt tokens + {steps} steps exceed the {state.embedding.pe.shape[1]} "
+                             "audio positions of ar_audio_position.pe")
         columns = state.columns[None, :]
         rows = torch.arange(n_text + n_prompt, device=xy.device)[:, None]
         visible = (columns < n_text) | ((columns >= n_text) & (columns <= rows) & (rows >= n_text))
@@ -238,36 +218,26 @@ class T2SAccelerator(Accelerator):
         state.graphs[key].replay()
 
     def _step_body(self, state: _State, sampling: Sampling, vocab: int) -> None:
-        """Sample from the current logits, record the token, embed it, run the layers, write the next logits."""
-        m = self.model
-        logits = _penalised(state.logits[:, :vocab], state.seen[:, :vocab], sampling.repetition_penalty)
-        probs = _probs(logits, sampling)
-        token = torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1, keepdim=True).long()
-        stop = token == m.EOS
-        if vocab > m.EOS:
-            stop |= torch.argmax(logits, dim=-1, keepdim=True) == m.EOS
-        state.tokens.index_copy_(1, state.step, token)
-        state.eos.index_copy_(1, state.step, stop)
-        state.seen.scatter_(1, token, True)
-        position = m.ar_audio_position
-        pe = position.pe.index_select(1, state.prompt + state.step).to(state.logits.dtype)
-        x = m.ar_audio_embedding(token) * position.x_scale + position.alpha * pe
-        pos = state.prefix + state.step
+        """Sample from the current logits (upstream's `exponential_` draw), record the token, embed it, run the
+        layers, write the next logits."""
+        q = torch.empty(1, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
+        sample(state.logits, state.seen, q, state.tokens, state.eos, state.step, state.prefix, state.prompt,
+               state.position, state.x, state.embedding, self.model.EOS, sampling, fused=self.kernels)
         if self.kernels:  # Triton on CUDA, the torch layers elsewhere
-            logits = t2s_decode_step(x[:, 0], state.k, state.v, pos, *self.flat, self.predict.weight,
+            logits = t2s_decode_step(state.x, state.k, state.v, state.position, *self.flat, self.predict.weight,
                                      self.predict.bias)
         else:
-            visible = (state.columns <= pos)[None, None, None, :]
-            out = stack(self.layers, self.heads, x, state.k, state.v, pos, visible)
+            visible = (state.columns <= state.position)[None, None, None, :]
+            out = stack(self.layers, self.heads, state.x[:, None], state.k, state.v, state.position, visible)
             logits = self.predict(out[:, -1])
         state.logits.copy_(logits)
-        state.step += 1
 
     def _capture(self, state: _State, sampling: Sampling, vocab: int) -> torch.cuda.CUDAGraph:
         """Capture one step (after two warm-up runs on a side stream); buffers and the generator are restored, so
         the request that triggered it decodes exactly as without the capture."""
         start = time.perf_counter()
-        saved = {name: getattr(state, name).clone() for name in ("k", "v", "logits", "seen", "tokens", "eos", "step")}
+        saved = {name: getattr(state, name).clone()
+                 for name in ("k", "v", "logits", "seen", "tokens", "eos", "step", "x", "position")}
         rng = RngState(state.k.device)
         stream = torch.cuda.Stream(state.k.device)
         stream.wait_stream(torch.cuda.current_stream(state.k.device))

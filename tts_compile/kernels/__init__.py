@@ -4,6 +4,9 @@
 (`antialias_triton`), the polyphase torch reference `anti_aliased_snake_beta` elsewhere.
 `t2s_decode_step` (one T2S decode step through every layer and the logits): Triton on CUDA (`t2s_triton`), the
 torch layers `decode_step_reference` elsewhere.
+`t2s_sample.sample` (the T2S sampling step before it: penalty, top-k, softmax, the race against torch's exponential
+draw, EOS flags, the next input): one Triton launch on CUDA (`t2s_sample_triton`), torch ops elsewhere; a plain
+function (the step is captured by CUDA graphs, not traced).
 """
 
 from .antialias import anti_aliased_snake, anti_aliased_snake_beta

@@ -1,0 +1,94 @@
+"""One T2S sampling step on the device: GPT-SoVITS's sampling of the next token from the last logits, its EOS flags,
+and the next step's input (the token's embedding at its audio position), in plain torch (`sample_reference`) and as
+one Triton launch on CUDA (`t2s_sample_triton`; about 25 small torch launches otherwise).
+
+Upstream's order and arithmetic (docs: gpt-sovits-upstream.md 2.4-2.5): repetition penalty on the columns seen so far
+(`score < 0 ? score * p : score / p`, from the unpenalised scores), top-p when < 1, division by the temperature,
+top-k (columns below the k-th largest value masked, ties kept), softmax, and the race `argmax(probs / q)` against
+`q`, the step's `exponential_` draw, which the caller makes with torch (so the random stream is upstream's). The step
+stops when the sample or the penalised argmax is EOS. Every elementwise result is rounded to the model dtype where
+torch rounds it; reductions run in float32 as torch's do.
+
+Buffers (batch 1, mutated in place): `tokens` / `eos` (1, steps) get the sample and its stop flag at `step`; `seen`
+(1, vocab) marks the sample; `x` (1, dim) becomes `embedding[token] * x_scale + alpha * pe[prompt + step]`;
+`position` = prefix + step, the cache column the layers write; `step` advances by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BLOCK = 2048  # columns per program: GPT-SoVITS's vocabulary (1025) padded to a power of two
+NUM_WARPS = 4
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters of one call (Python values: a captured step bakes them in, one graph per set)."""
+
+    top_k: int
+    top_p: float
+    temperature: float
+    repetition_penalty: float
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The audio token embedding and its sine positions: `weight` (vocab, dim), `pe` (1, positions, dim), `alpha`
+    (1,) and `x_scale`."""
+
+    weight: torch.Tensor
+    pe: torch.Tensor
+    alpha: torch.Tensor
+    x_scale: float
+
+
+def probabilities(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penalised logits, probabilities) of (1, vocab) logits: penalty, top-p, temperature, top-k, softmax."""
+    if s.repetition_penalty != 1.0:
+        p = s.repetition_penalty
+        logits = torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
+    scores = logits
+    if s.top_p < 1.0:
+        ordered, order = torch.sort(scores, descending=True)
+        drop = torch.cumsum(F.softmax(ordered, dim=-1), dim=-1) > s.top_p
+        drop[:, 0] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    scores = scores / max(s.temperature, 1e-5)
+    pivot = torch.topk(scores, min(s.top_k, scores.size(-1)))[0][:, -1:]
+    return logits, F.softmax(torch.where(scores < pivot, -float("inf"), scores), dim=-1)
+
+
+def sample_reference(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
+                     eos: torch.Tensor, step: torch.Tensor, prefix: torch.Tensor, prompt: torch.Tensor,
+                     position: torch.Tensor, x: torch.Tensor, embedding: Embedding, eos_id: int,
+                     s: Sampling) -> None:
+    """The sampling step in torch ops over the first `q.shape[1]` columns of `logits`."""
+    vocab = q.shape[1]
+    penalised, probs = probabilities(logits[:, :vocab], seen[:, :vocab], s)
+    token = torch.argmax(probs / q, dim=-1, keepdim=True)
+    stop = token == eos_id
+    if vocab > eos_id:
+        stop |= torch.argmax(penalised, dim=-1, keepdim=True) == eos_id
+    tokens.index_copy_(1, step, token)
+    eos.index_copy_(1, step, stop)
+    seen.scatter_(1, token, True)
+    pe = embedding.pe.index_select(1, prompt + step).to(x.dtype)[0]
+    x.copy_(F.embedding(token[0], embedding.weight) * embedding.x_scale + embedding.alpha * pe)
+    position.copy_(prefix + step)
+    step += 1
+
+
+def sample(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, eos: torch.Tensor,
+           step: torch.Tensor, prefix: torch.Tensor, prompt: torch.Tensor, position: torch.Tensor, x: torch.Tensor,
+           embedding: Embedding, eos_id: int, s: Sampling, fused: bool) -> None:
+    """The sampling step: one Triton launch when `fused` (CUDA, top-p 1, vocabulary <= BLOCK), torch ops otherwise."""
+    if fused and logits.is_cuda and s.top_p >= 1.0 and q.shape[1] <= BLOCK:
+        from .t2s_sample_triton import sample_triton
+
+        sample_triton(logits, seen, q, tokens, eos, step, prefix, prompt, position, x, embedding, eos_id, s)
+    else:
+        sample_reference(logits, seen, q, tokens, eos, step, prefix, prompt, position, x, embedding, eos_id, s)
