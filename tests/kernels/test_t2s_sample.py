@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tts_compile.kernels.t2s_sample import Embedding, Sampling, sample_reference
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install triton)")
-from tts_compile.kernels.t2s_sample_triton import sample_triton  # noqa: E402
+from tts_compile.kernels.t2s_sample_triton import sample_triton
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -42,7 +42,7 @@ def _buffers(vocab: int, columns: int, dim: int, dtype: torch.dtype, seed: int, 
     embedding = Embedding(torch.randn(vocab, dim, generator=gen).to(dtype),
                           torch.randn(1, 200, dim, generator=gen).to(dtype), torch.rand(1, generator=gen).to(dtype),
                           float(dim) ** 0.5)
-    move = lambda t: t.to(DEVICE)  # noqa: E731
+    move = lambda t: t.to(DEVICE)
     return ({k: move(v) for k, v in values.items()},
             Embedding(move(embedding.weight), move(embedding.pe), move(embedding.alpha), embedding.x_scale))
 
