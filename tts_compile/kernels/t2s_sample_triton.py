@@ -3,7 +3,7 @@
 Torch's results are reproduced operation by operation: elementwise results rounded to the model dtype where torch
 rounds them, divisions and `exp` as torch computes them (`div_rn` and libdevice's `expf`: Triton's defaults are
 approximate), reductions in float32. Top-k needs the k-th largest score: it is found by a binary search over the scores' order-
-preserving integer keys (32 counting passes, any k), not a sort. Ties go to the lowest column, as torch's argmax.
+preserving integer keys (one counting pass per bit of the model dtype, any k), not a sort. Ties go to the lowest column, as torch's argmax.
 """
 
 from __future__ import annotations
@@ -17,10 +17,15 @@ from .t2s_sample import BLOCK, NUM_WARPS, Embedding, Sampling
 
 
 @triton.jit
-def _ordered(v):
-    """int64 keys ordered as the float32 values (+0 and -0 equal)."""
-    bits = v.to(tl.int32, bitcast=True).to(tl.int64)
-    return tl.where(v == 0.0, 0, tl.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits))
+def _ordered(v, dtype: tl.constexpr, BITS: tl.constexpr):
+    """int64 keys ordered as the values v (each exact in `dtype`, BITS wide; +0 and -0 equal)."""
+    if BITS == 16:
+        bits = v.to(dtype).to(tl.int16, bitcast=True).to(tl.int64)
+        magnitude = bits & 0x7FFF
+    else:
+        bits = v.to(tl.int32, bitcast=True).to(tl.int64)
+        magnitude = bits & 0x7FFFFFFF
+    return tl.where(v == 0.0, 0, tl.where(bits < 0, -magnitude - 1, bits))
 
 
 @triton.jit
@@ -32,7 +37,8 @@ def _divide(a, b):
 @triton.jit
 def _sample_kernel(logits_ptr, seen_ptr, q_ptr, tokens_ptr, eos_ptr, step_ptr, prefix_ptr, prompt_ptr,
                    position_ptr, x_ptr, weight_ptr, pe_ptr, alpha_ptr, n_cols, top_k, penalty, temperature, x_scale,
-                   eos_id, DIM: tl.constexpr, PENALTY: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
+                   eos_id, DIM: tl.constexpr, PENALTY: tl.constexpr, LIBDEVICE: tl.constexpr, KEY_BITS: tl.constexpr,
+                   BLOCK: tl.constexpr):
     dtype = x_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK)
     valid = cols < n_cols
@@ -45,11 +51,11 @@ def _sample_kernel(logits_ptr, seen_ptr, q_ptr, tokens_ptr, eos_ptr, step_ptr, p
     scores = _divide(logits, temperature).to(dtype).to(tl.float32)
 
     # top-k: the largest key with at least k scores >= it is the k-th largest score
-    keys = _ordered(scores)
-    low = tl.full((), -2147483648, tl.int64)
-    high = tl.full((), 2147483647, tl.int64)
-    for _ in range(32):
-        middle = (low + high + 1) >> 1  # floor: the search closes in 32 halvings
+    keys = _ordered(scores, dtype, KEY_BITS)
+    low = tl.full((), -(1 << (KEY_BITS - 1)), tl.int64)
+    high = tl.full((), (1 << (KEY_BITS - 1)) - 1, tl.int64)
+    for _ in range(KEY_BITS):
+        middle = (low + high + 1) >> 1  # floor: the search closes in KEY_BITS halvings
         enough = tl.sum((valid & (keys >= middle)).to(tl.int32), 0) >= top_k
         low = tl.where(enough, middle, low)
         high = tl.where(enough, high, middle - 1)
@@ -91,5 +97,6 @@ def sample_triton(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, tok
     _sample_kernel[(1,)](logits, seen, q, tokens, eos, step, prefix, prompt, position, x, embedding.weight,
                          embedding.pe, embedding.alpha, vocab, min(s.top_k, vocab), s.repetition_penalty,
                          max(s.temperature, 1e-5), embedding.x_scale, eos_id, DIM=dim,
-                         PENALTY=s.repetition_penalty != 1.0, LIBDEVICE=logits.is_cuda, BLOCK=BLOCK,
+                         PENALTY=s.repetition_penalty != 1.0, LIBDEVICE=logits.is_cuda,
+                         KEY_BITS=8 * x.element_size(), BLOCK=BLOCK,
                          num_warps=NUM_WARPS)
