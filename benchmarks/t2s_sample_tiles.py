@@ -23,7 +23,9 @@ def time_launches(warps: int) -> float:
     buffers["eos"] = torch.zeros(1, 2 * LAUNCHES + 200, dtype=torch.bool, device="cuda")
     buffers["step"].zero_()
     sampling = Sampling(15, 1.0, 1.0, 1.35)
-    run = lambda: t2s_sample_triton.sample_triton(**buffers, embedding=embedding, eos_id=1024, s=sampling)  # noqa
+    def run() -> None:
+        t2s_sample_triton.sample_triton(**buffers, embedding=embedding, eos_id=1024, s=sampling)
+
     run()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -44,4 +46,5 @@ def time_launches(warps: int) -> float:
 if __name__ == "__main__":
     result = {warps: time_launches(warps) for warps in (2, 4, 8, 16)}
     print("\n".join(f"num_warps {w}: {us:.2f} us per launch" for w, us in result.items()))
-    json.dump(result, open(sys.argv[1] if len(sys.argv) > 1 else "sample_tiles.json", "w"))
+    with open(sys.argv[1] if len(sys.argv) > 1 else "sample_tiles.json", "w") as out:
+        json.dump(result, out)
