@@ -6,7 +6,7 @@ on an H100. Here the K/V cache is preallocated (one capacity bucket per request 
 graph; the host replays it and reads the EOS flags once every `CHECK_EVERY` steps. The layers of the step are
 `tts_compile::t2s_decode_step` (Triton kernels, five launches a layer: H100 run 19, 2090 vs 838 tok/s with torch
 ops; `t2s_kernels`), and the sampling before them one Triton launch (`kernels.t2s_sample`) after torch's own
-`exponential_` draw. In every graph mode (`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured
+`exponential_` draw (run 27: 2345 tok/s). In every graph mode (`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured
 without inductor: inductor made it slower and its tokens less like upstream's (run 14: 745 vs 830 tok/s;
 benchmarks/results/2026-11-25-h100-t2s.md).
 
