@@ -108,6 +108,11 @@ def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(x, (0, size - x.size(-1)))
 
 
+def _stretched(frames: int, speed: float) -> int:
+    """Frames after upstream's speed change."""
+    return frames if speed == 1 else int(frames / speed) + 1
+
+
 def _request_problem(device: torch.device, codes: Any, text: Any, speed: Any) -> str | None:
     """Why codes, phones or speed keep a call off the staged path (an input upstream rejects, or one too long)."""
     if not all(isinstance(t, torch.Tensor) and t.device == device for t in (codes, text)):
@@ -122,6 +127,7 @@ def _request_problem(device: torch.device, codes: Any, text: Any, speed: Any) ->
 
 
 def _spectrograms_problem(device: torch.device, refs: list[Any]) -> str | None:
+    """Why the reference spectrograms keep a call off the staged path."""
     if not refs or not all(isinstance(r, torch.Tensor) and r.device == device and r.dim() == 3 and r.size(0) == 1
                            for r in refs):
         return f"refer: expected a (1, bins, frames) spectrogram on {device} or a non-empty list of them"
@@ -174,11 +180,6 @@ class SoVITSAccelerator(GraphAccelerator):
                            (_pad(features, padded[0]), _pad(text, padded[1]), lengths, ge),
                            f"text encoder at {padded[0]} frames x {padded[1]} phones")[..., :frames]
         return y if speed == 1 else F.interpolate(y.contiguous(), size=_stretched(frames, speed), mode="linear")
-
-
-def _stretched(frames: int, speed: float) -> int:
-    """Frames after upstream's speed change."""
-    return frames if speed == 1 else int(frames / speed) + 1
 
 
 class OptimizedSoVITS(SoVITSAccelerator):
