@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import OptimizeConfig, disabled_by_environment, load_config
 from ..runner import GRAPH_MODES, Runner
+from .rng import RngState
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +58,12 @@ class Accelerator:
 
 class GraphAccelerator(Accelerator):
     """An accelerator whose optimized calls run on one `Runner` (CUDA graphs on CUDA in the graph modes): the runner
-    counts graph replays, uncaptured (direct) runs and captures."""
+    counts graph replays, uncaptured (direct) runs and captures; `serve` counts calls and upstream ("eager") calls."""
 
     max_graphs = 48  # captured buckets per module; later new buckets run uncaptured
 
-    def __init__(self, module: nn.Module, config: OptimizeConfig, counters: tuple[str, ...]) -> None:
-        super().__init__(module, config, counters)
+    def __init__(self, module: nn.Module, config: OptimizeConfig) -> None:
+        super().__init__(module, config, ("calls", "eager"))
         self.device = next(module.parameters()).device
         self.runner = Runner("cudagraphs" if config.compile_mode in GRAPH_MODES else "eager", self.device)
         self._lock = threading.Lock()  # capture decisions: one capture per key, even from concurrent callers
@@ -72,6 +73,24 @@ class GraphAccelerator(Accelerator):
         runner = self.runner.counters
         return {**super().optimization_stats(), "graph": runner["replays"], "direct": runner["direct"],
                 "captures": runner["captures"]}
+
+    def serve(self, method: str, args: tuple[Any, ...], problem: str | None, staged: Callable[..., Any],
+              grad_mode: Callable[[], Any] = torch.no_grad) -> Any:
+        """`staged(*args)` under upstream's `grad_mode`; upstream's `method` for a call with a `problem`, while off,
+        or (RNG rewound, so it draws the same noise) after a failure."""
+        self.counters["calls"] += 1
+        if problem or not self.active:
+            if problem:
+                logger.debug("%s: upstream's %s: %s", self.name, method, problem)
+            self.counters["eager"] += 1
+            return self.original[method](*args)
+        rng = RngState(self.device)
+        try:
+            with grad_mode():
+                return staged(*args)
+        except Exception as exc:
+            rng.restore()
+            return self.serve_upstream(exc, lambda: self.original[method](*args))
 
     def run_graph(self, key: Hashable, call: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
                   label: str, capture: bool = True) -> torch.Tensor:

@@ -31,7 +31,6 @@ from torch import nn
 from ..config import OptimizeConfig
 from ..runner import INDUCTOR_MODES
 from .accelerator import HANDLE, GraphAccelerator, install, resolve_config, uninstall
-from .rng import RngState
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class OptimizedCFM(GraphAccelerator):
     max_graphs = 8  # a bucket is a (batch, window) pair: a service meets few; its graph holds a whole loop
 
     def __init__(self, cfm: nn.Module, config: OptimizeConfig) -> None:
-        super().__init__(cfm, config, ("calls", "eager"))
+        super().__init__(cfm, config)
         self.cfm = cfm
         block = _block
         if config.compile_mode in INDUCTOR_MODES:
@@ -89,18 +88,10 @@ class OptimizedCFM(GraphAccelerator):
     def inference(self, mu: torch.Tensor, x_lens: torch.Tensor, prompt: torch.Tensor, n_timesteps: int,
                   temperature: float = 1.0, inference_cfg_rate: float = 0) -> torch.Tensor:
         """Upstream's signature and result: mel (B, mels, T) from mu (B, T, features) and prompt (B, mels, P)."""
-        self.counters["calls"] += 1
         args = (mu, x_lens, prompt, n_timesteps, temperature, inference_cfg_rate)
-        if not self.active or not self._eligible(mu, x_lens, n_timesteps, inference_cfg_rate):
-            self.counters["eager"] += 1
-            return self.original["inference"](*args)
-        rng = RngState(mu.device)
-        try:
-            with torch.inference_mode():
-                return self._optimized(mu, prompt, n_timesteps, temperature)
-        except Exception as exc:
-            rng.restore()  # upstream then draws the noise this call drew
-            return self.serve_upstream(exc, lambda: self.original["inference"](*args))
+        problem = None if self._eligible(mu, x_lens, n_timesteps, inference_cfg_rate) else \
+            "classifier-free guidance, a non-positive step count, or x_lens that mask frames"
+        return self.serve("inference", args, problem, self._optimized, torch.inference_mode)
 
     def _eligible(self, mu: torch.Tensor, x_lens: Any, n_timesteps: int, cfg_rate: float) -> bool:
         """Classifier-free guidance, or an x_lens that masks frames, is upstream's own path."""
@@ -109,7 +100,8 @@ class OptimizedCFM(GraphAccelerator):
         return cfg_rate <= 1e-5 and isinstance(n_timesteps, int) and n_timesteps > 0 and \
             all(int(n) == frames for n in lens)
 
-    def _optimized(self, mu: torch.Tensor, prompt: torch.Tensor, n: int, temperature: float) -> torch.Tensor:
+    def _optimized(self, mu: torch.Tensor, x_lens: Any, prompt: torch.Tensor, n: int, temperature: float,
+                   cfg_rate: float) -> torch.Tensor:
         dit = self.cfm.estimator
         batch, frames = mu.shape[0], mu.shape[1]
         x = torch.randn([batch, self.cfm.in_channels, frames], device=mu.device, dtype=mu.dtype) * temperature

@@ -27,7 +27,6 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,7 +36,6 @@ from torch import nn
 from ..config import OptimizeConfig
 from ..vocoder import OptimizedVocoder, optimize_vocoder
 from .accelerator import HANDLE, GraphAccelerator, install, resolve_config, uninstall
-from .rng import RngState
 
 logger = logging.getLogger(__name__)
 
@@ -136,31 +134,13 @@ def _spectrograms_problem(device: torch.device, refs: list[Any]) -> str | None:
 
 class SoVITSAccelerator(GraphAccelerator):
     """The stages `decode` (v1-v2ProPlus) and `decode_encp` (v3/v4) share: reference embedding and text encoder as
-    graphs over padded buckets, and the rule for serving a call."""
+    graphs over padded buckets."""
 
     name = "optimize_sovits"
 
     def __init__(self, vits: nn.Module, config: OptimizeConfig) -> None:
-        super().__init__(vits, config, ("calls", "eager"))
+        super().__init__(vits, config)
         self.vits = vits
-
-    def _serve(self, method: str, args: tuple[Any, ...], problem: str | None,
-               staged: Callable[..., Any]) -> Any:
-        """`staged(*args)`; upstream's `method` for a call with a `problem`, while off, or (RNG rewound, so it draws
-        the same noise) after a failure."""
-        self.counters["calls"] += 1
-        if problem or not self.active:
-            if problem:
-                logger.debug("optimize_sovits: upstream's %s: %s", method, problem)
-            self.counters["eager"] += 1
-            return self.original[method](*args)
-        rng = RngState(self.device)
-        try:
-            with torch.no_grad():
-                return staged(*args)
-        except Exception as exc:
-            rng.restore()
-            return self.serve_upstream(exc, lambda: self.original[method](*args))
 
     def _reference(self, refs: list[torch.Tensor], speakers: list[torch.Tensor], listed: bool) -> torch.Tensor:
         """`ge` of the references (and their v2Pro speaker embeddings) through the graph of their shapes."""
@@ -191,7 +171,7 @@ class OptimizedSoVITS(SoVITSAccelerator):
                sv_emb: Any = None) -> torch.Tensor:
         """Upstream's signature and result: audio (1, 1, samples) from codes (1, 1, tokens) and phones (1, phones)."""
         args = (codes, text, refer, noise_scale, speed, sv_emb)
-        return self._serve("decode", args, self._problem(*args), self._decode)
+        return self.serve("decode", args, self._problem(*args), self._decode)
 
     def _problem(self, codes: Any, text: Any, refer: Any, noise_scale: Any, speed: Any, sv_emb: Any) -> str | None:
         refs = refer if isinstance(refer, list) else [refer]
@@ -233,7 +213,7 @@ class OptimizedSoVITSv3(SoVITSAccelerator):
         """Upstream's signature and result: (features (1, channels, frames), ge) from codes (1, 1, tokens), phones
         (1, phones) and a reference spectrogram (read only when `ge` is None)."""
         args = (codes, text, refer, ge, speed)
-        return self._serve("decode_encp", args, self._problem(*args), self._decode_encp)
+        return self.serve("decode_encp", args, self._problem(*args), self._decode_encp)
 
     def _problem(self, codes: Any, text: Any, refer: Any, ge: Any, speed: Any) -> str | None:
         if problem := _request_problem(self.device, codes, text, speed):
