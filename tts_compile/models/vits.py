@@ -182,6 +182,12 @@ class StyleEncoder(nn.Module):
         return self.fc(h.sum(-1) / mask.sum(-1))[..., None]
 
 
+def _style(ref_enc: StyleEncoder, refer: torch.Tensor, version: str) -> torch.Tensor:
+    """Style vector of one whole reference spectrogram (v2+ read its first `in_dim` bins)."""
+    mask = torch.ones(1, 1, refer.size(2), device=refer.device, dtype=refer.dtype)
+    return ref_enc((refer if version == "v1" else refer[:, :ref_enc.in_dim]) * mask, mask)
+
+
 class Codebook(nn.Module):
     """One-level residual quantizer's decode: codes (1, B, T) -> features (B, ssl_dim, T)."""
 
@@ -215,8 +221,7 @@ class VITSSynthesizer(nn.Module):
 
     def reference(self, refer: torch.Tensor, sv_emb: torch.Tensor | None) -> torch.Tensor:
         """Style vector of one reference spectrogram (+ the speaker embedding for v2Pro)."""
-        mask = _mask(torch.tensor([refer.size(2)], device=refer.device), refer.size(2), refer.dtype)
-        ge = self.ref_enc((refer if self.version == "v1" else refer[:, :self.ref_enc.in_dim]) * mask, mask)
+        ge = _style(self.ref_enc, refer, self.version)
         if self.is_v2pro:
             ge += self.sv_emb(sv_emb).unsqueeze(-1)
             ge = self.prelu(ge)
@@ -277,8 +282,7 @@ class V3Synthesizer(nn.Module):
     @torch.no_grad()
     def decode_encp(self, codes, text, refer, ge=None, speed=1):
         if ge is None:
-            mask = torch.ones(1, 1, refer.size(2), device=refer.device, dtype=refer.dtype)
-            ge = self.ref_enc(refer[:, :self.ref_enc.in_dim] * mask, mask)
+            ge = _style(self.ref_enc, refer, self.version)
         tokens = codes.size(2)
         per_token, upsample = (3.875, 1.875) if self.version == "v3" else (4, 2)
         frames = int(tokens * per_token) if speed == 1 else int(tokens * per_token / speed) + 1
