@@ -6,12 +6,14 @@ import logging
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrizations
 
 from tts_compile.passes import channels_last_convs_, fuse_activations_, optimized_copy
 from tts_compile.passes.activations import FusedAntiAliasedActivation, recognise
-from tts_compile.passes.layout import ChannelsLastConv1d
+from tts_compile.passes.layout import ChannelsLastConv1d, PolyphaseConvTranspose1d, polyphase_problem
 from tts_compile.testing import relative_error
 
 from ..conftest import TINY, conditioning, mel_for, tiny
@@ -122,3 +124,36 @@ def nvidia_small_config():
         "resblock": "1", "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3]], "activation": "snakebeta",
         "snake_logscale": True, "use_tanh_at_final": False, "use_bias_at_final": False,
     })
+
+
+@settings(max_examples=30, deadline=None)
+@given(stride=st.integers(1, 10), extra=st.integers(0, 6), length=st.integers(1, 40), weight_norm=st.booleans(),
+       bias=st.booleans(), seed=st.integers(0, 1000))
+def test_polyphase_upsampling_equals_the_transposed_convolution(stride, extra, length, weight_norm, bias,
+                                                                seed) -> None:
+    """Kernels stride + 2 * padding (GPT-SoVITS's upsamplers) and + 1 with output_padding 1; any input layout."""
+    torch.manual_seed(seed)
+    padding, output_padding = extra // 2, extra % 2
+    if output_padding >= stride:
+        padding, output_padding = padding + 1, 0  # torch wants output_padding < stride: kernel one tap longer
+    kernel = stride + 2 * padding - output_padding
+    conv = torch.nn.ConvTranspose1d(5, 3, kernel, stride, padding, output_padding, bias=bias)
+    if weight_norm:
+        conv = torch.nn.utils.weight_norm(conv)
+    x = torch.randn(2, 5, length)
+    layer = PolyphaseConvTranspose1d(conv)
+    with torch.inference_mode():
+        expected = conv(x)
+        for given_x in (x, x.transpose(1, 2).contiguous().transpose(1, 2)):
+            got = layer(given_x)
+            assert got.shape == expected.shape == (2, 3, length * stride)
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_polyphase_names_what_it_cannot_run() -> None:
+    assert polyphase_problem(torch.nn.ConvTranspose1d(2, 2, 8, 4, 2)) is None
+    assert "not exactly stride" in polyphase_problem(torch.nn.ConvTranspose1d(2, 2, 7, 4, 2))
+    assert "groups=2" in polyphase_problem(torch.nn.ConvTranspose1d(2, 2, 8, 4, 2, groups=2))
+    assert "not a plain" in polyphase_problem(torch.nn.Conv1d(2, 2, 3))
+    with pytest.raises(ValueError, match="PolyphaseConvTranspose1d: .*not exactly stride"):
+        PolyphaseConvTranspose1d(torch.nn.ConvTranspose1d(2, 2, 7, 4, 2))
