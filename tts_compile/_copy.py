@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,3 +20,15 @@ def structural_copy(module: nn.Module, *, share_weights: bool) -> nn.Module:
     if share_weights:
         shared.update({id(t): t for t in [*module.parameters(), *module.buffers()]})
     return copy.deepcopy(module, memo=shared)
+
+
+def weights_fingerprint(module: nn.Module) -> tuple[Any, ...]:
+    """Storage, in-place write counter, dtype and device of every parameter and buffer: it changes when the weights
+    move, are cast or are loaded in place (`load_state_dict`), which copies derived from them must follow."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """In-place write counter; inference-mode tensors have none (and cannot be written in place later)."""
+    return 0 if tensor.is_inference() else tensor._version

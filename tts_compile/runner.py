@@ -45,10 +45,12 @@ class Runner:
     the caller owns; `direct(inputs)` runs the compiled callable at any shape (no graph). Thread-safe.
     """
 
-    def __init__(self, mode: str, device: torch.device, cudnn_benchmark: bool = False) -> None:
+    def __init__(self, mode: str, device: torch.device, cudnn_benchmark: bool = False,
+                 benchmark_direct: bool = False) -> None:
         self.mode = mode
         self.device = device
         self.cudnn_benchmark = cudnn_benchmark
+        self.benchmark_direct = benchmark_direct  # time cuDNN's algorithms on the direct path too
         self.graphs = device.type == "cuda" and mode in GRAPH_MODES
         self.counters: Counter[str] = Counter(dict.fromkeys(("captures", "replays", "runs", "direct"), 0))
         self._lock = threading.RLock()
@@ -59,6 +61,14 @@ class Runner:
 
     def has(self, key: Hashable) -> bool:
         return key in self._captures
+
+    def discard(self, drop: Callable[[Hashable], bool]) -> int:
+        """Forget the captures whose key `drop` names (their memory goes back to the pool); returns how many."""
+        with self._lock:
+            keys = [key for key in self._captures if drop(key)]
+            for key in keys:
+                del self._captures[key]
+            return len(keys)
 
     def compiled(self, signature: Hashable, call: Call) -> Call:
         """`call` for one conditioning signature, compiled by inductor (on first use) in the inductor modes."""
@@ -103,8 +113,9 @@ class Runner:
     def direct(self, call: Call, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Run the compiled callable at the inputs' own shape, without a graph (inputs shorter than a window).
 
-        No cuDNN algorithm timing here: every new short length would pay it inside a request."""
-        with self._lock, _scoped_compile_settings(cudnn_benchmark=False):
+        No cuDNN algorithm timing here unless `benchmark_direct`: every new short length would pay it inside a
+        request."""
+        with self._lock, _scoped_compile_settings(cudnn_benchmark=self.benchmark_direct):
             self.counters["direct"] += 1
             return self._call(call, inputs)
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequenc
 import torch
 from torch import nn
 
+from ._copy import weights_fingerprint
 from .buckets import Bucket, BucketSet, Window, group, plan
 from .config import DISABLE_ENV, ConfigError, OptimizeConfig, disabled_by_environment
 from .passes import optimized_copy
@@ -224,9 +225,7 @@ class VocoderOptimizer:
     def _fingerprint(self) -> tuple[Any, ...]:
         if self._module is None:
             return ()  # a function is set up once, from its first input
-        tensors = [*self._module.parameters(), *self._module.buffers()]
-        # storage, dtype, device, and in-place writes (load_state_dict): derived copies of weights must follow
-        return tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
+        return weights_fingerprint(self._module)
 
     def _build(self, mel: torch.Tensor, args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Setup:
         device, dtype = self._device_dtype(mel)
@@ -524,11 +523,6 @@ def _check_lengths(lengths: Any, mel: torch.Tensor) -> list[int]:
     if len(values) != batch or not all(isinstance(n, int) and 1 <= n <= frames for n in values):
         raise InputError(f"lengths={values!r} is invalid: expected {batch} ints in [1, {frames}] (one per item)")
     return values
-
-
-def _version(tensor: torch.Tensor) -> int:
-    """In-place write counter; inference-mode tensors have none (and cannot be written in place later)."""
-    return 0 if tensor.is_inference() else tensor._version
 
 
 def _own_rng(device: torch.device) -> contextlib.AbstractContextManager:

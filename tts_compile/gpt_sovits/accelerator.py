@@ -61,11 +61,15 @@ class GraphAccelerator(Accelerator):
     counts graph replays, uncaptured (direct) runs and captures; `serve` counts calls and upstream ("eager") calls."""
 
     max_graphs = 48  # captured buckets per module; later new buckets run uncaptured
+    cudnn_benchmark = False  # time cuDNN's algorithms at each capture (config.cudnn_benchmark permitting)
+    cudnn_heuristics_unsafe = False  # time them at every capture and uncaptured run, whatever the config says
 
     def __init__(self, module: nn.Module, config: OptimizeConfig) -> None:
         super().__init__(module, config, ("calls", "eager"))
         self.device = next(module.parameters()).device
-        self.runner = Runner("cudagraphs" if config.compile_mode in GRAPH_MODES else "eager", self.device)
+        benchmark = self.cudnn_heuristics_unsafe or self.cudnn_benchmark and config.cudnn_benchmark
+        self.runner = Runner("cudagraphs" if config.compile_mode in GRAPH_MODES else "eager", self.device, benchmark,
+                             benchmark_direct=self.cudnn_heuristics_unsafe)
         self._lock = threading.Lock()  # capture decisions: one capture per key, even from concurrent callers
 
     def optimization_stats(self) -> dict[str, Any]:
