@@ -7,6 +7,9 @@ torch layers `decode_step_reference` elsewhere.
 `t2s_sample.sample` (the T2S sampling step before it: penalty, top-k, softmax, the race against torch's exponential
 draw, EOS flags, the next input): one Triton launch on CUDA (`t2s_sample_triton`), torch ops elsewhere; a plain
 function (the step is captured by CUDA graphs, not traced).
+`decoder_pointwise.pointwise` (between two convolutions of the padded HiFi-GAN decoder: bias, residual, the blocks'
+sum and mean, a leaky ReLU zeroed past the valid length): one Triton launch on CUDA (`decoder_pointwise_triton`),
+torch ops elsewhere; a plain function, for the same reason.
 """
 
 from .antialias import anti_aliased_snake, anti_aliased_snake_beta
