@@ -1,7 +1,7 @@
 """Issue 6: upstream GPT-SoVITS `SynthesizerTrn.decode` eager vs `optimize_sovits`, fp16, random weights, on the GPU.
 
 Per version and token count, in one process: upstream's decode; upstream's stages alone (reference embedding, text
-encoder, flow, decoder); the optimized decode and its decoder alone; max |diff| against upstream with the same noise.
+encoder, flow, decoder); the optimized decode; max |diff| against upstream with the same noise.
 Then float32 parity at --parity-tokens. Medians of --repeats calls after one warm-up call.
 Usage (repo root, GPU machine): GPT_SOVITS_HOME=upstream python benchmarks/sovits_gpu.py --json out.json
 """
@@ -64,11 +64,8 @@ def stages(vits: torch.nn.Module, req: dict, repeats: int) -> dict[str, float]:
     y = encode()
     noise = torch.randn(1, vits.enc_p.out_channels, frames, device="cuda", dtype=y.dtype)
     z = _flow(vits, 0.5, y, lengths, noise, ge)
-    dec = getattr(vits.dec, "module", vits.dec)
-    return {"reference": ms(lambda: _reference(vits, True, 1, *inputs)),
-            "encoder": ms(encode),
-            "flow": ms(lambda: _flow(vits, 0.5, y, lengths, noise, ge)), "decoder": ms(lambda: dec(z, g=ge)),
-            "decoder_optimized": ms(lambda: vits.dec(z, g=ge)) if dec is not vits.dec else None}
+    return {"reference": ms(lambda: _reference(vits, True, 1, *inputs)), "encoder": ms(encode),
+            "flow": ms(lambda: _flow(vits, 0.5, y, lengths, noise, ge)), "decoder": ms(lambda: vits.dec(z, g=ge))}
 
 
 def compare(version: str, tokens: list[int], mode: str, repeats: int) -> list[dict]:
@@ -88,13 +85,12 @@ def compare(version: str, tokens: list[int], mode: str, repeats: int) -> list[di
             torch.cuda.synchronize()
             first = time.perf_counter() - first
             out, ms, _ = timed(functools.partial(decode, vits, reqs[t]), torch.device("cuda"), repeats)
-            ours = stages(vits, reqs[t], repeats)
             reference, eager_ms = eager[t]
             rows.append({"version": version, "tokens": t, "phones": reqs[t]["text"].size(-1), "eager_ms": eager_ms,
                          "optimized_ms": ms, "speedup": eager_ms / ms, "first_call_s": first,
                          "max_abs_diff": float((out - reference).abs().max()),
                          "peak": float(reference.abs().max()), "eager_stages_ms": eager_stages[t],
-                         "optimized_decoder_ms": ours["decoder_optimized"], "startup_s": startup})
+                         "startup_s": startup})
     rows[-1]["stats"] = vits.tts_compile.optimization_stats()
     return rows
 
@@ -127,13 +123,13 @@ def main() -> None:
     tokens = [int(t) for t in args.tokens.split(",")]
     rows = [row for version in args.versions.split(",") for row in compare(version, tokens, args.mode, args.repeats)]
     parity = [parity32(version, args.parity_tokens, args.mode) for version in args.versions.split(",")]
-    log.info("%-10s %6s %6s %10s %10s %7s %9s | eager stages ms: ref / enc / flow / dec | our dec ms", "version",
+    log.info("%-10s %6s %6s %10s %10s %7s %9s | eager stages ms: ref / enc / flow / dec", "version",
              "tokens", "phones", "eager ms", "ours ms", "speedup", "max|diff|")
     for r in rows:
         s = r["eager_stages_ms"]
-        log.info("%-10s %6d %6d %10.2f %10.2f %6.2fx %9.1e | %5.2f / %5.2f / %5.2f / %5.2f | %5.2f", r["version"],
+        log.info("%-10s %6d %6d %10.2f %10.2f %6.2fx %9.1e | %5.2f / %5.2f / %5.2f / %5.2f", r["version"],
                  r["tokens"], r["phones"], r["eager_ms"], r["optimized_ms"], r["speedup"], r["max_abs_diff"],
-                 s["reference"], s["encoder"], s["flow"], s["decoder"], r["optimized_decoder_ms"])
+                 s["reference"], s["encoder"], s["flow"], s["decoder"])
     for p in parity:
         log.info("fp32 parity %s %d tokens: max|diff| %.1e (peak %.2f)", p["version"], p["tokens"], p["max_abs_diff"],
                  p["peak"])

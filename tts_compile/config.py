@@ -69,7 +69,8 @@ class OptimizeConfig:
     cudnn_benchmark: bool = field(default=True, metadata=_doc(
         "Let cuDNN time its algorithms for every captured shape during warm-up; the graph keeps the fastest. "
         "Costs start-up time (H100: ~3 s per bucket for the v4 vocoder, ~7 s for BigVGAN-24k) and is not kept "
-        "across restarts; the gain is measured in benchmarks/results."))
+        "across restarts; the gain is measured in benchmarks/results. optimize_sovits's decode times them whatever "
+        "this says: cuDNN's heuristics run one v2ProPlus decoder convolution as a 22 ms kernel (0.1 ms timed)."))
     dtype: str = field(default="auto", metadata=_doc(
         "'auto' keeps the module's dtype; 'float32' | 'float16' | 'bfloat16' | 'float64' converts the module in "
         "place (like module.half()) before optimizing. Inputs must then come in that dtype."))
@@ -92,8 +93,8 @@ class OptimizeConfig:
         "Show a progress bar on stderr during warm-up when stderr is a terminal."))
     sovits: bool = field(default=True, metadata=_doc(
         "optimize_pipeline on GPT-SoVITS v1/v2/v2Pro/v2ProPlus: run `vits_model.decode` as captured stages (reference "
-        "embedding, text encoder and flow over padded length buckets) and its decoder `dec` through the vocoder's "
-        "windows; on v3/v4: `vits_model.decode_encp` (reference embedding, text encoder, conditioning stack) the "
+        "embedding, text encoder, flow and decoder `dec` over padded length buckets, the decoder masked per stage "
+        "so padding changes no real sample); on v3/v4: `vits_model.decode_encp` (reference embedding, text encoder, conditioning stack) the "
         "same way. False: leave SoVITS eager (the v3/v4 vocoder still follows `enabled`)."))
     t2s: bool = field(default=True, metadata=_doc(
         "optimize_pipeline: decode T2S tokens with a static KV cache and a captured decode step (batch-1 calls; "

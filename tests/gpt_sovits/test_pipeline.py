@@ -53,14 +53,14 @@ def _vits_call(tts: FakeTTS, tokens: int = 45) -> tuple[torch.Tensor, torch.Tens
                                                                             seed=1).decode, **request)[0]
 
 
-def test_v2_captures_decode_optimizes_its_decoder_and_keeps_its_output() -> None:
+def test_v2_stages_decode_with_its_decoder_and_keeps_its_output() -> None:
     tts = FakeTTS("v2")
     handle = optimize_pipeline(tts, **FAST)
-    assert isinstance(tts.vits_model.dec, OptimizedVocoder) and tts.tts_compile is handle
+    assert tts.tts_compile is handle and set(handle.stages) == {"vits_model", "t2s_model.model"}
     got, expected = _vits_call(tts)
     torch.testing.assert_close(got, expected, rtol=0, atol=PADDED)
-    assert handle.stats()["vits_model"]["direct"] == 3  # reference, encoder, flow: the staged decode ran
-    assert handle.stats()["vits_model.dec"]["windows"] > 1  # and the chunked decoder
+    assert handle.stats()["vits_model"]["direct"] == 3  # reference, encoder, flow + decoder: the staged decode ran
+    assert tts.vits_model.tts_compile.decoder is not None  # with the padded decoder
 
 
 def test_v4_optimizes_the_vocoder() -> None:
@@ -128,11 +128,10 @@ def test_runtime_switch_serves_eager_and_back() -> None:
     tts.use_vocoder_optimization = False
     _vits_call(tts)
     stats = handle.stats()
-    assert stats["vits_model.dec"]["calls"] == 0 and stats["vits_model.dec"]["eager_calls"] >= 1
-    assert stats["vits_model"]["eager"] == 1
+    assert stats["vits_model"]["eager"] == 1 and stats["vits_model"]["direct"] == 0
     tts.use_vocoder_optimization = True
     _vits_call(tts)
-    assert handle.stats()["vits_model.dec"]["calls"] == 1 and handle.stats()["vits_model"]["direct"] == 3
+    assert handle.stats()["vits_model"]["eager"] == 1 and handle.stats()["vits_model"]["direct"] == 3
 
 
 def test_weight_switch_reoptimizes_the_new_models(caplog) -> None:
@@ -142,7 +141,7 @@ def test_weight_switch_reoptimizes_the_new_models(caplog) -> None:
         tts.init_vits_weights("v3")  # what api_v2's /set_sovits_weights calls
     assert isinstance(tts.vocoder, OptimizedVocoder) and "GPT-SoVITS v3, optimized vocoder" in caplog.text
     tts.init_vits_weights("v2ProPlus")
-    assert isinstance(tts.vits_model.dec, OptimizedVocoder) and hasattr(tts.vits_model, "tts_compile")
+    assert "decode" in vars(tts.vits_model) and hasattr(tts.vits_model, "tts_compile")
     got, expected = _vits_call(tts)
     torch.testing.assert_close(got, expected, rtol=0, atol=PADDED)
 
@@ -153,15 +152,14 @@ def test_calling_again_replaces_the_config_without_stacking_wrappers() -> None:
     reload = tts.init_vits_weights
     handle = optimize_pipeline(tts, **{**FAST, "chunk_size": 60})
     assert tts.init_vits_weights is reload and handle.config.chunk_size == 60
-    assert isinstance(tts.vits_model.dec, OptimizedVocoder)
-    assert not isinstance(tts.vits_model.dec.module, OptimizedVocoder)
     assert tts.vits_model.tts_compile.config.chunk_size == 60
+    assert tts.vits_model.decode.__self__ is tts.vits_model.tts_compile  # one accelerator, not one on another
 
 
-def test_sovits_off_leaves_the_decoder_alone() -> None:
+def test_sovits_off_leaves_decode_alone() -> None:
     tts = FakeTTS("v2")
     assert optimize_pipeline(tts, sovits=False, **FAST).stages.keys() == {"t2s_model.model"}
-    assert not isinstance(tts.vits_model.dec, OptimizedVocoder) and "decode" not in vars(tts.vits_model)
+    assert "decode" not in vars(tts.vits_model) and not hasattr(tts.vits_model, "tts_compile")
 
 
 def test_config_comes_from_the_pipelines_tts_infer_yaml(tmp_path) -> None:
@@ -172,7 +170,7 @@ def test_config_comes_from_the_pipelines_tts_infer_yaml(tmp_path) -> None:
     handle = optimize_pipeline(tts)
     assert handle.config.chunk_size == 77 and handle.config.enabled is False
     _vits_call(tts)
-    assert handle.stats()["vits_model.dec"]["eager_calls"] == 1
+    assert handle.stats()["vits_model"]["eager"] == 1
 
 
 def test_unknown_version_warns_and_leaves_upstream_alone(caplog) -> None:
@@ -181,6 +179,6 @@ def test_unknown_version_warns_and_leaves_upstream_alone(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="tts_compile"):
         assert optimize_pipeline(tts, **FAST).stages == {}
     assert "unknown GPT-SoVITS version 'v9'" in caplog.text
-    assert not isinstance(tts.vits_model.dec, OptimizedVocoder)
+    assert "decode" not in vars(tts.vits_model)
     with pytest.raises(ValueError, match="v9"):
         optimize_pipeline(tts, fallback="raise", **FAST)

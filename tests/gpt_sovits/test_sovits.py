@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts_compile import OptimizedVocoder
 from tts_compile.gpt_sovits import optimize_sovits, restore_sovits
 from tts_compile.gpt_sovits import sovits as sovits_module
 from tts_compile.gpt_sovits.sovits import bucket
@@ -51,7 +50,7 @@ def test_staged_decode_equals_decode(version, tokens, phones, refs, speed, noise
     assert got.shape == expected.shape
     assert float((got - expected).abs().max()) <= PADDED
     assert torch.equal(got_next, expected_next)  # the same random draws
-    assert model.tts_compile.optimization_stats()["direct"] == 3  # reference, encoder, flow: the staged path ran
+    assert model.tts_compile.optimization_stats()["direct"] == 3  # reference, encoder, flow + decoder: staged
 
 
 @settings(max_examples=15, deadline=None)
@@ -131,13 +130,37 @@ def test_a_failing_stage_falls_back_with_the_same_noise(monkeypatch, caplog) -> 
 
 def test_switch_off_and_restore_give_upstreams_decode_back() -> None:
     model = optimize_sovits(build_vits(), **FAST)
-    assert isinstance(model.dec, OptimizedVocoder)
     model.tts_compile.switch = lambda: False
     _seeded(model.decode, **_request("v2", 10, 5, None))
     assert model.tts_compile.optimization_stats()["eager"] == 1
     restore_sovits(model)
     assert "decode" not in vars(model) and not hasattr(model, "tts_compile")
-    assert not isinstance(model.dec, OptimizedVocoder)
+
+
+def test_decoder_weights_loaded_in_place_are_followed() -> None:
+    """The padded decoder runs channels-last copies of the weights: a load_state_dict into the model must reach them."""
+    model, other = optimize_sovits(build_vits(seed=1), **FAST, channels_last="on"), build_vits(seed=2)
+    kwargs = _request("v2", 15, 7, None)
+    _seeded(model.decode, **kwargs)
+    first = model.tts_compile.decoder
+    model.dec.load_state_dict(other.dec.state_dict())
+    got, _ = _seeded(model.decode, **kwargs)
+    reference = build_vits(seed=1)
+    reference.dec.load_state_dict(other.dec.state_dict())
+    torch.testing.assert_close(got, _seeded(reference.decode, **kwargs)[0], rtol=0, atol=PADDED)
+    assert model.tts_compile.decoder is not first
+
+
+def test_an_unknown_decoder_runs_as_it_is_after_the_graphs(caplog) -> None:
+    model, plain = build_vits(seed=1), build_vits(seed=1)
+    model.dec.resblocks[0] = plain.dec.resblocks[0] = torch.nn.Identity()  # not upstream's ResBlock1
+    with caplog.at_level(logging.WARNING, logger="tts_compile"):
+        optimize_sovits(model, **FAST)
+    assert "residual block Identity" in caplog.text
+    kwargs = _request("v2", 15, 7, None)
+    torch.testing.assert_close(_seeded(model.decode, **kwargs)[0], _seeded(plain.decode, **kwargs)[0], rtol=0,
+                               atol=PADDED)
+    assert model.tts_compile.optimization_stats()["direct"] == 3 and model.tts_compile.decoder is None
 
 
 def test_optimize_sovits_names_what_a_model_lacks() -> None:
@@ -154,3 +177,18 @@ def test_restore_gives_decode_encp_back() -> None:
     assert "decode_encp" in vars(model)
     restore_sovits(model)
     assert "decode_encp" not in vars(model) and not hasattr(model, "tts_compile")
+
+
+def test_the_decoder_times_cudnns_algorithms_even_when_the_config_says_not_to(monkeypatch) -> None:
+    """cuDNN's heuristics choose a 22 ms kernel for one v2ProPlus decoder convolution (H200, run 31): the SoVITS
+    decode times algorithms at capture and on uncaptured runs alike; decode_encp follows the config."""
+    model = optimize_sovits(build_vits(), **{**FAST, "cudnn_benchmark": False})
+    seen = []
+    real = sovits_module._synthesize
+    monkeypatch.setattr(sovits_module, "_synthesize",
+                        lambda *a: seen.append(torch.backends.cudnn.benchmark) or real(*a))
+    _seeded(model.decode, **_request("v2", 12, 6, None))
+    assert seen == [True] and model.tts_compile.optimization_stats()["direct"] == 3  # uncaptured on CPU
+    assert not torch.backends.cudnn.benchmark  # restored after the call
+    v3 = optimize_sovits(build_vits(VITSConfig(version="v3")), **{**FAST, "cudnn_benchmark": False})
+    assert not v3.tts_compile.runner.cudnn_benchmark

@@ -3,10 +3,10 @@
 Every version gets its T2S decode (`tts.t2s_model.model`, `optimize_t2s`) accelerated. Per version: v3/v4 get
 `tts.vocoder` optimized (BigVGAN, the v4 vocoder), their flow-matching loop `tts.vits_model.cfm.inference` captured
 (`optimize_cfm`) and its conditioning `tts.vits_model.decode_encp` captured stage by stage (`optimize_sovits`);
-v1/v2/v2Pro/v2ProPlus get `tts.vits_model.decode` captured stage by stage and its decoder
-`dec` optimized (`optimize_sovits`). Decoders are swapped for `OptimizedVocoder` modules with the original's call
-signature, and the CFM, T2S and SoVITS keep their methods' signatures, so upstream's `TTS.run`,
-`using_vocoder_synthesis`, the batched path and api_v2 run unchanged. `init_vits_weights` and `init_t2s_weights` (api_v2's /set_sovits_weights and
+v1/v2/v2Pro/v2ProPlus get `tts.vits_model.decode` captured stage by stage, its decoder `dec` included
+(`optimize_sovits`). Vocoders are swapped for `OptimizedVocoder` modules with the original's call signature, and the
+CFM, T2S and SoVITS keep their methods' signatures, so upstream's `TTS.run`, `using_vocoder_synthesis`, the batched
+path and api_v2 run unchanged. `init_vits_weights` and `init_t2s_weights` (api_v2's /set_sovits_weights and
 /set_gpt_weights, and upstream's reload after a failed request) are wrapped to re-apply optimization to the new
 models. `tts.use_vocoder_optimization = False` switches every optimized stage to its eager module at the next call
 (the seed's debug switch); `True` switches back.
@@ -93,7 +93,6 @@ class PipelineOptimizer:
             stages = {}
             if self.config.sovits:
                 stages["vits_model"] = self._attached("SoVITS", optimize_sovits, lambda: tts.vits_model)
-                stages["vits_model.dec"] = tts.vits_model.dec if stages["vits_model"] is not None else None
         else:
             raise ValueError(f"unknown GPT-SoVITS version {version!r}; expected one of "
                              f"{', '.join(SOVITS_VERSIONS + VOCODER_VERSIONS)}")

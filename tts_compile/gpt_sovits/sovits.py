@@ -10,10 +10,10 @@ Python. Here each stage is a replayed CUDA graph:
   masks are built inside the graph from the true lengths, so every real frame computes upstream's function: attention
   gives a padded key the score -1e4 (weight exactly 0) and every convolution reads `x * mask` (zeros past the end, as
   the unpadded call's zero padding);
-* flow: one graph per frame bucket. The noise is drawn by the same `randn` call as upstream's `randn_like(m_p)`
-  (shape, dtype, device, order) and padded outside the graph; speed != 1 interpolates the encoder output between the
-  two graphs exactly as upstream does;
-* decoder `dec`: `optimize_vocoder`'s windows (the decoder has no masks: padding would change the last samples).
+* flow and decoder `dec`: one graph per frame bucket. The noise is drawn by the same `randn` call as upstream's
+  `randn_like(m_p)` (shape, dtype, device, order) and padded outside the graph; speed != 1 interpolates the encoder
+  output between the two graphs exactly as upstream does. The decoder runs as a `PaddedDecoder`: each convolution's
+  input zeroed past its stage's true length, so padding changes no real sample.
 v3/v4's `decode_encp` (the CFM's conditioning, once for the prompt and once per segment) shares the reference and
 text-encoder graphs, then runs bridge, nearest upsampling and the masked WN stack as one graph per frame bucket (the
 upsampling keeps upstream's scale factor, so each real frame reads the source frame it reads unpadded).
@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._copy import weights_fingerprint
 from ..config import OptimizeConfig
-from ..vocoder import OptimizedVocoder, optimize_vocoder
 from .accelerator import HANDLE, GraphAccelerator, install, resolve_config, uninstall
+from .decoder import PaddedDecoder, decoder_problem
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def _reference(vits: nn.Module, listed: bool, count: int, *tensors: torch.Tensor
 
 def _features(vits: nn.Module, codes: torch.Tensor) -> torch.Tensor:
     """Code features at the encoder's frame rate (B, ssl, frames), as upstream computes them. Eager, outside the
-    graphs: upstream's quantizer makes a tensor from a Python number, a host-to-device copy no graph can capture."""
+    graphs: upstream's quantizer makes a tensor from a Python number, a host-to-device copy no graph can capture and
+    one that waits for the stream to drain, so it runs before the graphs are queued."""
     quantized = vits.quantizer.decode(codes)
     if vits.semantic_frame_rate == "25hz":
         quantized = F.interpolate(quantized, size=int(quantized.shape[-1] * 2), mode="nearest")
@@ -93,6 +95,12 @@ def _flow(vits: nn.Module, noise_scale: float, y: torch.Tensor, lengths: torch.T
     m, logs = torch.split(vits.enc_p.proj(y) * mask, vits.enc_p.out_channels, dim=1)
     z_p = m + noise * torch.exp(logs) * noise_scale
     return vits.flow(z_p, mask, g=ge, reverse=True) * mask
+
+
+def _synthesize(vits: nn.Module, decoder: PaddedDecoder, noise_scale: float, y: torch.Tensor, lengths: torch.Tensor,
+                noise: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
+    """Flow and decoder: audio (1, 1, samples) of the padded frames; lengths[2:] = the decoder's true lengths."""
+    return decoder(_flow(vits, noise_scale, y, lengths, noise, ge), lengths[2:], ge)
 
 
 def _conditioning(vits: nn.Module, y: torch.Tensor, lengths: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
@@ -137,6 +145,7 @@ class SoVITSAccelerator(GraphAccelerator):
     graphs over padded buckets."""
 
     name = "optimize_sovits"
+    cudnn_benchmark = True  # the decoder's convolutions: measured in benchmarks/results/2026-11-25-h100-sovits.md
 
     def __init__(self, vits: nn.Module, config: OptimizeConfig) -> None:
         super().__init__(vits, config)
@@ -149,11 +158,10 @@ class SoVITSAccelerator(GraphAccelerator):
                               functools.partial(_reference, self.vits, listed, len(refs)), inputs,
                               f"reference embedding of {len(refs)} x {refs[0].size(-1)} frames")
 
-    def _text_encoder(self, codes: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, ge: torch.Tensor,
-                      speed: float) -> torch.Tensor:
-        """The text encoder's output (1, hidden, frames) through the graph of its (frames, phones) bucket, then
-        stretched for `speed` as upstream does; lengths = [frames, phones, ...]."""
-        features = _features(self.vits, codes)
+    def _text_encoder(self, codes: torch.Tensor, features: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor,
+                      ge: torch.Tensor, speed: float) -> torch.Tensor:
+        """The text encoder's output (1, hidden, frames) from the code features through the graph of its (frames,
+        phones) bucket, then stretched for `speed` as upstream does; lengths = [frames, phones, ...]."""
         tokens, frames, phones = codes.size(-1), features.size(-1), text.size(-1)
         padded = (bucket(tokens, SMALLEST["tokens"]) * frames // tokens, bucket(phones, SMALLEST["phones"]))
         y = self.run_graph(("enc", *padded, ge.shape, ge.dtype), functools.partial(_encode, self.vits),
@@ -166,6 +174,20 @@ class OptimizedSoVITS(SoVITSAccelerator):
     """What `optimize_sovits` installed on a v1/v2/v2Pro/v2ProPlus `SynthesizerTrn`: its `decode`."""
 
     methods = ("decode",)
+    # cuDNN's heuristics run one v2ProPlus decoder convolution ([384, 384, 7], dilation 5, channels-last, 5120 samples)
+    # as a 22 ms kernel; timed, 0.1 ms (H200, run 31). cuDNN keeps its first choice per shape for the process, so every
+    # run of the decoder's buckets, captured or not, times them, once per shape.
+    cudnn_heuristics_unsafe = True
+
+    def __init__(self, vits: nn.Module, config: OptimizeConfig) -> None:
+        super().__init__(vits, config)
+        self.decoder: PaddedDecoder | None = None
+        self.decoder_problem = decoder_problem(vits.dec)
+        self.channels_last = config.channels_last == "on" or (
+            config.channels_last == "auto" and self.device.type == "cuda" and config.compile_mode != "eager")
+        if self.decoder_problem:
+            logger.warning("%s: the decoder runs upstream's module after the graphs: %s", self.name,
+                           self.decoder_problem)
 
     def decode(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, noise_scale: float = 0.5, speed: float = 1,
                sv_emb: Any = None) -> torch.Tensor:
@@ -190,17 +212,38 @@ class OptimizedSoVITS(SoVITSAccelerator):
         listed = isinstance(refer, list)
         refs = refer if listed else [refer]
         speakers = ([sv_emb[i] for i in range(len(refs))] if listed else [sv_emb]) if vits.is_v2pro else []
-        ge = self._reference(refs, speakers, listed)
-        frames = codes.size(-1) * (2 if vits.semantic_frame_rate == "25hz" else 1)
+        features = _features(vits, codes)  # waits for the stream (see _features): before any graph is queued
+        frames = features.size(-1)
         out = _stretched(frames, speed)
-        lengths = torch.tensor([frames, text.size(-1), out], device=self.device)
-        y = self._text_encoder(codes, text, lengths, ge, speed)
+        decoder = self._padded_decoder()
+        sizes = decoder.lengths(out) if decoder else [out]  # the decoder's true length per stage
+        lengths = torch.tensor([frames, text.size(-1), *sizes], device=self.device)  # a host copy: waits too
+        ge = self._reference(refs, speakers, listed)
+        y = self._text_encoder(codes, features, text, lengths, ge, speed)
         noise = torch.randn((1, vits.enc_p.out_channels, out), dtype=y.dtype, device=self.device)
         size = bucket(out, SMALLEST["frames"])
-        z = self.run_graph(("flow", size, float(noise_scale), ge.shape, ge.dtype),
-                           functools.partial(_flow, vits, float(noise_scale)),
-                           (_pad(y, size), lengths, _pad(noise, size), ge), f"flow at {size} frames")
-        return vits.dec(z[..., :out].contiguous(), g=ge)
+        inputs = (_pad(y, size), lengths, _pad(noise, size), ge)
+        if decoder is None:
+            z = self.run_graph(("flow", size, float(noise_scale), ge.shape, ge.dtype),
+                               functools.partial(_flow, vits, float(noise_scale)), inputs, f"flow at {size} frames")
+            return vits.dec(z[..., :out].contiguous(), g=ge)
+        audio = self.run_graph(("decode", size, float(noise_scale), ge.shape, ge.dtype),
+                               functools.partial(_synthesize, vits, decoder, float(noise_scale)), inputs,
+                               f"flow and decoder at {size} frames")
+        return audio[..., :sizes[-1]]
+
+    def _padded_decoder(self) -> PaddedDecoder | None:
+        """The decoder for `dec`'s current weights: built again, and its graphs dropped, when they moved or were
+        loaded in place (its channels-last weights are copies); None for a decoder it cannot run."""
+        if self.decoder_problem:
+            return None
+        with self._lock:
+            if self.decoder is None or self.decoder.fingerprint != weights_fingerprint(self.vits.dec):
+                if self.decoder is not None:
+                    dropped = self.runner.discard(lambda key: key[0] == "decode")
+                    logger.info("%s: decoder weights changed: %d graphs dropped", self.name, dropped)
+                self.decoder = PaddedDecoder(self.vits.dec, self.channels_last)
+            return self.decoder
 
 
 class OptimizedSoVITSv3(SoVITSAccelerator):
@@ -228,15 +271,16 @@ class OptimizedSoVITSv3(SoVITSAccelerator):
     def _decode_encp(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, ge: Any,
                      speed: float) -> tuple[torch.Tensor, torch.Tensor]:
         vits = self.vits
-        if ge is None:
-            ge = self._reference([refer], [], listed=False)
-        frames = 2 * codes.size(-1)  # upstream's y_lengths (v3/v4 codes are 25 Hz)
+        features = _features(vits, codes)  # waits for the stream (see _features): before any graph is queued
+        frames = features.size(-1)  # upstream's y_lengths: 2 per token (v3/v4 codes are 25 Hz)
         stretched = _stretched(frames, speed)
         out = math.floor(stretched * UPSAMPLE[vits.version])  # nearest upsampling's length
         per_token = MASKED_PER_TOKEN[vits.version] * codes.size(-1)
         masked = min(out, int(per_token) if speed == 1 else int(per_token / speed) + 1)
-        lengths = torch.tensor([frames, text.size(-1), masked], device=self.device)
-        y = self._text_encoder(codes, text, lengths, ge, speed)
+        lengths = torch.tensor([frames, text.size(-1), masked], device=self.device)  # a host copy: waits too
+        if ge is None:
+            ge = self._reference([refer], [], listed=False)
+        y = self._text_encoder(codes, features, text, lengths, ge, speed)
         size = bucket(stretched, SMALLEST["frames"])
         fea = self.run_graph(("wns", size, ge.shape, ge.dtype), functools.partial(_conditioning, vits),
                              (_pad(y, size), lengths, ge), f"conditioning stack at {size} frames")
@@ -245,22 +289,20 @@ class OptimizedSoVITSv3(SoVITSAccelerator):
 
 def optimize_sovits(vits_model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
     """Optimize a GPT-SoVITS synthesizer in place, its methods keeping their signatures and results: a
-    v1/v2/v2Pro/v2ProPlus `SynthesizerTrn`'s `decode` runs its stages as captured graphs and its decoder `dec` becomes
-    an `OptimizedVocoder`; a v3/v4 `SynthesizerTrnV3`'s `decode_encp` runs as captured graphs. The handle
-    (`optimization_stats`, `switch`) is `vits_model.tts_compile`. Returns `vits_model`."""
+    v1/v2/v2Pro/v2ProPlus `SynthesizerTrn`'s `decode` runs its stages, decoder included, as captured graphs; a v3/v4
+    `SynthesizerTrnV3`'s `decode_encp` runs as captured graphs. The handle (`optimization_stats`, `switch`) is
+    `vits_model.tts_compile`. Returns `vits_model`."""
     config = resolve_config(config, options)
     v3 = getattr(vits_model, "version", None) in UPSAMPLE
     parts = V3_PARTS if v3 else PARTS
     missing = [name for name in parts if not hasattr(vits_model, name)]
     if missing or not v3 and not isinstance(vits_model.dec, nn.Module):
+        lacks = ", ".join(missing) or "a dec module"
         raise TypeError(f"vits_model: expected a GPT-SoVITS {'SynthesizerTrnV3' if v3 else 'SynthesizerTrn'} "
-                        f"({', '.join(parts)}); {type(vits_model).__name__} lacks {', '.join(missing) or 'a dec module'}")
+                        f"({', '.join(parts)}); {type(vits_model).__name__} lacks {lacks}")
     if isinstance(getattr(vits_model, HANDLE, None), SoVITSAccelerator):
         return vits_model
     start = time.perf_counter()
-    if not v3 and not isinstance(vits_model.dec, OptimizedVocoder):
-        vits_model.dec = optimize_vocoder(vits_model.dec, config=config,
-                                          example_kwargs=_conditioning_example(vits_model.dec))
     install((OptimizedSoVITSv3 if v3 else OptimizedSoVITS)(vits_model, config), vits_model)
     logger.info("optimize_sovits: %s %s (%s) ready in %.2f s; shapes are captured on first sight",
                 type(vits_model).__name__, vits_model.version, config.compile_mode, time.perf_counter() - start)
@@ -268,17 +310,7 @@ def optimize_sovits(vits_model: nn.Module, config: OptimizeConfig | None = None,
 
 
 def restore_sovits(vits_model: nn.Module) -> nn.Module:
-    """Undo `optimize_sovits`: upstream's own `decode` (and decoder) or `decode_encp` again."""
-    if isinstance(getattr(vits_model, "dec", None), OptimizedVocoder):
-        vits_model.dec = vits_model.dec.module
+    """Undo `optimize_sovits`: upstream's own `decode` or `decode_encp` again."""
     handle = getattr(vits_model, HANDLE, None)
     return uninstall(vits_model, type(handle)) if isinstance(handle, SoVITSAccelerator) else vits_model
 
-
-def _conditioning_example(dec: nn.Module) -> dict[str, Any]:
-    """Warm-up conditioning for the decoder: g of shape (1, gin_channels, 1) when it has a `cond` convolution."""
-    cond = getattr(dec, "cond", None)
-    if not isinstance(cond, nn.Conv1d):
-        return {}
-    weight = cond.weight
-    return {"g": torch.zeros(1, cond.in_channels, 1, device=weight.device, dtype=weight.dtype)}
