@@ -119,9 +119,18 @@ def test_cli_prints_the_table_and_writes_json(service, tmp_path, capsys) -> None
     assert _Service.received[0][2]["top_k"] == 5
 
 
+def test_warmup_requests_are_sent_first_and_kept_out_of_the_summary(service) -> None:
+    report = run(ClientConfig(url=service, texts={"a": "x" * 10, "f": "fail"}, requests=1, warmup=2), progress=False)
+    assert [p["text"] for _, _, p in _Service.received[:4]] == ["x" * 10, "fail"] * 2  # before any timed request
+    assert len(_Service.received) == 6 and report["summary"]["requests"] == 2
+    assert [w["error"] for w in report["warmup"]] == [None, "HTTP 500"] * 2
+
+
 def test_bad_options_name_the_option() -> None:
     with pytest.raises(ValueError, match="concurrency=0"):
         ClientConfig(concurrency=0)
+    with pytest.raises(ValueError, match="warmup=-1: expected an integer >= 0"):
+        ClientConfig(warmup=-1)
     with pytest.raises(ValueError, match="endpoint='voices'"):
         ClientConfig(endpoint="voices")
     with pytest.raises(SystemExit, match="--param 'oops'"):

@@ -97,6 +97,8 @@ def _add_client(parser: argparse.ArgumentParser) -> None:
                         help="a request parameter (repeatable; VALUE parsed as JSON when it is JSON), e.g. "
                              "ref_audio_path=/srv/ref.wav, prompt_text=..., voice_name=alice")
     parser.add_argument("--requests", type=int, default=3, help="requests per text")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed requests per text first (a service compiles or captures on first requests)")
     parser.add_argument("--concurrency", type=int, default=1, help="callers at once")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--method", default="post", choices=("get", "post"))
@@ -113,8 +115,8 @@ def _run_client(args: argparse.Namespace) -> int:
     params = {key: _json_or_text(value) for key, value in _pairs(args.param, "--param")}
     try:
         config = client.ClientConfig(url=args.url, endpoint=args.endpoint, texts=texts, requests=args.requests,
-                                     concurrency=args.concurrency, timeout_s=args.timeout, method=args.method,
-                                     params=params)
+                                     warmup=args.warmup, concurrency=args.concurrency, timeout_s=args.timeout,
+                                     method=args.method, params=params)
     except ValueError as exc:
         raise SystemExit(f"client: {exc}") from None
     report = client.run(config, progress=True)

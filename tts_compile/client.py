@@ -81,6 +81,7 @@ class ClientConfig:
     endpoint: str = "tts"
     texts: dict[str, str] = field(default_factory=lambda: dict(TEXTS))
     requests: int = 3
+    warmup: int = 0  # untimed requests per text first, one at a time (a service captures its graphs on first sight)
     concurrency: int = 1
     timeout_s: float = 300.0
     method: str = "post"
@@ -91,9 +92,9 @@ class ClientConfig:
             raise ValueError(f"endpoint={self.endpoint!r}: expected one of {', '.join(ENDPOINTS)}")
         if self.method not in ("get", "post"):
             raise ValueError(f"method={self.method!r}: expected get or post")
-        for name in ("requests", "concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
+        for name, least in (("requests", 1), ("concurrency", 1), ("warmup", 0)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= {least}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s={self.timeout_s!r}: expected seconds > 0")
         if not self.texts:
@@ -136,7 +137,9 @@ def send(config: ClientConfig, label: str, text: str) -> Result:
 
 
 def run(config: ClientConfig, progress: bool = True) -> dict[str, Any]:
-    """Send `requests` per text with `concurrency` callers; per-request results and a summary."""
+    """Send `warmup` untimed requests per text, then `requests` per text with `concurrency` callers; per-request
+    results and a summary of the timed ones (warm-up results are kept apart)."""
+    warmups = [send(config, label, text) for _ in range(config.warmup) for label, text in config.texts.items()]
     jobs = [(label, text) for _ in range(config.requests) for label, text in config.texts.items()]
     bar = ProgressBar(len(jobs), "requests", progress)
     results: list[Result] = []
@@ -147,7 +150,7 @@ def run(config: ClientConfig, progress: bool = True) -> dict[str, Any]:
             bar.advance(results[-1].error or f"{results[-1].latency_s:.2f} s")
     wall = time.perf_counter() - start
     return {"config": asdict(config), "wall_s": wall, "summary": summarize(results, wall, config.texts),
-            "results": [asdict(r) for r in results]}
+            "results": [asdict(r) for r in results], "warmup": [asdict(r) for r in warmups]}
 
 
 def summarize(results: list[Result], wall_s: float, texts: dict[str, str]) -> dict[str, Any]:
