@@ -94,8 +94,8 @@ class OptimizeConfig:
     sovits: bool = field(default=True, metadata=_doc(
         "optimize_pipeline on GPT-SoVITS v1/v2/v2Pro/v2ProPlus: run `vits_model.decode` as captured stages (reference "
         "embedding, text encoder, flow and decoder `dec` over padded length buckets, the decoder masked per stage "
-        "so padding changes no real sample); on v3/v4: `vits_model.decode_encp` (reference embedding, text encoder, conditioning stack) the "
-        "same way. False: leave SoVITS eager (the v3/v4 vocoder still follows `enabled`)."))
+        "so padding changes no real sample); on v3/v4: `vits_model.decode_encp` (reference embedding, text encoder, "
+        "conditioning stack) the same way. False: leave SoVITS eager (the v3/v4 vocoder still follows `enabled`)."))
     t2s: bool = field(default=True, metadata=_doc(
         "optimize_pipeline: decode T2S tokens with a static KV cache and a captured decode step (batch-1 calls; "
         "others run upstream's loop). Memory: the cache, ~100 MB per 1024 positions for the 24-layer model. "
