@@ -32,7 +32,8 @@ def model(rows: int = 1):
                rand(FFN, DIM), rand(FFN), rand(DIM, FFN), rand(DIM), 1 + rand(DIM), rand(DIM), 1e-5)
               for _ in range(LAYERS)]
     k = torch.randn(LAYERS, rows, HEADS, CAPACITY, DIM // HEADS, generator=gen, device="cuda").half()
-    return layers, k, k.clone(), 8 * rand(VOCAB, DIM), rand(rows, DIM), torch.tensor([POS], device="cuda")
+    start = torch.zeros(rows, dtype=torch.long, device="cuda")
+    return layers, k, k.clone(), 8 * rand(VOCAB, DIM), rand(rows, DIM), torch.tensor([POS], device="cuda"), start
 
 
 def _set(tile) -> None:
@@ -61,7 +62,7 @@ def per_step_us(fn, replays: int = 300) -> float:
     return start.elapsed_time(end) * 1e3 / replays
 
 
-def launch_kinds(layers, k, v, x, pos) -> dict[str, float]:
+def launch_kinds(layers, k, v, x, pos, start) -> dict[str, float]:
     """Microseconds per launch of each kind (24 launches of one kind per graph, the current tiles)."""
     rows = x.shape[0]
     qkv, attn, s, h, xn = (x.new_zeros(rows, n) for n in (3 * DIM, DIM, DIM, DIM, DIM))
@@ -69,7 +70,7 @@ def launch_kinds(layers, k, v, x, pos) -> dict[str, float]:
     kinds = {
         "qkv (+LN2, cache write)": lambda i, w: kt._linear(s, w[0], w[1], qkv, norm=(w[11], w[12], w[13]),
                                                            normed=xn, qkv=(k[i], v[i], pos)),
-        "attend": lambda i, w: kt._attend(qkv, k[i], v[i], pos, attn),
+        "attend": lambda i, w: kt._attend(qkv, k[i], v[i], pos, start, attn),
         "out (+residual)": lambda i, w: kt._linear(attn, w[2], w[3], s, res=xn),
         "ffn1 (+LN1, relu)": lambda i, w: kt._linear(s, w[7], w[8], f, norm=(w[4], w[5], w[6]), normed=h, relu=True),
         "ffn2 (+residual)": lambda i, w: kt._linear(f, w[9], w[10], s, res=h),
@@ -84,21 +85,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    layers, k, v, predict, x, pos = model(args.rows)
+    layers, k, v, predict, x, pos, start = model(args.rows)
     with torch.inference_mode():
-        expected = decode_step_reference(x, k.clone(), v.clone(), pos, layers, predict, None)
-        torch_us = per_step_us(lambda: decode_step_reference(x, k, v, pos, layers, predict, None))
+        expected = decode_step_reference(x, k.clone(), v.clone(), pos, start, layers, predict, None)
+        torch_us = per_step_us(lambda: decode_step_reference(x, k, v, pos, start, layers, predict, None))
         rows = []
         for tile in TILES:
             _set(tile)
-            got = kt.decode_step_triton(x, k, v, pos, layers, predict, None)
-            us = per_step_us(lambda: kt.decode_step_triton(x, k, v, pos, layers, predict, None))
+            got = kt.decode_step_triton(x, k, v, pos, start, layers, predict, None)
+            us = per_step_us(lambda: kt.decode_step_triton(x, k, v, pos, start, layers, predict, None))
             rows.append({"tile": tile, "us_per_step": us, "max_abs_diff": float((got - expected).abs().max())})
             log.info("tile %s: %.1f us/step (torch ops %.1f), max |diff| %.2e", tile, us, torch_us,
                      rows[-1]["max_abs_diff"])
         best = min(rows, key=lambda r: r["us_per_step"])
         _set(best["tile"])
-        kinds = launch_kinds(layers, k, v, x, pos)
+        kinds = launch_kinds(layers, k, v, x, pos, start)
     log.info("torch ops: %.1f us/step; best tile %s: %.1f us/step (%.2fx)", torch_us, best["tile"],
              best["us_per_step"], torch_us / best["us_per_step"])
     for name, us in kinds.items():

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts_compile.gpt_sovits.t2s import CHECK_EVERY, optimize_t2s, restore_t2s
+from tts_compile.gpt_sovits.t2s import CHECK_EVERY, MAX_ROWS, optimize_t2s, restore_t2s
 from tts_compile.models.t2s import build_t2s
 
 EAGER = {"compile_mode": "eager"}  # the static-cache decode without compile (no graphs on CPU anyway)
@@ -69,16 +69,73 @@ def test_eos_and_early_stop_slicing() -> None:
     _assert_same(_both_apis(model, inputs, 0, top_k=1, early_stop_num=-1), expected)
 
 
-def test_batches_prompt_free_and_streaming_go_to_upstreams_methods() -> None:
+def _batch(lengths: list[int], prompt: int, seed: int):
+    """Rows of phones of the given lengths with their BERT features, one shared prompt (as TTS.run builds them)."""
+    gen = torch.Generator().manual_seed(seed)
+    phones = [torch.randint(0, 40, (n,), generator=gen) for n in lengths]
+    bert = [torch.randn(1024, n, generator=gen) for n in lengths]
+    return phones, torch.randint(0, 64, (1, prompt), generator=gen).repeat(len(lengths), 1), bert
+
+
+def _batched(model, inputs, seed: int, **kwargs):
+    phones, prompts, bert = inputs
+    torch.manual_seed(seed)
+    rows, indices = model.infer_panel_batch_infer(phones, torch.tensor([len(p) for p in phones]), prompts, bert,
+                                                  **kwargs)
+    return rows, indices, torch.rand(2)
+
+
+def _assert_same_batch(got, expected) -> None:
+    assert len(got[0]) == len(expected[0]) and all(torch.equal(a, b) for a, b in zip(got[0], expected[0]))
+    assert got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+@settings(max_examples=10, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5), extra=st.integers(0, 3),
+       prompt=st.integers(1, 8), top_k=st.sampled_from([1, 3, 64]), temperature=st.sampled_from([1.0, 0.6]),
+       penalty=st.sampled_from([1.0, 1.35]), early=st.sampled_from([0, 5, 2 * CHECK_EVERY + 3]),
+       seed=st.integers(0, 3), kernels=st.booleans())
+def test_batched_decode_equals_the_reference(lengths, extra, prompt, top_k, temperature, penalty, early, seed,
+                                             kernels) -> None:
+    """Left-padded rows decoded together (padded further by `max_len`) give the reference's rows, idx and generator
+    state: rows leave the batch at their own stops, with upstream's draw shapes."""
+    model = build_t2s(seed=seed)
+    kwargs = {"top_k": top_k, "top_p": 1.0, "temperature": temperature, "repetition_penalty": penalty,
+              "early_stop_num": early, "max_len": max(lengths) + extra}
+    inputs = _batch(lengths, prompt, seed)
+    expected = _batched(model, inputs, seed, **kwargs)
+    optimize_t2s(model, **EAGER, t2s_kernels=kernels)
+    _assert_same_batch(_batched(model, inputs, seed, **kwargs), expected)
+    stats = model.tts_compile.optimization_stats()
+    assert stats["optimized"] == 1 and stats["upstream"] == 0
+
+
+def test_rows_stopping_inside_a_chunk_are_replayed_exactly() -> None:
+    """Rows stop at different steps inside one chunk of CHECK_EVERY steps: the chunk is redone up to each stop, and
+    rows, idx and generator state are still the reference's (a seed measured to stop rows at 46, 53 and 57)."""
+    model = build_t2s(seed=2)
+    kwargs = {"top_k": 64, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.35, "early_stop_num": 60}
+    inputs = _batch([5, 9, 3], 4, 2)
+    expected = _batched(model, inputs, 2, **kwargs)
+    assert len(set(expected[1])) == 3 and max(expected[1]) < 60
+    optimize_t2s(model, **EAGER)
+    _assert_same_batch(_batched(model, inputs, 2, **kwargs), expected)
+    assert model.tts_compile.optimization_stats()["redone"] > 0
+
+
+def test_prompt_free_streaming_and_unusual_batches_go_to_upstreams_methods() -> None:
     model = optimize_t2s(build_t2s(), **EAGER)
     phones, prompts, bert = _inputs(5, 4)
-    two = model.infer_panel_batch_infer([phones[0]] * 2, None, prompts.repeat(2, 1), [bert[0]] * 2, top_k=1,
-                                        early_stop_num=3)
-    assert len(two[0]) == 2
     with pytest.raises(TypeError):  # the stand-in has no prompt-free path: upstream's own error comes through
         model.infer_panel(phones, None, None, bert, top_k=1, early_stop_num=3)
+    list(model.infer_panel_naive(phones, None, prompts, bert, top_k=1, early_stop_num=3, streaming_mode=True))
+    rows, _, batch_bert = _batch([5, 7], 4, 0)
+    model.infer_panel_batch_infer(rows, torch.tensor([5, 6]), prompts.repeat(2, 1), batch_bert, top_k=1,
+                                  early_stop_num=3)  # x_lens that disagree with the rows: upstream's masks
+    many, prompts_many, bert_many = _batch([3] * (MAX_ROWS + 1), 4, 0)
+    model.infer_panel_batch_infer(many, None, prompts_many, bert_many, top_k=1, early_stop_num=3)
     stats = model.tts_compile.optimization_stats()
-    assert stats["upstream"] == 2 and stats["optimized"] == 0
+    assert stats["upstream"] == 4 and stats["optimized"] == 0
 
 
 def test_a_failing_decode_falls_back_with_the_same_generator(monkeypatch, caplog) -> None:

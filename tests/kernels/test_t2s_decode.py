@@ -42,11 +42,11 @@ def _cast(weights, dtype, device):
     return [tuple(t.to(device, dtype) if isinstance(t, torch.Tensor) else t for t in w) for w in weights]
 
 
-def _run(fn, weights, k, v, predict, x, pos, dtype, device):
+def _run(fn, weights, k, v, predict, x, pos, start, dtype, device):
     k, v = k.to(device, dtype), v.to(device, dtype)
     predict = [t.to(device, dtype) if t is not None else None for t in predict]
-    logits = fn(x.to(device, dtype), k, v, torch.tensor([pos], device=device), _cast(weights, dtype, device),
-                *predict)
+    logits = fn(x.to(device, dtype), k, v, torch.tensor([pos], device=device), start.to(device),
+                _cast(weights, dtype, device), *predict)
     return logits.double().cpu(), k.double().cpu(), v.double().cpu()
 
 
@@ -59,11 +59,12 @@ def test_triton_step_matches_the_torch_layers(layers, heads, head_dim, rows, cap
     from tts_compile.kernels.t2s_triton import decode_step_triton
 
     pos = data.draw(st.integers(0, capacity - 1), label="pos")
+    start = torch.tensor(data.draw(st.lists(st.integers(0, pos), min_size=rows, max_size=rows), label="start"))
     dim = heads * head_dim
     model = _model(layers, dim, heads, 4 * dim, vocab, rows, capacity, bias, data.draw(st.integers(0, 99)))
-    got = _run(decode_step_triton, *model, pos, dtype, DEVICE)
-    exact = _run(decode_step_reference, *model, pos, torch.float64, "cpu")
-    torch_same_dtype = _run(decode_step_reference, *model, pos, dtype, "cpu")
+    got = _run(decode_step_triton, *model, pos, start, dtype, DEVICE)
+    exact = _run(decode_step_reference, *model, pos, start, torch.float64, "cpu")
+    torch_same_dtype = _run(decode_step_reference, *model, pos, start, dtype, "cpu")
     untouched = torch.ones(capacity, dtype=torch.bool)
     untouched[pos] = False
     for mine, reference, same in zip(got, exact, torch_same_dtype):
@@ -81,12 +82,22 @@ def test_bad_shapes_are_rejected() -> None:
 
     weights, k, v, predict, x = _model(1, 16, 2, 32, 5, ROWS + 1, 4, False, 0)
     with pytest.raises(ValueError, match="at most 16 rows"):
-        decode_step_triton(x, k, v, torch.tensor([0]), weights, *predict)
+        decode_step_triton(x, k, v, torch.tensor([0]), torch.zeros(ROWS + 1, dtype=torch.long), weights, *predict)
 
 
 def test_flatten_round_trip_and_the_op_checks() -> None:
-    weights, k, v, (w, b), x = _model(2, 16, 2, 32, 7, 1, 6, True, 1)
+    weights, k, v, (w, b), x = _model(2, 16, 2, 32, 7, 2, 6, True, 1)
+    start = torch.tensor([0, 2])
     assert unflatten(*flatten(weights)) == weights
-    torch.library.opcheck(t2s_decode_step, (x, k, v, torch.tensor([3]), *flatten(weights), w, b))
-    expected = decode_step_reference(x, k.clone(), v.clone(), torch.tensor([3]), weights, w, b)
-    assert torch.equal(t2s_decode_step(x, k, v, torch.tensor([3]), *flatten(weights), w, b), expected)
+    torch.library.opcheck(t2s_decode_step, (x, k, v, torch.tensor([3]), start, *flatten(weights), w, b))
+    expected = decode_step_reference(x, k.clone(), v.clone(), torch.tensor([3]), start, weights, w, b)
+    assert torch.equal(t2s_decode_step(x, k, v, torch.tensor([3]), start, *flatten(weights), w, b), expected)
+
+
+def test_a_row_never_reads_the_columns_before_its_start() -> None:
+    """Whatever the cache holds before start[r] (a batch row's left padding) leaves row r's logits unchanged."""
+    weights, k, v, (w, b), x = _model(2, 16, 2, 32, 7, 2, 6, True, 2)
+    start, pos = torch.tensor([0, 3]), torch.tensor([4])
+    expected = decode_step_reference(x, k.clone(), v.clone(), pos, start, weights, w, b)
+    k[:, 1, :, :3], v[:, 1, :, :3] = 1e4, -1e4
+    assert torch.equal(decode_step_reference(x, k, v, pos, start, weights, w, b)[1], expected[1])

@@ -1,5 +1,6 @@
 """The Triton T2S sampling step equals its torch reference (TRITON_INTERPRET=1 on CPU via conftest; natively on a
-GPU): same token, EOS flag, seen columns, next input, cache column and step counter."""
+GPU): same token, EOS flag, seen columns, next input, cache column and step counter, for the sampled rows of a
+batch, leaving the others untouched."""
 
 from __future__ import annotations
 
@@ -19,23 +20,28 @@ DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}  # `sample` takes torch ops for bfloat16
 
 
-def _buffers(vocab: int, columns: int, dim: int, dtype: torch.dtype, seed: int, scale: float) -> dict:
-    """A step's inputs: logits over `vocab` columns (of which the step samples the first `columns`), a random seen
-    set, earlier tokens, and a position table."""
+def _buffers(vocab: int, columns: int, dim: int, dtype: torch.dtype, seed: int, scale: float, rows: int = 1,
+             sampled: int = 1) -> dict:
+    """A step's inputs: logits over `vocab` columns (of which the step samples the first `columns`) for `rows` rows
+    of which `sampled` (a random subset, in random order) are sampled, a random seen set, earlier tokens, and a
+    position table."""
     gen = torch.Generator().manual_seed(seed)
     steps = 40
     step = int(torch.randint(0, steps - 1, (1,), generator=gen))
+    alive = torch.randperm(rows, generator=gen)[:sampled]
+    lagging = torch.randint(0, step + 1, (rows,), generator=gen)  # rows that stopped earlier count no further
     values = {
-        "logits": (torch.randn(1, vocab, generator=gen) * scale).to(dtype),
-        "seen": torch.rand(1, vocab, generator=gen) < 0.3,
-        "q": torch.empty(1, columns).exponential_(1, generator=gen).to(dtype),
-        "tokens": torch.randint(0, vocab, (1, steps), generator=gen),
-        "eos": torch.rand(1, steps, generator=gen) < 0.5,
-        "step": torch.tensor([step]),
+        "logits": (torch.randn(rows, vocab, generator=gen) * scale).to(dtype),
+        "seen": torch.rand(rows, vocab, generator=gen) < 0.3,
+        "q": torch.empty(sampled, columns).exponential_(1, generator=gen).to(dtype),
+        "alive": alive,
+        "tokens": torch.randint(0, vocab, (rows, steps), generator=gen),
+        "eos": torch.rand(rows, steps, generator=gen) < 0.5,
+        "step": lagging.index_fill_(0, alive, step),
         "prefix": torch.tensor([int(torch.randint(1, 200, (1,), generator=gen))]),
         "prompt": torch.tensor([int(torch.randint(1, 100, (1,), generator=gen))]),
         "position": torch.zeros(1, dtype=torch.long),
-        "x": torch.zeros(1, dim, dtype=dtype),
+        "x": torch.randn(rows, dim, generator=gen).to(dtype),
     }
     embedding = Embedding(torch.randn(vocab, dim, generator=gen).to(dtype),
                           torch.randn(1, 200, dim, generator=gen).to(dtype), torch.rand(1, generator=gen).to(dtype),
@@ -48,12 +54,16 @@ def _buffers(vocab: int, columns: int, dim: int, dtype: torch.dtype, seed: int, 
 @settings(max_examples=40, deadline=None)
 @given(dtype=st.sampled_from(sorted(DTYPES)), vocab=st.sampled_from([1025, 300, 17]), early=st.booleans(),
        top_k=st.sampled_from([1, 5, 15, 50, 2000]), temperature=st.sampled_from([1.0, 0.6, 1.3, 0.05]),
-       penalty=st.sampled_from([1.35, 1.0, 0.8]), scale=st.sampled_from([3.0, 0.01]), seed=st.integers(0, 10_000))
-def test_fused_sampling_equals_the_reference(dtype, vocab, early, top_k, temperature, penalty, scale, seed) -> None:
+       penalty=st.sampled_from([1.35, 1.0, 0.8]), scale=st.sampled_from([3.0, 0.01]), seed=st.integers(0, 10_000),
+       rows=st.sampled_from([1, 3, 8]), data=st.data())
+def test_fused_sampling_equals_the_reference(dtype, vocab, early, top_k, temperature, penalty, scale, seed, rows,
+                                             data) -> None:
     columns = vocab - 1 if early else vocab  # the EOS column (the last) removed for the first steps
     eos_id = vocab - 1
     sampling = Sampling(top_k, 1.0, temperature, penalty)
-    expected, embedding = _buffers(vocab, columns, 64, DTYPES[dtype], seed, scale)
+    sampled = data.draw(st.integers(1, rows), label="sampled")
+    expected, embedding = _buffers(vocab, columns, 64, DTYPES[dtype], seed, scale, rows, sampled)
+    before = {k: v.clone() for k, v in expected.items()}
     got = {k: v.clone() for k, v in expected.items()}
     sample_reference(**expected, embedding=embedding, eos_id=eos_id, s=sampling)
     sample_triton(**got, embedding=embedding, eos_id=eos_id, s=sampling)
@@ -64,6 +74,9 @@ def test_fused_sampling_equals_the_reference(dtype, vocab, early, top_k, tempera
     if DEVICE == "cuda" and dtype == "float16":  # measured on the H100 (run 27): the next input differs from
         ulp = expected["x"].float().abs() * 2**-10 + 2**-24  # torch's by one unit in the last place at some columns
         assert bool(((got["x"].float() - expected["x"].float()).abs() <= ulp).all())
+    others = torch.ones(rows, dtype=torch.bool, device=DEVICE).index_fill_(0, expected["alive"], False)
+    for name in ("logits", "seen", "tokens", "eos", "step", "x"):  # rows not sampled are left as they were
+        assert torch.equal(expected[name][others], before[name][others]), name
 
 
 def test_a_near_tie_goes_to_the_lowest_column_as_in_torch() -> None:
@@ -75,7 +88,7 @@ def test_a_near_tie_goes_to_the_lowest_column_as_in_torch() -> None:
     sampling = Sampling(15, 1.0, 1.0, 1.35)
     sample_reference(**expected, embedding=embedding, eos_id=1024, s=sampling)
     sample_triton(**buffers, embedding=embedding, eos_id=1024, s=sampling)
-    step = int(expected["step"]) - 1
+    step = int(expected["step"][0]) - 1
     assert int(buffers["tokens"][0, step]) == int(expected["tokens"][0, step]) == 0
 
 

@@ -18,8 +18,15 @@ per step and `argmax(probs / q)`; stop when the sample or the penalised argmax i
 1500-step cap; upstream's output slicing of `infer_panel_naive` and of `infer_panel_batch_infer`. Steps run past a
 stop are undone on the random generator (it is rewound to the state upstream leaves).
 
-Scope: one sequence with a prompt (batch 1: api_v2's default `batch_size=1`, and every row of
-`infer_panel_naive_batched`); batches of several rows, prompt-free and streaming calls go to upstream's own methods.
+Batches (`infer_panel_batch_infer`, up to `MAX_ROWS` rows, in row buckets) follow upstream's batched decode: each
+row's text embedded on its own and left-padded to the batch's `max_len` (a row never attends its padding), all rows
+stepping together, and a row leaving the batch at its stop. Upstream draws one noise row per unfinished row, so the
+step is captured per number of unfinished rows; when a row stops inside a chunk of `CHECK_EVERY` steps while others
+go on, the chunk is replayed from its start up to the stop (buffers and generator restored) and the rest decode
+without it, so every draw has upstream's shape.
+
+Scope: sequences with a prompt (api_v2's requests of any `batch_size`, and every row of
+`infer_panel_naive_batched`); prompt-free and streaming calls go to upstream's own methods.
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ import time
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import OptimizeConfig
-from ..kernels.t2s_decode import flatten, stack, t2s_decode_step
+from ..kernels.t2s_decode import flatten, stack, t2s_decode_step, visible_columns
 from ..kernels.t2s_sample import Embedding, Sampling, sample
 from ..runner import GRAPH_MODES
 from .accelerator import HANDLE, Accelerator, install, resolve_config, uninstall
@@ -46,26 +54,31 @@ MAX_STEPS = 1500  # upstream's cap (60 s of audio per segment)
 EARLY_STEPS = 11  # steps that cannot emit EOS (its column is removed)
 CHECK_EVERY = 16  # decode steps between two reads of the EOS flags (one host sync each)
 CAPACITIES = (1024, 2048, 4096)  # KV-cache lengths; a request takes the smallest that holds prefix + steps
+ROW_BUCKETS = (1, 2, 4, 8, 16)  # batch rows of the caches and graphs; a batch takes the smallest that holds it
+MAX_ROWS = ROW_BUCKETS[-1]
+SNAPSHOT = ("logits", "seen", "step", "x", "position")  # what a replayed chunk restores (the caches are rewritten)
 
 
 class _State:
-    """Static buffers of one capacity bucket (batch 1): the caches, the current logits, the decoded tokens, EOS flags,
-    seen columns, the next input, the device-side step counter and offsets that a captured step reads, and the
-    embedding it reads."""
+    """Static buffers of one capacity and row bucket: the caches, the current logits, the decoded tokens, EOS flags,
+    seen columns, the next input, each row's step counter and first column, the rows still decoding, the offsets
+    that a captured step reads, and the embedding it reads."""
 
-    def __init__(self, model: nn.Module, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, capacity: int, rows: int, dtype: torch.dtype, device: torch.device) -> None:
         layers, dim, heads = len(model.h.layers), model.model_dim, model.num_head
         vocab = model.ar_predict_layer.out_features
-        cache = (layers, 1, heads, capacity, dim // heads)
+        cache = (layers, rows, heads, capacity, dim // heads)
         self.k = torch.zeros(cache, dtype=dtype, device=device)
         self.v = torch.zeros(cache, dtype=dtype, device=device)
-        self.logits = torch.zeros(1, vocab, dtype=dtype, device=device)
-        self.x = torch.zeros(1, dim, dtype=dtype, device=device)  # the next step's input
+        self.logits = torch.zeros(rows, vocab, dtype=dtype, device=device)
+        self.x = torch.zeros(rows, dim, dtype=dtype, device=device)  # the next step's input
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # the cache column the next step writes
-        self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
-        self.tokens = torch.zeros(1, MAX_STEPS, dtype=torch.long, device=device)
-        self.eos = torch.zeros(1, MAX_STEPS, dtype=torch.bool, device=device)
-        self.step = torch.zeros(1, dtype=torch.long, device=device)
+        self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device)
+        self.tokens = torch.zeros(rows, MAX_STEPS, dtype=torch.long, device=device)
+        self.eos = torch.zeros(rows, MAX_STEPS, dtype=torch.bool, device=device)
+        self.step = torch.zeros(rows, dtype=torch.long, device=device)
+        self.start = torch.zeros(rows, dtype=torch.long, device=device)  # each row's first column (its padding)
+        self.alive = torch.arange(rows, device=device)  # the rows a step samples: the first `n` entries
         self.prefix = torch.zeros(1, dtype=torch.long, device=device)  # text + prompt tokens
         self.prompt = torch.zeros(1, dtype=torch.long, device=device)  # prompt tokens (audio position offset)
         self.columns = torch.arange(capacity, device=device)
@@ -74,16 +87,24 @@ class _State:
                                    position.pe.to(device=device, dtype=dtype).clone(), position.alpha, position.x_scale)
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).clone() for name in SNAPSHOT}
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        for name, value in saved.items():
+            getattr(self, name).copy_(value)
+
 
 class T2SAccelerator(Accelerator):
     """What `optimize_t2s` installed on one `Text2SemanticDecoder` (`model.tts_compile`): the decode, counters, switch.
-    Counters: calls, optimized and upstream calls, fallbacks, captures, decoded steps, host syncs."""
+    Counters: calls, optimized and upstream calls, fallbacks, captures, decoded steps, host syncs, steps decoded
+    again (a batch row stopped inside a chunk)."""
 
     name = "optimize_t2s"
     methods = ("infer_panel_naive", "infer_panel_batch_infer", "infer_panel")
 
     def __init__(self, model: nn.Module, config: OptimizeConfig) -> None:
-        super().__init__(model, config, ("calls", "optimized", "upstream", "captures", "steps", "syncs"))
+        super().__init__(model, config, ("calls", "optimized", "upstream", "captures", "steps", "syncs", "redone"))
         self.model = model
         self.layers = [_layer_weights(layer) for layer in model.h.layers]
         self.heads = model.num_head
@@ -102,18 +123,19 @@ class T2SAccelerator(Accelerator):
                           **kwargs) -> Iterator[tuple[torch.Tensor, int]]:
         """Upstream's generator: yields `(y, idx)` once, y = prompt + generated tokens (1, L)."""
         args = (x, x_lens, prompts, bert_feature, top_k, top_p, early_stop_num, temperature, repetition_penalty)
-        if streaming_mode or not self._eligible(x, prompts, top_k):
+        eligible = x.dim() == 2 and x.shape[0] == 1 and bert_feature.dim() == 3 and bert_feature.shape[0] == 1
+        if streaming_mode or not eligible or not self._eligible([x[0]], prompts, [bert_feature[0]], x.shape[1], top_k):
             self.counters["upstream"] += 1
             yield from self.original["infer_panel_naive"](*args, streaming_mode=streaming_mode,
                                                           chunk_length=chunk_length, **kwargs)
             return
         try:
-            tokens, idx, eos = self._run(x, prompts, bert_feature, top_k, top_p, early_stop_num, temperature,
-                                         repetition_penalty)
+            [(tokens, idx, eos)] = self._run([x[0]], prompts, [bert_feature[0]], x.shape[1], top_k, top_p,
+                                             early_stop_num, temperature, repetition_penalty)
         except Exception as exc:
             yield from self.serve_upstream(exc, lambda: list(self.original["infer_panel_naive"](*args, **kwargs)))
             return
-        yield torch.cat((prompts, tokens[:, : idx + (0 if eos else 1)].to(prompts.dtype)), dim=1), idx
+        yield torch.cat((prompts, tokens[None, : idx + (0 if eos else 1)].to(prompts.dtype)), dim=1), idx
 
     def infer_panel(self, *args, **kwargs) -> tuple[torch.Tensor, int]:
         """Upstream's `infer_panel`: the first (only) item of `infer_panel_naive`."""
@@ -121,147 +143,183 @@ class T2SAccelerator(Accelerator):
 
     def infer_panel_batch_infer(self, x, x_lens, prompts, bert_feature, top_k=-100, top_p=100, early_stop_num=-1,
                                 temperature=1.0, repetition_penalty=1.35, **kwargs) -> tuple[list, list]:
-        """Upstream's batched decode: `([y_row (L,)], [idx])`; batch 1 here, several rows upstream's own."""
+        """Upstream's batched decode: `([y_row (L,)], [idx])`, rows left-padded to `max_len` (TTS.run's keyword)."""
         args = (x, x_lens, prompts, bert_feature, top_k, top_p, early_stop_num, temperature, repetition_penalty)
-        if len(x) != 1 or not self._eligible(x[0][None], prompts, top_k) or "max_len" in kwargs:
+        lengths = [len(row) for row in x] if isinstance(x, (list, tuple)) else []
+        width = int(kwargs.get("max_len", max(lengths, default=0)))
+        if not (lengths and self._eligible(x, prompts, bert_feature, width, top_k) and
+                (x_lens is None or [int(n) for n in x_lens] == lengths)):
             self.counters["upstream"] += 1
             return self.original["infer_panel_batch_infer"](*args, **kwargs)
         try:
-            tokens, idx, _ = self._run(x[0][None], prompts, bert_feature[0][None], top_k, top_p, early_stop_num,
-                                       temperature, repetition_penalty)
+            rows = self._run(x, prompts, bert_feature, width, top_k, top_p, early_stop_num, temperature,
+                             repetition_penalty)
         except Exception as exc:
             return self.serve_upstream(exc, lambda: self.original["infer_panel_batch_infer"](*args, **kwargs))
         # upstream keeps y[:-1] on EOS and on early stop alike
-        return [torch.cat((prompts[0], tokens[0, :idx].to(prompts.dtype)))], [idx]
+        return ([torch.cat((prompt, tokens[:idx].to(prompt.dtype))) for prompt, (tokens, idx, _) in zip(prompts, rows)],
+                [idx for _, idx, _ in rows])
 
     # --- the decode ----------------------------------------------------------------------------------------------
 
-    def _eligible(self, x: torch.Tensor, prompts: torch.Tensor | None, top_k: Any) -> bool:
-        return self.active and prompts is not None and prompts.dim() == 2 and prompts.shape[0] == 1 and \
-            x.dim() == 2 and x.shape[0] == 1 and isinstance(top_k, int) and top_k >= 1
+    def _eligible(self, x, prompts: torch.Tensor | None, bert, width: int, top_k: Any) -> bool:
+        """Rows of phones (L_i,) with BERT features (1024, L_i), one prompt row each, at most `MAX_ROWS`, padded to
+        `width`; a top-k sampler."""
+        return self.active and prompts is not None and prompts.dim() == 2 and \
+            0 < len(x) == prompts.shape[0] == len(bert) <= MAX_ROWS and isinstance(top_k, int) and top_k >= 1 and \
+            all(row.dim() == 1 and feature.dim() == 2 and feature.shape[1] == len(row) <= width
+                for row, feature in zip(x, bert))
 
-    def _run(self, x, prompts, bert, top_k, top_p, early_stop_num, temperature,
-             penalty) -> tuple[torch.Tensor, int, bool]:
-        """(tokens (1, steps), idx, stopped on EOS); on an error the generator is rewound before it propagates."""
+    def _run(self, x, prompts, bert, width, top_k, top_p, early_stop_num, temperature,
+             penalty) -> list[tuple[torch.Tensor, int, bool]]:
+        """Per row (tokens (steps,), idx, stopped on EOS); on an error the generator is rewound before it
+        propagates."""
         self.counters["calls"] += 1
         sampling = Sampling(int(top_k), float(top_p), float(temperature), float(penalty))
-        generator = RngState(x.device)
+        generator = RngState(prompts.device)
         try:
             with self._lock, torch.inference_mode():
-                result = self._decode(x, prompts, bert, sampling, int(early_stop_num))
+                result = self._decode(x, prompts, bert, int(width), sampling, int(early_stop_num))
         except Exception:
             generator.restore()
             raise
         self.counters["optimized"] += 1
         return result
 
-    def _decode(self, x, prompts, bert, sampling: Sampling, early_stop_num: int) -> tuple[torch.Tensor, int, bool]:
+    def _decode(self, x, prompts, bert, width: int, sampling: Sampling,
+                early_stop_num: int) -> list[tuple[torch.Tensor, int, bool]]:
         # upstream stops once (generated tokens) > early_stop_num, unless it is -1
         last = MAX_STEPS - 1 if early_stop_num == -1 else min(MAX_STEPS - 1, max(early_stop_num, 0))
-        state = self._prefill(x, prompts, bert, last + 1)
-        step = 0
-        while True:
-            rng, start = RngState(x.device), step
+        state = self._prefill(x, prompts, bert, width, last + 1)
+        alive, ends, step = list(range(len(x))), {}, 0
+        while alive:
+            rng, start, saved = RngState(prompts.device), step, state.snapshot() if len(alive) > 1 else None
             for _ in range(min(CHECK_EVERY, last + 1 - step)):
-                self._step(state, sampling, step)
+                self._step(state, sampling, step, len(alive))
                 step += 1
             self.counters["steps"] += step - start
             self.counters["syncs"] += 1
-            flags = state.eos[0, start:step].nonzero()
-            if len(flags) or step > last:
-                stop = start + int(flags[0]) if len(flags) else last
-                self._rewind(rng, state, start, stop)
-                return state.tokens[:, : stop + 1].clone(), stop, bool(len(flags))
+            flags = state.eos[alive, start:step].cpu()
+            hits = flags.any(dim=0).nonzero()
+            if not len(hits) and step <= last:
+                continue
+            stop = start + int(hits[0]) if len(hits) else last
+            stopped = [row for row, flag in zip(alive, flags[:, stop - start].tolist()) if flag or stop == last]
+            ends.update({row: (stop, bool(flags[alive.index(row), stop - start])) for row in stopped})
+            if len(stopped) == len(alive):
+                self._rewind(rng, state, start, stop, len(alive))
+                break
+            if stop < step - 1:  # the steps after `stop` drew noise for rows that upstream has dropped: redo
+                state.restore(saved)
+                rng.restore()
+                for redo in range(start, stop + 1):
+                    self._step(state, sampling, redo, len(alive))
+                self.counters["redone"] += stop + 1 - start
+            alive = [row for row in alive if row not in ends]
+            state.alive[: len(alive)].copy_(torch.tensor(alive))
+            step = stop + 1
+        tokens = state.tokens[: len(x)].clone()
+        return [(tokens[row, : ends[row][0] + 1], *ends[row]) for row in range(len(x))]
 
-    def _prefill(self, x, prompts, bert, steps: int) -> _State:
-        """Embed the prefix like upstream and run it through the layers, filling the cache; logits of its last row."""
-        m = self.model
-        text = m.ar_text_position(m.ar_text_embedding(x) + m.bert_proj(bert.transpose(1, 2)))
-        audio = m.ar_audio_position(m.ar_audio_embedding(prompts))
-        xy = torch.cat((text, audio), dim=1)
-        n_text, n_prompt = text.shape[1], audio.shape[1]
-        state = self._state(n_text + n_prompt + steps, xy.dtype, xy.device)
+    def _prefill(self, x, prompts, bert, width: int, steps: int) -> _State:
+        """Embed the rows like upstream (each row's text on its own, then left-padded to `width`) and run them
+        through the layers, filling the cache; logits of their last position."""
+        m, batch = self.model, len(x)
+        text = [m.ar_text_position(m.ar_text_embedding(row[None]) + m.bert_proj(feature.transpose(0, 1)[None]))[0]
+                for row, feature in zip(x, bert)]
+        text = torch.stack([F.pad(row, (0, 0, width - row.shape[0], 0)) for row in text])
+        xy = torch.cat((text, m.ar_audio_position(m.ar_audio_embedding(prompts))), dim=1)
+        n_text, n_prompt = width, prompts.shape[1]
+        state = self._state(n_text + n_prompt + steps, batch, xy.dtype, xy.device)
         if n_prompt + steps > state.embedding.pe.shape[1]:
             raise ValueError(f"{n_prompt} prompt tokens + {steps} steps exceed the {state.embedding.pe.shape[1]} "
                              "audio positions of ar_audio_position.pe")
+        rows = state.x.shape[0]
+        state.start.copy_(torch.tensor([width - len(row) for row in x] + [0] * (rows - batch)))
         columns = state.columns[None, :]
-        rows = torch.arange(n_text + n_prompt, device=xy.device)[:, None]
-        visible = (columns < n_text) | ((columns >= n_text) & (columns <= rows) & (rows >= n_text))
-        out = stack(self.layers, self.heads, xy, state.k, state.v, rows[:, 0], visible[None, None])
+        positions = torch.arange(n_text + n_prompt, device=xy.device)[:, None]
+        visible = (columns < n_text) | ((columns >= n_text) & (columns <= positions) & (positions >= n_text))
+        visible = visible[None] & (columns >= state.start[:, None, None])  # a row never sees its padding
+        xy = F.pad(xy, (0, 0, 0, 0, 0, rows - batch))  # the bucket's spare rows decode zeros, unread
+        out = stack(self.layers, self.heads, xy, state.k, state.v, positions[:, 0], visible[:, None])
         state.logits.copy_(self.predict(out[:, -1]))
         state.seen.zero_()
-        state.seen.scatter_(1, prompts.long(), True)
+        state.seen[:batch].scatter_(1, prompts.long(), True)
+        state.x.zero_()
         state.eos.zero_()
         state.step.zero_()
+        state.alive.copy_(torch.arange(rows))
         state.prefix.fill_(n_text + n_prompt)
         state.prompt.fill_(n_prompt)
         return state
 
-    def _state(self, length: int, dtype: torch.dtype, device: torch.device) -> _State:
+    def _state(self, length: int, batch: int, dtype: torch.dtype, device: torch.device) -> _State:
         capacity = next((c for c in CAPACITIES if c >= length), None)
         if capacity is None:
             raise ValueError(f"prefix + steps = {length} exceeds the largest KV-cache capacity {CAPACITIES[-1]}")
-        key = (capacity, dtype, device)
+        rows = next(r for r in ROW_BUCKETS if r >= batch)
+        key = (capacity, rows, dtype, device)
         if key not in self._states:
-            self._states[key] = _State(self.model, capacity, dtype, device)
+            self._states[key] = _State(self.model, capacity, rows, dtype, device)
         return self._states[key]
 
-    def _step(self, state: _State, sampling: Sampling, step: int) -> None:
-        """One decode step: replayed from its graph on CUDA in the graph modes, run directly otherwise."""
+    def _step(self, state: _State, sampling: Sampling, step: int, alive: int) -> None:
+        """One decode step of the first `alive` rows of `state.alive`: replayed from its graph on CUDA in the graph
+        modes, run directly otherwise."""
         vocab = state.logits.shape[1] - (1 if step < EARLY_STEPS else 0)
         if state.k.device.type != "cuda" or self.config.compile_mode not in GRAPH_MODES:
-            self._step_body(state, sampling, vocab)
+            self._step_body(state, sampling, vocab, alive)
             return
-        key = (sampling, vocab)
+        key = (sampling, vocab, alive)
         if key not in state.graphs:
-            state.graphs[key] = self._capture(state, sampling, vocab)
+            state.graphs[key] = self._capture(state, sampling, vocab, alive)
         state.graphs[key].replay()
 
-    def _step_body(self, state: _State, sampling: Sampling, vocab: int) -> None:
-        """Sample from the current logits (upstream's `exponential_` draw), record the token, embed it, run the
-        layers, write the next logits."""
-        q = torch.empty(1, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
-        sample(state.logits, state.seen, q, state.tokens, state.eos, state.step, state.prefix, state.prompt,
-               state.position, state.x, state.embedding, self.model.EOS, sampling, fused=self.kernels)
+    def _step_body(self, state: _State, sampling: Sampling, vocab: int, alive: int) -> None:
+        """Sample the rows still decoding from the current logits (upstream's `exponential_` draw, one row each),
+        record the tokens, embed them, run the layers, write the next logits."""
+        q = torch.empty(alive, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
+        sample(state.logits, state.seen, q, state.alive[:alive], state.tokens, state.eos, state.step, state.prefix,
+               state.prompt, state.position, state.x, state.embedding, self.model.EOS, sampling, fused=self.kernels)
         if self.kernels:  # Triton on CUDA, the torch layers elsewhere
-            logits = t2s_decode_step(state.x, state.k, state.v, state.position, *self.flat, self.predict.weight,
-                                     self.predict.bias)
+            logits = t2s_decode_step(state.x, state.k, state.v, state.position, state.start, *self.flat,
+                                     self.predict.weight, self.predict.bias)
         else:
-            visible = (state.columns <= state.position)[None, None, None, :]
+            visible = visible_columns(state.columns, state.position, state.start)
             out = stack(self.layers, self.heads, state.x[:, None], state.k, state.v, state.position, visible)
             logits = self.predict(out[:, -1])
         state.logits.copy_(logits)
 
-    def _capture(self, state: _State, sampling: Sampling, vocab: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, state: _State, sampling: Sampling, vocab: int, alive: int) -> torch.cuda.CUDAGraph:
         """Capture one step (after two warm-up runs on a side stream); buffers and the generator are restored, so
-        the request that triggered it decodes exactly as without the capture."""
+        the request that triggered it decodes exactly as without the capture. The caches need no restoring: the
+        warm-ups write this step's column, rewritten alike by the replay, and the next one, rewritten before it is
+        read."""
         start = time.perf_counter()
-        saved = {name: getattr(state, name).clone()
-                 for name in ("k", "v", "logits", "seen", "tokens", "eos", "step", "x", "position")}
+        saved = {name: getattr(state, name).clone() for name in (*SNAPSHOT, "tokens", "eos")}
         rng = RngState(state.k.device)
         stream = torch.cuda.Stream(state.k.device)
         stream.wait_stream(torch.cuda.current_stream(state.k.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._step_body(state, sampling, vocab)
+                self._step_body(state, sampling, vocab, alive)
         torch.cuda.current_stream(state.k.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            self._step_body(state, sampling, vocab)
-        for name, value in saved.items():
-            getattr(state, name).copy_(value)
+            self._step_body(state, sampling, vocab, alive)
+        state.restore(saved)
         rng.restore()
         self.counters["captures"] += 1
-        logger.info("optimize_t2s: captured a decode step (cache %d, vocab %d, %s) in %.1f s",
-                    state.columns.numel(), vocab, sampling, time.perf_counter() - start)
+        logger.info("optimize_t2s: captured a decode step (cache %d, %d of %d rows, vocab %d, %s) in %.1f s",
+                    state.columns.numel(), alive, state.x.shape[0], vocab, sampling, time.perf_counter() - start)
         return graph
 
-    def _rewind(self, rng: RngState, state: _State, start: int, stop: int) -> None:
+    def _rewind(self, rng: RngState, state: _State, start: int, stop: int, alive: int) -> None:
         """Leave the generator where upstream leaves it: one draw per step up to `stop`, none after."""
         rng.restore()
         for step in range(start, stop + 1):
             vocab = state.logits.shape[1] - (1 if step < EARLY_STEPS else 0)
-            torch.empty(1, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
+            torch.empty(alive, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
 
 
 def _layer_weights(layer: nn.Module) -> tuple:

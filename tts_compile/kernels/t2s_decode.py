@@ -2,7 +2,9 @@
 and one decode step as the `tts_compile::t2s_decode_step` op (Triton kernels on CUDA: `t2s_triton`).
 
 A layer's weights are the 14-tuple (qkv w, b, out w, b, norm1 w, b, eps, ffn1 w, b, ffn2 w, b, norm2 w, b, eps);
-caches are (layers, B, heads, capacity, head_dim), written in place at the positions being computed.
+caches are (layers, B, heads, capacity, head_dim), written in place at the positions being computed. In a decode
+step every row writes the same column `pos` and row r attends columns start[r]..pos (a batch's rows are
+left-padded to one length: row r's first start[r] columns are padding).
 """
 
 from __future__ import annotations
@@ -47,31 +49,38 @@ def unflatten(weights: list[torch.Tensor], eps: list[float]) -> list[tuple]:
     return [(*g[:6], eps[2 * i], *g[6:], eps[2 * i + 1]) for i, g in enumerate(groups)]
 
 
-def decode_step_reference(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, layers: list[tuple],
-                          predict_weight: torch.Tensor, predict_bias: torch.Tensor | None) -> torch.Tensor:
-    """x (rows, dim) at cache column `pos` (one element) -> logits (rows, vocab); K/V written at `pos`."""
+def visible_columns(columns: torch.Tensor, pos: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """The decode step's attention mask (rows, 1, 1, capacity): columns start[r]..pos of `columns` (0..capacity-1)."""
+    return ((columns <= pos) & (columns >= start[:, None]))[:, None, None, :]
+
+
+def decode_step_reference(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, start: torch.Tensor,
+                          layers: list[tuple], predict_weight: torch.Tensor,
+                          predict_bias: torch.Tensor | None) -> torch.Tensor:
+    """x (rows, dim) at cache column `pos` (one element), row r attending from column start[r] -> logits (rows,
+    vocab); K/V written at `pos`."""
     heads = k.shape[2]
-    visible = (torch.arange(k.shape[3], device=x.device) <= pos)[None, None, None, :]
+    visible = visible_columns(torch.arange(k.shape[3], device=x.device), pos, start)
     out = stack(layers, heads, x[:, None], k, v, pos.reshape(1), visible)
     return F.linear(out[:, 0], predict_weight, predict_bias)
 
 
 @torch.library.custom_op("tts_compile::t2s_decode_step", mutates_args=("k", "v"))
-def t2s_decode_step(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+def t2s_decode_step(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, start: torch.Tensor,
                     weights: list[torch.Tensor], eps: list[float], predict_weight: torch.Tensor,
                     predict_bias: torch.Tensor | None) -> torch.Tensor:
     """One decode step through every layer and the logits projection (`flatten` gives weights and eps): Triton
     kernels on CUDA, `decode_step_reference` elsewhere."""
-    return decode_step_reference(x, k, v, pos, unflatten(weights, eps), predict_weight, predict_bias)
+    return decode_step_reference(x, k, v, pos, start, unflatten(weights, eps), predict_weight, predict_bias)
 
 
 @t2s_decode_step.register_kernel("cuda")
-def _t2s_decode_step_cuda(x, k, v, pos, weights, eps, predict_weight, predict_bias):
+def _t2s_decode_step_cuda(x, k, v, pos, start, weights, eps, predict_weight, predict_bias):
     from .t2s_triton import decode_step_triton
 
-    return decode_step_triton(x, k, v, pos, unflatten(weights, eps), predict_weight, predict_bias)
+    return decode_step_triton(x, k, v, pos, start, unflatten(weights, eps), predict_weight, predict_bias)
 
 
 @t2s_decode_step.register_fake
-def _t2s_decode_step_fake(x, k, v, pos, weights, eps, predict_weight, predict_bias):
+def _t2s_decode_step_fake(x, k, v, pos, start, weights, eps, predict_weight, predict_bias):
     return x.new_empty(x.shape[0], predict_weight.shape[0])

@@ -9,9 +9,11 @@ top-k (columns below the k-th largest value masked, ties kept), softmax, and the
 stops when the sample or the penalised argmax is EOS. Every elementwise result is rounded to the model dtype where
 torch rounds it; reductions run in float32 as torch's do.
 
-Buffers (batch 1, mutated in place): `tokens` / `eos` (1, steps) get the sample and its stop flag at `step`; `seen`
-(1, vocab) marks the sample; `x` (1, dim) becomes `embedding[token] * x_scale + alpha * pe[prompt + step]`;
-`position` = prefix + step, the cache column the layers write; `step` advances by one.
+Buffers (R rows, mutated in place): the step samples the rows `alive` (n,), row `alive[i]` racing against `q[i]`
+(upstream draws one row of noise per unfinished row); other rows are left as they are. For a sampled row r,
+`tokens` / `eos` (R, steps) get the sample and its stop flag at `step[r]`; `seen` (R, vocab) marks the sample; `x`
+(R, dim) becomes `embedding[token] * x_scale + alpha * pe[prompt + step[r]]`; `position` = prefix + step[r], the
+cache column the layers write (the same for every sampled row); `step[r]` advances by one.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class Embedding:
 
 
 def probabilities(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
-    """(penalised logits, probabilities) of (1, vocab) logits: penalty, top-p, temperature, top-k, softmax."""
+    """(penalised logits, probabilities) of (rows, vocab) logits: penalty, top-p, temperature, top-k, softmax."""
     if s.repetition_penalty != 1.0:
         p = s.repetition_penalty
         logits = torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
@@ -63,34 +65,37 @@ def probabilities(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> tupl
     return logits, F.softmax(torch.where(scores < pivot, -float("inf"), scores), dim=-1)
 
 
-def sample_reference(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                     eos: torch.Tensor, step: torch.Tensor, prefix: torch.Tensor, prompt: torch.Tensor,
-                     position: torch.Tensor, x: torch.Tensor, embedding: Embedding, eos_id: int,
+def sample_reference(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, alive: torch.Tensor,
+                     tokens: torch.Tensor, eos: torch.Tensor, step: torch.Tensor, prefix: torch.Tensor,
+                     prompt: torch.Tensor, position: torch.Tensor, x: torch.Tensor, embedding: Embedding, eos_id: int,
                      s: Sampling) -> None:
-    """The sampling step in torch ops over the first `q.shape[1]` columns of `logits`."""
+    """The sampling step in torch ops over the first `q.shape[1]` columns of the rows `alive`."""
     vocab = q.shape[1]
-    penalised, probs = probabilities(logits[:, :vocab], seen[:, :vocab], s)
-    token = torch.argmax(probs / q, dim=-1, keepdim=True)
+    penalised, probs = probabilities(logits.index_select(0, alive)[:, :vocab], seen.index_select(0, alive)[:, :vocab],
+                                     s)
+    token = torch.argmax(probs / q, dim=-1)
     stop = token == eos_id
     if vocab > eos_id:
-        stop |= torch.argmax(penalised, dim=-1, keepdim=True) == eos_id
-    tokens.index_copy_(1, step, token)
-    eos.index_copy_(1, step, stop)
-    seen.scatter_(1, token, True)
-    pe = embedding.pe.index_select(1, prompt + step).to(x.dtype)[0]
-    x.copy_(F.embedding(token[0], embedding.weight) * embedding.x_scale + embedding.alpha * pe)
-    position.copy_(prefix + step)
-    step += 1
+        stop |= torch.argmax(penalised, dim=-1) == eos_id
+    steps = step.index_select(0, alive)
+    tokens.index_put_((alive, steps), token)
+    eos.index_put_((alive, steps), stop)
+    seen.index_put_((alive, token), torch.ones_like(stop))
+    pe = embedding.pe[0].index_select(0, prompt + steps).to(x.dtype)
+    x.index_copy_(0, alive, F.embedding(token, embedding.weight) * embedding.x_scale + embedding.alpha * pe)
+    position.copy_(prefix + steps[:1])
+    step.index_add_(0, alive, torch.ones_like(steps))
 
 
-def sample(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, eos: torch.Tensor,
-           step: torch.Tensor, prefix: torch.Tensor, prompt: torch.Tensor, position: torch.Tensor, x: torch.Tensor,
-           embedding: Embedding, eos_id: int, s: Sampling, fused: bool) -> None:
+def sample(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, alive: torch.Tensor, tokens: torch.Tensor,
+           eos: torch.Tensor, step: torch.Tensor, prefix: torch.Tensor, prompt: torch.Tensor, position: torch.Tensor,
+           x: torch.Tensor, embedding: Embedding, eos_id: int, s: Sampling, fused: bool) -> None:
     """The sampling step: one Triton launch when `fused` (CUDA, float16 or float32, top-p 1, vocabulary <= BLOCK),
     torch ops otherwise (bfloat16: the launch's embedding differed from torch's in the last bit on the H100)."""
+    args = (logits, seen, q, alive, tokens, eos, step, prefix, prompt, position, x, embedding, eos_id, s)
     if fused and logits.is_cuda and x.dtype in FUSED_DTYPES and s.top_p >= 1.0 and q.shape[1] <= BLOCK:
         from .t2s_sample_triton import sample_triton
 
-        sample_triton(logits, seen, q, tokens, eos, step, prefix, prompt, position, x, embedding, eos_id, s)
+        sample_triton(*args)
     else:
-        sample_reference(logits, seen, q, tokens, eos, step, prefix, prompt, position, x, embedding, eos_id, s)
+        sample_reference(*args)

@@ -35,11 +35,17 @@ def _divide(a, b):
 
 
 @triton.jit
-def _sample_kernel(logits_ptr, seen_ptr, q_ptr, tokens_ptr, eos_ptr, step_ptr, prefix_ptr, prompt_ptr,
-                   position_ptr, x_ptr, weight_ptr, pe_ptr, alpha_ptr, n_cols, top_k, penalty, temperature, x_scale,
-                   eos_id, DIM: tl.constexpr, PENALTY: tl.constexpr, LIBDEVICE: tl.constexpr, KEY_BITS: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def _sample_kernel(logits_ptr, seen_ptr, q_ptr, alive_ptr, tokens_ptr, eos_ptr, step_ptr, prefix_ptr, prompt_ptr,
+                   position_ptr, x_ptr, weight_ptr, pe_ptr, alpha_ptr, n_cols, vocab, max_steps, top_k, penalty,
+                   temperature, x_scale, eos_id, DIM: tl.constexpr, PENALTY: tl.constexpr, LIBDEVICE: tl.constexpr,
+                   KEY_BITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Program i samples row alive[i] against noise row i."""
     dtype = x_ptr.dtype.element_ty
+    i = tl.program_id(0)
+    r = tl.load(alive_ptr + i)
+    logits_ptr += r * vocab
+    seen_ptr += r * vocab
+    q_ptr += i * n_cols
     cols = tl.arange(0, BLOCK)
     valid = cols < n_cols
     logits = tl.load(logits_ptr + cols, mask=valid, other=0.0).to(tl.float32)
@@ -72,31 +78,35 @@ def _sample_kernel(logits_ptr, seen_ptr, q_ptr, tokens_ptr, eos_ptr, step_ptr, p
     token = tl.argmax(race, 0, tie_break_left=True)
     stop = (token == eos_id) | ((n_cols > eos_id) & (penalised_top == eos_id))
 
-    step = tl.load(step_ptr)
-    tl.store(tokens_ptr + step, token.to(tl.int64))
-    tl.store(eos_ptr + step, stop)
+    step = tl.load(step_ptr + r)
+    tl.store(tokens_ptr + r * max_steps + step, token.to(tl.int64))
+    tl.store(eos_ptr + r * max_steps + step, stop)
     tl.store(seen_ptr + token, 1)
     dims = tl.arange(0, DIM)
     row = tl.load(weight_ptr + token * DIM + dims).to(tl.float32)
     pe = tl.load(pe_ptr + (tl.load(prompt_ptr) + step) * DIM + dims).to(dtype).to(tl.float32)
     alpha = tl.load(alpha_ptr).to(tl.float32)
     embedded = (row * x_scale).to(dtype).to(tl.float32) + (alpha * pe).to(dtype).to(tl.float32)
-    tl.store(x_ptr + dims, embedded.to(dtype))
-    tl.store(position_ptr, tl.load(prefix_ptr) + step)
-    tl.store(step_ptr, step + 1)
+    tl.store(x_ptr + r * DIM + dims, embedded.to(dtype))
+    tl.store(position_ptr, tl.load(prefix_ptr) + step)  # the same value from every program
+    tl.store(step_ptr + r, step + 1)
 
 
-def sample_triton(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                  eos: torch.Tensor, step: torch.Tensor, prefix: torch.Tensor, prompt: torch.Tensor,
-                  position: torch.Tensor, x: torch.Tensor, embedding: Embedding, eos_id: int, s: Sampling) -> None:
-    """`sample_reference`'s function in one launch (top-p 1 only; contiguous buffers; dim a power of two)."""
+def sample_triton(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, alive: torch.Tensor,
+                  tokens: torch.Tensor, eos: torch.Tensor, step: torch.Tensor, prefix: torch.Tensor,
+                  prompt: torch.Tensor, position: torch.Tensor, x: torch.Tensor, embedding: Embedding, eos_id: int,
+                  s: Sampling) -> None:
+    """`sample_reference`'s function in one launch, a program per sampled row (top-p 1 only; contiguous buffers; dim
+    a power of two)."""
     dim, vocab = x.shape[-1], q.shape[1]
     if s.top_p < 1.0 or vocab > BLOCK or dim & (dim - 1):
         raise ValueError(f"sample_triton: top_p={s.top_p} (needs 1), vocabulary {vocab} (at most {BLOCK}), "
                          f"dim {dim} (a power of two)")
-    _sample_kernel[(1,)](logits, seen, q, tokens, eos, step, prefix, prompt, position, x, embedding.weight,
-                         embedding.pe, embedding.alpha, vocab, min(s.top_k, vocab), s.repetition_penalty,
-                         max(s.temperature, 1e-5), embedding.x_scale, eos_id, DIM=dim,
-                         PENALTY=s.repetition_penalty != 1.0, LIBDEVICE=logits.is_cuda,
-                         KEY_BITS=8 * x.element_size(), BLOCK=BLOCK,
-                         num_warps=NUM_WARPS)
+    if not all(t.is_contiguous() for t in (logits, seen, q, tokens, eos, x)):
+        raise ValueError("sample_triton: logits, seen, q, tokens, eos and x must be contiguous")
+    _sample_kernel[(len(alive),)](logits, seen, q, alive, tokens, eos, step, prefix, prompt, position, x,
+                                  embedding.weight, embedding.pe, embedding.alpha, vocab, logits.shape[1],
+                                  tokens.shape[1], min(s.top_k, vocab), s.repetition_penalty,
+                                  max(s.temperature, 1e-5), embedding.x_scale, eos_id, DIM=dim,
+                                  PENALTY=s.repetition_penalty != 1.0, LIBDEVICE=logits.is_cuda,
+                                  KEY_BITS=8 * x.element_size(), BLOCK=BLOCK, num_warps=NUM_WARPS)

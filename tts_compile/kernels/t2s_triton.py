@@ -4,7 +4,7 @@ At batch 1 a step is latency-bound: cuBLAS, SDPA and the layer norms cost ~14 la
 microseconds of mostly idle GPU (H100 profile, benchmarks/results/2026-11-25-h100-t2s-profile.txt). Here a layer is
 
     qkv     [LN2 of the previous layer's sum] -> x @ Wqkv^T + b, K and V also written into the caches at `pos`
-    attend  softmax(q K^T / sqrt(hd)) V over cache columns 0..pos, one program per (row, head)
+    attend  softmax(q K^T / sqrt(hd)) V over cache columns start[row]..pos, one program per (row, head)
     out     attn @ Wo^T + bo + x                       (the pre-LN1 sum)
     ffn1    LN1 -> h;  relu(h @ W1^T + b1)             (program 0 also stores h: the residual of ffn2)
     ffn2    f @ W2^T + b2 + h                          (the pre-LN2 sum, normalised by its consumer)
@@ -14,7 +14,8 @@ launch; the last one runs in the logits projection. Products accumulate in float
 dtype; the order of additions differs from cuBLAS's, so results agree with the torch reference to rounding.
 
 Assumptions (checked by `decode_step_triton`): at most ROWS rows, contiguous weights of a post-norm layer, caches
-(rows, heads, capacity, head_dim) per layer, `pos` a one-element int64 tensor (the column this step writes).
+(rows, heads, capacity, head_dim) per layer, `pos` a one-element int64 tensor (the column this step writes), `start`
+one int64 per row (its first attended column: the row's left padding).
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ def _cache_store(cache_ptr, y, row, col, dim, pos, heads, capacity, mask, HEAD_D
 
 
 @triton.jit
-def _attend_kernel(qkv_ptr, k_ptr, v_ptr, pos_ptr, out_ptr, heads, capacity, scale,
+def _attend_kernel(qkv_ptr, k_ptr, v_ptr, pos_ptr, start_ptr, out_ptr, heads, capacity, scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
-    """out[row, head] = softmax(q k^T * scale) v over cache columns 0..pos (online softmax, float32)."""
+    """out[row, head] = softmax(q k^T * scale) v over cache columns start[row]..pos (online softmax, float32)."""
     row, head = tl.program_id(0), tl.program_id(1)
     dim = heads * HEAD_DIM
     d = tl.arange(0, BLOCK_D)
@@ -96,7 +97,7 @@ def _attend_kernel(qkv_ptr, k_ptr, v_ptr, pos_ptr, out_ptr, heads, capacity, sca
     top = tl.full([1], float("-inf"), tl.float32)  # running max of the scores
     total = tl.zeros([1], dtype=tl.float32)  # running sum of exp(score - top)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    t0 = 0
+    t0 = tl.load(start_ptr + row)
     while t0 < length:  # not `range`: Triton's interpreter cannot take a loaded bound there
         t = t0 + tl.arange(0, BLOCK_T)
         mask = (t < length)[:, None] & d_mask[None, :]
@@ -131,23 +132,25 @@ def _linear(x, w, b, out, *, res=None, norm=None, normed=None, qkv=None, relu=Fa
         HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=NUM_WARPS)
 
 
-def _attend(qkv, k_cache, v_cache, pos, out) -> None:
+def _attend(qkv, k_cache, v_cache, pos, start, out) -> None:
     rows, heads, capacity, head_dim = k_cache.shape
-    _attend_kernel[(rows, heads)](qkv, k_cache, v_cache, pos, out, heads, capacity, head_dim ** -0.5,
+    _attend_kernel[(rows, heads)](qkv, k_cache, v_cache, pos, start, out, heads, capacity, head_dim ** -0.5,
                                   HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=BLOCK_T,
                                   num_warps=ATTENTION_WARPS)
 
 
-def decode_step_triton(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+def decode_step_triton(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, start: torch.Tensor,
                        layers: list[tuple], predict_weight: torch.Tensor,
                        predict_bias: torch.Tensor | None) -> torch.Tensor:
-    """x (rows, dim): the embedded tokens; k, v (layers, rows, heads, capacity, hd), written at column `pos`;
+    """x (rows, dim): the embedded tokens; k, v (layers, rows, heads, capacity, hd), written at column `pos`, row r
+    attending from column start[r];
     `layers`: per layer (qkv w, b, out w, b, norm1 w, b, eps, ffn1 w, b, ffn2 w, b, norm2 w, b, eps).
     Returns the logits (rows, vocab) of the last layer's normalised output."""
     rows, dim = x.shape
-    if rows > ROWS or k.shape[1] != rows or k.shape[0] != len(layers) or pos.numel() != 1:
-        raise ValueError(f"decode_step_triton: x {tuple(x.shape)}, caches {tuple(k.shape)} and pos "
-                         f"{tuple(pos.shape)} do not fit (at most {ROWS} rows, one cache per layer, one position)")
+    if rows > ROWS or k.shape[1] != rows or k.shape[0] != len(layers) or pos.numel() != 1 or start.shape != (rows,):
+        raise ValueError(f"decode_step_triton: x {tuple(x.shape)}, caches {tuple(k.shape)}, pos {tuple(pos.shape)} "
+                         f"and start {tuple(start.shape)} do not fit (at most {ROWS} rows, one cache per layer, one "
+                         "position, one start per row)")
     if not all(t.is_contiguous() for w in layers for t in w if isinstance(t, torch.Tensor)) or \
             not (k.is_contiguous() and v.is_contiguous()):
         raise ValueError("decode_step_triton: weights and caches must be contiguous")
@@ -159,7 +162,7 @@ def decode_step_triton(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: t
         if norm is not None:
             xn = normed
         _linear(s if norm is not None else xn, qkv_w, qkv_b, qkv, norm=norm, normed=xn, qkv=(k[i], v[i], pos))
-        _attend(qkv, k[i], v[i], pos, attn)
+        _attend(qkv, k[i], v[i], pos, start, attn)
         _linear(attn, out_w, out_b, s, res=xn)
         _linear(s, w1, b1, f, norm=(n1_w, n1_b, eps1), normed=h, relu=True)
         _linear(f, w2, b2, s, res=h)

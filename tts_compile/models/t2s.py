@@ -78,17 +78,37 @@ class TinyT2S(nn.Module):
     @torch.inference_mode()
     def infer_panel_batch_infer(self, x, x_lens, prompts, bert_feature, top_k=-100, top_p=100, early_stop_num=-1,
                                 temperature=1.0, repetition_penalty=1.35, **kwargs) -> tuple[list, list]:
-        """Rows decoded one by one (the stand-in does not batch); each keeps `y[:-1]`, as upstream's batch path."""
-        rows, indices = [], []
-        for i in range(len(x)):
-            tokens, idx, _ = self._decode(x[i][None], prompts[i : i + 1], bert_feature[i][None], top_k, top_p,
-                                          early_stop_num, temperature, repetition_penalty)
-            rows.append(tokens[0, :-1])
-            indices.append(idx)
-        return rows, indices
+        """Upstream's batched decode: each row's text embedded on its own and left-padded to `max_len` (padding
+        never attended), all rows sampled together (one noise row per unfinished row), a row leaving the batch at
+        its stop with `y[:-1]`."""
+        width = int(kwargs.get("max_len", max(len(row) for row in x)))
+        text = torch.stack([F.pad(self._text(row[None], feature[None]), (0, 0, width - len(row), 0))[0]
+                            for row, feature in zip(x, bert_feature)])
+        padding = torch.tensor([width - len(row) for row in x])
+        alive, y = list(range(len(x))), prompts
+        rows, indices = [None] * len(x), [None] * len(x)
+        for idx in range(MAX_STEPS):
+            audio = self.ar_audio_position(self.ar_audio_embedding(y))
+            logits = self._last_logits(torch.cat((text[alive], audio), dim=1), width, padding[alive])
+            if idx < EARLY_STEPS:
+                logits = logits[:, :-1]
+            token = _sample(logits, y, top_k, top_p, temperature, repetition_penalty)
+            y = torch.cat((y, token), dim=1)
+            capped = (early_stop_num != -1 and y.shape[1] - prompts.shape[1] > early_stop_num) or idx == MAX_STEPS - 1
+            done = (torch.argmax(logits, dim=-1) == self.EOS) | (token[:, 0] == self.EOS) | capped
+            for i in done.nonzero()[:, 0].tolist():
+                rows[alive[i]], indices[alive[i]] = y[i, :-1], idx
+            keep = (~done).nonzero()[:, 0]
+            alive, y = [alive[i] for i in keep.tolist()], y[keep]
+            if not alive:
+                return rows, indices
+        raise AssertionError("unreachable: the loop stops at the cap")
+
+    def _text(self, x: torch.Tensor, bert: torch.Tensor) -> torch.Tensor:
+        return self.ar_text_position(self.ar_text_embedding(x) + self.bert_proj(bert.transpose(1, 2)))
 
     def _decode(self, x, prompts, bert, top_k, top_p, early_stop_num, temperature, penalty):
-        text = self.ar_text_position(self.ar_text_embedding(x) + self.bert_proj(bert.transpose(1, 2)))
+        text = self._text(x, bert)
         n_text, y = text.shape[1], prompts
         for idx in range(MAX_STEPS):
             audio = self.ar_audio_position(self.ar_audio_embedding(y))
@@ -103,12 +123,14 @@ class TinyT2S(nn.Module):
                 return y, idx, eos
         raise AssertionError("unreachable: the loop stops at the cap")
 
-    def _last_logits(self, xy: torch.Tensor, n_text: int) -> torch.Tensor:
-        """Logits of the last row; text rows see the text, audio rows the text and the audio up to themselves."""
+    def _last_logits(self, xy: torch.Tensor, n_text: int, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the last row; text rows see the text, audio rows the text and the audio up to themselves; no
+        row sees the first `padding[b]` columns of its batch row b."""
         length = xy.shape[1]
         rows, columns = torch.arange(length)[:, None], torch.arange(length)[None, :]
         masked = (columns >= n_text) & ((rows < n_text) | (columns > rows))  # True = not attended
-        return self.ar_predict_layer(self.h(xy, mask=masked.to(xy.device))[:, -1])
+        pad = None if padding is None else torch.arange(length)[None, :] < padding[:, None]
+        return self.ar_predict_layer(self.h(xy, mask=masked.to(xy.device), src_key_padding_mask=pad)[:, -1])
 
 
 def _sample(logits, previous, top_k, top_p, temperature, penalty) -> torch.Tensor:
