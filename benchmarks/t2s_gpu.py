@@ -6,6 +6,9 @@ api_v2's sampling defaults (top_k 15, repetition_penalty 1.35) and greedy (top_k
 Steady-state decode rate = 225 tokens / (time(250) - time(25)). Rows: upstream eager (`infer_panel_naive`),
 upstream's CUDA-graph runner (`t2s_model_cudagraph.CUDAGraphRunner`, wired only into its web UI; its own EOS rule,
 so no token parity), and `optimize_t2s` per variant (Triton kernels, or torch ops in the captured step).
+`--batch N`: the same for N rows through `infer_panel_batch_infer` (api_v2 with `batch_size` N; phones 60, 57, 54,
+... left-padded to 60, one prompt), upstream's batched loop against the Triton variant; aggregate tok/s = N * 225 /
+(time(250) - time(25)).
 Usage (repo root, GPU machine): GPT_SOVITS_HOME=upstream python benchmarks/t2s_gpu.py --json out.json
 """
 
@@ -80,6 +83,33 @@ def graph_runner(model, root: Path):
     return run
 
 
+def make_batch(device: str, batch: int):
+    """`batch` rows as TTS.run passes them: phone rows of 60, 57, 54, ... with their BERT features, one prompt."""
+    phones, prompts, bert = make_inputs(device)
+    lengths = [PHONES - 3 * i for i in range(batch)]
+    return ([phones[0, :n] for n in lengths], [bert[0, :, :n] for n in lengths], prompts.repeat(batch, 1),
+            torch.tensor(lengths, device=device))
+
+
+def decode_batch(model, rows, tokens: int, sampling: dict) -> list[torch.Tensor]:
+    phones, bert, prompts, lengths = rows
+    torch.manual_seed(5)
+    dtype = next(model.parameters()).dtype
+    y, _ = model.infer_panel_batch_infer(phones, lengths, prompts, [b.to(dtype) for b in bert], max_len=PHONES,
+                                         early_stop_num=tokens - 1, **sampling)
+    return [row[PROMPT:] for row in y]
+
+
+def measure_batch(model, rows, device, repeats) -> dict:
+    """Aggregate tok/s of `decode_batch` (every row decodes every token: the EOS logit is zeroed), and its greedy
+    rows at the longest length."""
+    times = {n: timed(lambda n=n: decode_batch(model, rows, n, SAMPLING), device, repeats)[1] for n in LENGTHS}
+    greedy = decode_batch(model, rows, LENGTHS[-1], {**SAMPLING, "top_k": 1})
+    batch = len(rows[0])
+    return {"batch": batch, "ms": times, "aggregate_steady_tok_s": batch * (LENGTHS[1] - LENGTHS[0]) /
+            ((times[LENGTHS[1]] - times[LENGTHS[0]]) / 1e3)}, greedy
+
+
 def decode(model, inputs, tokens: int, sampling: dict) -> torch.Tensor:
     phones, prompts, bert = inputs
     torch.manual_seed(5)
@@ -129,6 +159,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script")
     parser.add_argument("--profile", default="", help="write a per-kernel table of 50 uncaptured decode steps here")
+    parser.add_argument("--batch", type=int, default=0, help="also measure this many rows (batched decode)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -162,6 +193,22 @@ def main() -> None:
                    agreement(out[LENGTHS[-1]], ref[LENGTHS[-1]]), "syncs_per_250": stats["syncs"] / stats["calls"]}
             rows.append(row)
             log.info("%s: %s", row["path"], {k: v for k, v in row.items() if k != "path"})
+    batch_rows = []
+    if args.batch:
+        rows_in = make_batch(device.type, args.batch)
+        with torch.inference_mode():
+            upstream_batch, ref_greedy_rows = measure_batch(model, rows_in, device, max(2, args.repeats // 2))
+            batch_rows.append({"path": "upstream eager, batched", **upstream_batch})
+            optimize_t2s(model, **VARIANTS["kernels"])
+            decode_batch(model, rows_in, LENGTHS[-1], SAMPLING)  # the captures
+            ours, greedy_rows = measure_batch(model, rows_in, device, args.repeats)
+            stats = model.tts_compile.optimization_stats()
+            restore_t2s(model)
+            batch_rows.append({"path": "optimize_t2s kernels, batched", **ours, "stats": stats,
+                               "greedy_tokens_agree": [agreement(a, b) for a, b in zip(greedy_rows, ref_greedy_rows)]})
+        for row in batch_rows:
+            log.info("%-32s batch %d: %10.1f %10.1f ms, %9.0f tok/s aggregate %s", row["path"], row["batch"],
+                     row["ms"][25], row["ms"][250], row["aggregate_steady_tok_s"], row.get("greedy_tokens_agree", ""))
     if args.profile:
         with torch.inference_mode():
             profile(model, inputs, args.profile)
@@ -171,7 +218,8 @@ def main() -> None:
                  row["steady_tok_s"], rows[0]["ms"][250] / row["ms"][250])
     with open(args.json, "w") as f:
         json.dump({"device": "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(), "torch": torch.__version__,
-                   "phones": PHONES, "prompt": PROMPT, "sampling": SAMPLING, "rows": rows}, f, indent=1)
+                   "phones": PHONES, "prompt": PROMPT, "sampling": SAMPLING, "rows": rows, "batch_rows": batch_rows},
+                  f, indent=1)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ LAYERS, DIM, HEADS, FFN, VOCAB, CAPACITY, POS = 24, 512, 16, 2048, 1025, 1024, 2
 TILE = ("ELEMENTS", "NUM_WARPS", "BLOCK_T", "ATTENTION_WARPS")  # the module constants swept
 TILES = [(4096, 4, 128, 4), (2048, 4, 128, 4), (8192, 4, 128, 4), (16384, 8, 128, 4), (2048, 2, 128, 4),
          (8192, 8, 128, 4), (4096, 4, 64, 4), (4096, 4, 256, 4), (4096, 4, 256, 8), (4096, 4, 512, 8)]
+# several rows (--rows >= DOT_ROWS): the tensor-core form's tiles
+DOT_TILE = ("DOT_BLOCK_N", "DOT_BLOCK_K", "NUM_WARPS", "BLOCK_T", "ATTENTION_WARPS")
+DOT_TILES = [(16, 512, 4, 512, 8), (16, 256, 4, 512, 8), (16, 2048, 4, 512, 8), (32, 512, 4, 512, 8),
+             (32, 256, 4, 512, 8), (16, 512, 2, 512, 8), (16, 128, 2, 512, 8), (64, 128, 4, 512, 8),
+             (32, 512, 8, 512, 8), (16, 512, 4, 256, 4), (16, 512, 4, 128, 4), (16, 512, 4, 512, 4)]
 
 
 def model(rows: int = 1):
@@ -37,7 +42,7 @@ def model(rows: int = 1):
 
 
 def _set(tile) -> None:
-    for name, value in zip(TILE, tile):
+    for name, value in zip(DOT_TILE if len(tile) == len(DOT_TILE) else TILE, tile):
         setattr(kt, name, value)
 
 
@@ -90,7 +95,7 @@ def main() -> None:
         expected = decode_step_reference(x, k.clone(), v.clone(), pos, start, layers, predict, None)
         torch_us = per_step_us(lambda: decode_step_reference(x, k, v, pos, start, layers, predict, None))
         rows = []
-        for tile in TILES:
+        for tile in DOT_TILES if args.rows >= kt.DOT_ROWS else TILES:
             _set(tile)
             got = kt.decode_step_triton(x, k, v, pos, start, layers, predict, None)
             us = per_step_us(lambda: kt.decode_step_triton(x, k, v, pos, start, layers, predict, None))
@@ -105,7 +110,8 @@ def main() -> None:
     for name, us in kinds.items():
         log.info("  %-26s %6.2f us/launch, %6.1f us/step", name, us, us * LAYERS)
     with open(args.json, "w") as out:
-        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": args.rows, "tile": TILE,
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": args.rows,
+                   "tile": DOT_TILE if args.rows >= kt.DOT_ROWS else TILE,
                    "torch_ops_us_per_step": torch_us, "tiles": rows, "best": best, "launch_kinds_us": kinds},
                   out, indent=1)
 

@@ -10,7 +10,9 @@ microseconds of mostly idle GPU (H100 profile, benchmarks/results/2026-11-25-h10
     ffn2    f @ W2^T + b2 + h                          (the pre-LN2 sum, normalised by its consumer)
 
 A layer norm is recomputed by every program of the launch that consumes it (a row is 512 values), so it costs no
-launch; the last one runs in the logits projection. Products accumulate in float32 and round once to the model
+launch; the last one runs in the logits projection. With one row a program reduces its weight tile against the row
+on the CUDA cores; with `DOT_ROWS` rows or more (a batch) it multiplies the tile with all rows at once on the tensor
+cores (`tl.dot` over 16 padded rows), so a batch step costs about what a single-row step costs. Products accumulate in float32 and round once to the model
 dtype; the order of additions differs from cuBLAS's, so results agree with the torch reference to rounding.
 
 Assumptions (checked by `decode_step_triton`): at most ROWS rows, contiguous weights of a post-norm layer, caches
@@ -30,6 +32,12 @@ ELEMENTS = 4096  # weight elements per program: BLOCK_N = ELEMENTS // K output c
 NUM_WARPS = 4
 BLOCK_T = 512  # cache columns per attention iteration (one or two for a TTS segment)
 ATTENTION_WARPS = 8
+DOT_ROWS = 2  # rows from which the linear launches use `tl.dot`
+DOT_BLOCK_M = 16  # rows of a `tl.dot` tile (its smallest size); ROWS <= DOT_BLOCK_M
+# The `tl.dot` tiles from the H200 sweep at 8 rows (run 36, benchmarks/t2s_kernel_tiles.py --rows 8): 640 us per
+# 24-layer step; 32 output columns 764 us, 512-long chunks 667 us
+DOT_BLOCK_N = 16  # output columns per program of the `tl.dot` form
+DOT_BLOCK_K = 2048  # reduction chunk of the `tl.dot` form without a layer norm (with one: the whole row)
 
 
 @triton.jit
@@ -77,8 +85,58 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, norm_w_ptr, norm_b_ptr
 
 
 @triton.jit
+def _linear_rows_kernel(x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, norm_w_ptr, norm_b_ptr, normed_ptr, k_ptr, v_ptr,
+                        pos_ptr, rows, n, eps, heads, capacity, K: tl.constexpr, NORM: tl.constexpr,
+                        BIAS: tl.constexpr, RELU: tl.constexpr, RESIDUAL: tl.constexpr, QKV: tl.constexpr,
+                        HEAD_DIM: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
+    """`_linear_kernel`'s function for all rows at once: a [BLOCK_N, K] weight tile times the [rows, K] input on
+    the tensor cores (float32 accumulation; `IEEE`: float32 inputs multiplied exactly, not as TF32). With NORM the
+    whole row is one chunk (K <= BLOCK_K), normalised in registers."""
+    pid = tl.program_id(0)
+    dtype = w_ptr.dtype.element_ty
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask, col_mask = rm < rows, rn < n
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in tl.static_range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_mask = rk < K
+        x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        if NORM:  # torch's layer_norm formula in float32, rounded to the model dtype, as `_linear_kernel`
+            x = x.to(tl.float32)
+            centred = tl.where(k_mask[None, :], x - (tl.sum(x, 1) / K)[:, None], 0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 1) / K + eps)
+            gamma = tl.load(norm_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+            beta = tl.load(norm_b_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+            x = (centred * rstd[:, None] * gamma[None, :] + beta[None, :]).to(dtype)
+            if pid == 0:
+                tl.store(normed_ptr + rm[:, None] * K + rk[None, :], x, mask=row_mask[:, None] & k_mask[None, :])
+        w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
+        if IEEE:
+            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
+    if BIAS:
+        acc += tl.load(b_ptr + rn, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    mask = row_mask[:, None] & col_mask[None, :]
+    if RESIDUAL:
+        acc += tl.load(res_ptr + rm[:, None] * n + rn[None, :], mask=mask, other=0.0).to(tl.float32)
+    y = acc.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rm[:, None] * n + rn[None, :], y, mask=mask)
+    if QKV:
+        pos = tl.load(pos_ptr)
+        dim = n // 3
+        _cache_store(k_ptr, y, rm[:, None], (rn - dim)[None, :], dim, pos, heads, capacity, mask, HEAD_DIM)
+        _cache_store(v_ptr, y, rm[:, None], (rn - 2 * dim)[None, :], dim, pos, heads, capacity, mask, HEAD_DIM)
+
+
+@triton.jit
 def _cache_store(cache_ptr, y, row, col, dim, pos, heads, capacity, mask, HEAD_DIM: tl.constexpr):
-    """Columns 0 <= col < dim of row `row`'s y (its K or V third) into cache (rows, heads, capacity, HEAD_DIM)."""
+    """Columns 0 <= col < dim of row `row`'s y (its K or V third) into cache (rows, heads, capacity, HEAD_DIM); row
+    and col broadcast against y."""
     offset = ((row * heads + col // HEAD_DIM) * capacity + pos) * HEAD_DIM + col % HEAD_DIM
     tl.store(cache_ptr + offset, y, mask=mask & (col >= 0) & (col < dim))
 
@@ -123,6 +181,16 @@ def _linear(x, w, b, out, *, res=None, norm=None, normed=None, qkv=None, relu=Fa
     heads = k_cache.shape[1] if qkv is not None else 1
     capacity, head_dim = (k_cache.shape[2], k_cache.shape[3]) if qkv is not None else (1, 1)
     norm_w, norm_b, eps = norm if norm is not None else (x, x, 0.0)
+    if rows >= DOT_ROWS:
+        whole = max(16, triton.next_power_of_2(k))  # a layer norm needs its whole row in one chunk
+        block_k = whole if norm is not None else min(whole, DOT_BLOCK_K)
+        _linear_rows_kernel[(triton.cdiv(n, DOT_BLOCK_N),)](
+            x, w, b if b is not None else w, out, res if res is not None else out, norm_w, norm_b,
+            normed if normed is not None else out, k_cache, v_cache, pos, rows, n, eps, heads, capacity, K=k,
+            NORM=norm is not None, BIAS=b is not None, RELU=relu, RESIDUAL=res is not None, QKV=qkv is not None,
+            HEAD_DIM=head_dim, IEEE=w.dtype == torch.float32, BLOCK_M=DOT_BLOCK_M, BLOCK_N=DOT_BLOCK_N,
+            BLOCK_K=block_k, num_warps=NUM_WARPS)
+        return
     block_k = triton.next_power_of_2(k)
     block_n = max(1, ELEMENTS // block_k)
     _linear_kernel[(triton.cdiv(n, block_n),)](
