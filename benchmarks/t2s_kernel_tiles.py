@@ -18,11 +18,12 @@ from tts_compile.kernels.t2s_decode import decode_step_reference
 log = logging.getLogger("t2s_kernel_tiles")
 LAYERS, DIM, HEADS, FFN, VOCAB, CAPACITY, POS = 24, 512, 16, 2048, 1025, 1024, 260
 TILE = ("ELEMENTS", "NUM_WARPS", "BLOCK_T", "ATTENTION_WARPS")  # the module constants swept
-TILES = [(4096, 4, 128, 4), (2048, 4, 128, 4), (8192, 4, 128, 4), (16384, 8, 128, 4), (2048, 2, 128, 4),
-         (8192, 8, 128, 4), (4096, 4, 64, 4), (4096, 4, 256, 4), (4096, 4, 256, 8), (4096, 4, 512, 8)]
+TILES = [(4096, 4, 512, 8), (4096, 4, 128, 4), (2048, 4, 128, 4), (8192, 4, 128, 4), (16384, 8, 128, 4),
+         (2048, 2, 128, 4), (8192, 8, 128, 4), (4096, 4, 64, 4), (4096, 4, 256, 4), (4096, 4, 256, 8)]  # the first: the
+# module's defaults
 # several rows (--rows >= DOT_ROWS): the tensor-core form's tiles
 DOT_TILE = ("DOT_BLOCK_N", "DOT_BLOCK_K", "NUM_WARPS", "BLOCK_T", "ATTENTION_WARPS")
-DOT_TILES = [(16, 512, 4, 512, 8), (16, 256, 4, 512, 8), (16, 2048, 4, 512, 8), (32, 512, 4, 512, 8),
+DOT_TILES = [(16, 2048, 4, 512, 8), (16, 256, 4, 512, 8), (16, 512, 4, 512, 8), (32, 512, 4, 512, 8),
              (32, 256, 4, 512, 8), (16, 512, 2, 512, 8), (16, 128, 2, 512, 8), (64, 128, 4, 512, 8),
              (32, 512, 8, 512, 8), (16, 512, 4, 256, 4), (16, 512, 4, 128, 4), (16, 512, 4, 512, 4)]
 
@@ -88,14 +89,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default="t2s_tiles.json")
     parser.add_argument("--rows", type=int, default=1)
+    parser.add_argument("--no-pdl", action="store_true", help="plain launches instead of programmatic dependent ones")
+    parser.add_argument("--tiles", type=int, default=0, help="only the first N tiles of the sweep (0: all)")
     args = parser.parse_args()
+    kt.PDL = not args.no_pdl
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     layers, k, v, predict, x, pos, start = model(args.rows)
     with torch.inference_mode():
         expected = decode_step_reference(x, k.clone(), v.clone(), pos, start, layers, predict, None)
         torch_us = per_step_us(lambda: decode_step_reference(x, k, v, pos, start, layers, predict, None))
         rows = []
-        for tile in DOT_TILES if args.rows >= kt.DOT_ROWS else TILES:
+        sweep = DOT_TILES if args.rows >= kt.DOT_ROWS else TILES
+        for tile in sweep[: args.tiles or len(sweep)]:
             _set(tile)
             got = kt.decode_step_triton(x, k, v, pos, start, layers, predict, None)
             us = per_step_us(lambda: kt.decode_step_triton(x, k, v, pos, start, layers, predict, None))
@@ -110,7 +115,7 @@ def main() -> None:
     for name, us in kinds.items():
         log.info("  %-26s %6.2f us/launch, %6.1f us/step", name, us, us * LAYERS)
     with open(args.json, "w") as out:
-        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": args.rows,
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": args.rows, "pdl": kt.PDL,
                    "tile": DOT_TILE if args.rows >= kt.DOT_ROWS else TILE,
                    "torch_ops_us_per_step": torch_us, "tiles": rows, "best": best, "launch_kinds_us": kinds},
                   out, indent=1)

@@ -2,8 +2,9 @@
 
 Torch's results are reproduced operation by operation: elementwise results rounded to the model dtype where torch
 rounds them, divisions and `exp` as torch computes them (`div_rn` and libdevice's `expf`: Triton's defaults are
-approximate), reductions in float32. Top-k needs the k-th largest score: it is found by a binary search over the scores' order-
-preserving integer keys (one counting pass per bit of the model dtype, any k), not a sort. Ties go to the lowest column, as torch's argmax.
+approximate), reductions in float32. Top-k needs the k-th largest score: it is found by a binary search over the
+scores' order-preserving integer keys (one counting pass per bit of the model dtype, any k), not a sort. Ties go to
+the lowest column, as torch's argmax. A program per sampled row; a dependent launch as the layers' (`t2s_triton`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from .t2s_sample import BLOCK, NUM_WARPS, Embedding, Sampling
+from .t2s_triton import _wait_for_previous, dependent_launch
 
 
 @triton.jit
@@ -38,8 +40,9 @@ def _divide(a, b):
 def _sample_kernel(logits_ptr, seen_ptr, q_ptr, alive_ptr, tokens_ptr, eos_ptr, step_ptr, prefix_ptr, prompt_ptr,
                    position_ptr, x_ptr, weight_ptr, pe_ptr, alpha_ptr, n_cols, vocab, max_steps, top_k, penalty,
                    temperature, x_scale, eos_id, DIM: tl.constexpr, PENALTY: tl.constexpr, LIBDEVICE: tl.constexpr,
-                   KEY_BITS: tl.constexpr, BLOCK: tl.constexpr):
+                   KEY_BITS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """Program i samples row alive[i] against noise row i."""
+    _wait_for_previous(PDL)
     dtype = x_ptr.dtype.element_ty
     i = tl.program_id(0)
     r = tl.load(alive_ptr + i)
@@ -109,4 +112,5 @@ def sample_triton(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, ali
                                   tokens.shape[1], min(s.top_k, vocab), s.repetition_penalty,
                                   max(s.temperature, 1e-5), embedding.x_scale, eos_id, DIM=dim,
                                   PENALTY=s.repetition_penalty != 1.0, LIBDEVICE=logits.is_cuda,
-                                  KEY_BITS=8 * x.element_size(), BLOCK=BLOCK, num_warps=NUM_WARPS)
+                                  KEY_BITS=8 * x.element_size(), BLOCK=BLOCK, num_warps=NUM_WARPS,
+                                  **dependent_launch(x))

@@ -12,8 +12,13 @@ microseconds of mostly idle GPU (H100 profile, benchmarks/results/2026-11-25-h10
 A layer norm is recomputed by every program of the launch that consumes it (a row is 512 values), so it costs no
 launch; the last one runs in the logits projection. With one row a program reduces its weight tile against the row
 on the CUDA cores; with `DOT_ROWS` rows or more (a batch) it multiplies the tile with all rows at once on the tensor
-cores (`tl.dot` over 16 padded rows), so a batch step costs about what a single-row step costs. Products accumulate in float32 and round once to the model
-dtype; the order of additions differs from cuBLAS's, so results agree with the torch reference to rounding.
+cores (`tl.dot` over 16 padded rows). Products accumulate in float32 and round once to the model dtype; the order of
+additions differs from cuBLAS's, so results agree with the torch reference to rounding.
+
+Every launch is a programmatic dependent launch (`PDL`, Hopper and later): it lets the next launch start at once, and
+loads its read-only weights before it waits for the previous launch to finish (`gdc_wait`), so a layer's weight
+loads overlap the launch before it. Everything a launch reads from an earlier launch, and every store, comes after
+its wait, so the order of results is the order of launches.
 
 Assumptions (checked by `decode_step_triton`): at most ROWS rows, contiguous weights of a post-norm layer, caches
 (rows, heads, capacity, head_dim) per layer, `pos` a one-element int64 tensor (the column this step writes), `start`
@@ -22,9 +27,12 @@ one int64 per row (its first attended column: the row's left padding).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 ROWS = 16  # most rows per launch (each program loops over them: its weight tile is loaded once)
 # Tiles from the H100 sweep (benchmarks/t2s_kernel_tiles.py, run 17): 388 us per 24-layer step at batch 1
@@ -32,6 +40,7 @@ ELEMENTS = 4096  # weight elements per program: BLOCK_N = ELEMENTS // K output c
 NUM_WARPS = 4
 BLOCK_T = 512  # cache columns per attention iteration (one or two for a TTS segment)
 ATTENTION_WARPS = 8
+PDL = True  # programmatic dependent launches on Hopper and later (a switch for measuring without them)
 DOT_ROWS = 2  # rows from which the linear launches use `tl.dot`
 DOT_BLOCK_M = 16  # rows of a `tl.dot` tile (its smallest size); ROWS <= DOT_BLOCK_M
 # The `tl.dot` tiles from the H200 sweep at 8 rows (run 36, benchmarks/t2s_kernel_tiles.py --rows 8): 640 us per
@@ -41,10 +50,19 @@ DOT_BLOCK_K = 2048  # reduction chunk of the `tl.dot` form without a layer norm 
 
 
 @triton.jit
+def _wait_for_previous(PDL: tl.constexpr):
+    """With programmatic dependent launch: let the next launch start, then wait until the previous one is done."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+
+
+@triton.jit
 def _linear_kernel(x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, norm_w_ptr, norm_b_ptr, normed_ptr, k_ptr, v_ptr, pos_ptr,
                    n, eps, heads, capacity, K: tl.constexpr, ROWS: tl.constexpr,
                    NORM: tl.constexpr, BIAS: tl.constexpr, RELU: tl.constexpr, RESIDUAL: tl.constexpr,
-                   QKV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   QKV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PDL: tl.constexpr):
     """out (ROWS, n) = [LN](x) @ W^T [+ b] [relu] [+ res]; with QKV the K and V thirds also go into the caches.
     A program holds its whole [BLOCK_N, K] weight tile (every load in flight at once: at batch 1 the time is load
     latency, not bandwidth) and reuses it for every row."""
@@ -53,12 +71,13 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, norm_w_ptr, norm_b_ptr
     rk = tl.arange(0, BLOCK_K)
     col_mask, k_mask = rn < n, rk < K
     w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
-    w = w.to(tl.float32)  # products of 16-bit values are exact in float32
     if BIAS:
         bias = tl.load(b_ptr + rn, mask=col_mask, other=0.0).to(tl.float32)
     if NORM:
         gamma = tl.load(norm_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
         beta = tl.load(norm_b_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
+    _wait_for_previous(PDL)
+    w = w.to(tl.float32)  # products of 16-bit values are exact in float32
     if QKV:
         pos = tl.load(pos_ptr)
     for m in tl.static_range(ROWS):
@@ -89,7 +108,7 @@ def _linear_rows_kernel(x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, norm_w_ptr, norm_
                         pos_ptr, rows, n, eps, heads, capacity, K: tl.constexpr, NORM: tl.constexpr,
                         BIAS: tl.constexpr, RELU: tl.constexpr, RESIDUAL: tl.constexpr, QKV: tl.constexpr,
                         HEAD_DIM: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
+                        BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """`_linear_kernel`'s function for all rows at once: a [BLOCK_N, K] weight tile times the [rows, K] input on
     the tensor cores (float32 accumulation; `IEEE`: float32 inputs multiplied exactly, not as TF32). With NORM the
     whole row is one chunk (K <= BLOCK_K), normalised in registers."""
@@ -102,6 +121,10 @@ def _linear_rows_kernel(x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, norm_w_ptr, norm_
     for k0 in tl.static_range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_mask = rk < K
+        if PDL:  # the weights first: the first chunk's are in flight while the previous launch finishes
+            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
+            if k0 == 0:
+                _wait_for_previous(PDL)
         x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         if NORM:  # torch's layer_norm formula in float32, rounded to the model dtype, as `_linear_kernel`
             x = x.to(tl.float32)
@@ -112,7 +135,9 @@ def _linear_rows_kernel(x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, norm_w_ptr, norm_
             x = (centred * rstd[:, None] * gamma[None, :] + beta[None, :]).to(dtype)
             if pid == 0:
                 tl.store(normed_ptr + rm[:, None] * K + rk[None, :], x, mask=row_mask[:, None] & k_mask[None, :])
-        w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
+        if not PDL:  # plain launches: weights after the input (H200 run 38, 8 rows: weights first made the FFN's
+            # second launch 47.6 instead of ~5 us; this order ran the step in 640 us in run 36)
+            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
         if IEEE:
             acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
         else:
@@ -143,8 +168,9 @@ def _cache_store(cache_ptr, y, row, col, dim, pos, heads, capacity, mask, HEAD_D
 
 @triton.jit
 def _attend_kernel(qkv_ptr, k_ptr, v_ptr, pos_ptr, start_ptr, out_ptr, heads, capacity, scale,
-                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, PDL: tl.constexpr):
     """out[row, head] = softmax(q k^T * scale) v over cache columns start[row]..pos (online softmax, float32)."""
+    _wait_for_previous(PDL)
     row, head = tl.program_id(0), tl.program_id(1)
     dim = heads * HEAD_DIM
     d = tl.arange(0, BLOCK_D)
@@ -172,6 +198,18 @@ def _attend_kernel(qkv_ptr, k_ptr, v_ptr, pos_ptr, start_ptr, out_ptr, heads, ca
     tl.store(out_ptr + row * dim + head * HEAD_DIM + d, (acc / total).to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
+@functools.cache
+def _hopper_or_later(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def dependent_launch(t: torch.Tensor) -> dict:
+    """The launch options of a programmatic dependent launch (`PDL` on, a Hopper or later GPU): the kernel's `PDL`
+    constexpr and Triton's `launch_pdl`; plain launches elsewhere (Triton's interpreter among them)."""
+    on = PDL and t.is_cuda and _hopper_or_later(t.device)
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+
+
 def _linear(x, w, b, out, *, res=None, norm=None, normed=None, qkv=None, relu=False) -> None:
     """Launch `_linear_kernel`: out = [LN](x) @ w^T [+ b] [relu] [+ res]; norm = (weight, bias, eps);
     qkv = (k cache, v cache, pos) of the layer."""
@@ -189,7 +227,7 @@ def _linear(x, w, b, out, *, res=None, norm=None, normed=None, qkv=None, relu=Fa
             normed if normed is not None else out, k_cache, v_cache, pos, rows, n, eps, heads, capacity, K=k,
             NORM=norm is not None, BIAS=b is not None, RELU=relu, RESIDUAL=res is not None, QKV=qkv is not None,
             HEAD_DIM=head_dim, IEEE=w.dtype == torch.float32, BLOCK_M=DOT_BLOCK_M, BLOCK_N=DOT_BLOCK_N,
-            BLOCK_K=block_k, num_warps=NUM_WARPS)
+            BLOCK_K=block_k, num_warps=NUM_WARPS, **dependent_launch(x))
         return
     block_k = triton.next_power_of_2(k)
     block_n = max(1, ELEMENTS // block_k)
@@ -197,14 +235,14 @@ def _linear(x, w, b, out, *, res=None, norm=None, normed=None, qkv=None, relu=Fa
         x, w, b if b is not None else w, out, res if res is not None else out, norm_w, norm_b,
         normed if normed is not None else out, k_cache, v_cache, pos, n, eps, heads, capacity, K=k, ROWS=rows,
         NORM=norm is not None, BIAS=b is not None, RELU=relu, RESIDUAL=res is not None, QKV=qkv is not None,
-        HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=NUM_WARPS)
+        HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=NUM_WARPS, **dependent_launch(x))
 
 
 def _attend(qkv, k_cache, v_cache, pos, start, out) -> None:
     rows, heads, capacity, head_dim = k_cache.shape
     _attend_kernel[(rows, heads)](qkv, k_cache, v_cache, pos, start, out, heads, capacity, head_dim ** -0.5,
                                   HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_T=BLOCK_T,
-                                  num_warps=ATTENTION_WARPS)
+                                  num_warps=ATTENTION_WARPS, **dependent_launch(qkv))
 
 
 def decode_step_triton(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, start: torch.Tensor,
