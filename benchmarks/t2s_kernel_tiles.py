@@ -18,12 +18,12 @@ from tts_compile.kernels.t2s_decode import decode_step_reference
 log = logging.getLogger("t2s_kernel_tiles")
 LAYERS, DIM, HEADS, FFN, VOCAB, CAPACITY, POS = 24, 512, 16, 2048, 1025, 1024, 260
 TILE = ("ELEMENTS", "NUM_WARPS", "BLOCK_T", "ATTENTION_WARPS")  # the module constants swept
-TILES = [(4096, 4, 512, 8), (4096, 4, 128, 4), (2048, 4, 128, 4), (8192, 4, 128, 4), (16384, 8, 128, 4),
+TILES = [(4096, 4, 512, 4), (4096, 4, 512, 8), (4096, 4, 128, 4), (2048, 4, 128, 4), (8192, 4, 128, 4), (16384, 8, 128, 4),
          (2048, 2, 128, 4), (8192, 8, 128, 4), (4096, 4, 64, 4), (4096, 4, 256, 4), (4096, 4, 256, 8)]  # the first: the
 # module's defaults
 # several rows (--rows >= DOT_ROWS): the tensor-core form's tiles
 DOT_TILE = ("DOT_BLOCK_N", "DOT_BLOCK_K", "NUM_WARPS", "BLOCK_T", "ATTENTION_WARPS")
-DOT_TILES = [(16, 2048, 4, 512, 8), (16, 256, 4, 512, 8), (16, 512, 4, 512, 8), (32, 512, 4, 512, 8),
+DOT_TILES = [(16, 2048, 4, 512, 4), (16, 2048, 4, 512, 8), (16, 256, 4, 512, 8), (16, 512, 4, 512, 8), (32, 512, 4, 512, 8),
              (32, 256, 4, 512, 8), (16, 512, 2, 512, 8), (16, 128, 2, 512, 8), (64, 128, 4, 512, 8),
              (32, 512, 8, 512, 8), (16, 512, 4, 256, 4), (16, 512, 4, 128, 4), (16, 512, 4, 512, 4)]
 
