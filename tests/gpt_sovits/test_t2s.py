@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts_compile.gpt_sovits.t2s import CHECK_EVERY, MAX_ROWS, optimize_t2s, restore_t2s
+from tts_compile.gpt_sovits.t2s import CHECK_EVERY, MAX_ROWS, T2SAccelerator, optimize_t2s, restore_t2s
 from tts_compile.models.t2s import build_t2s
 
 EAGER = {"compile_mode": "eager"}  # the static-cache decode without compile (no graphs on CPU anyway)
@@ -182,3 +182,45 @@ def test_restore_and_rejection() -> None:
     assert "infer_panel" not in vars(model) and not hasattr(model, "tts_compile")
     with pytest.raises(TypeError, match="model: expected a GPT-SoVITS Text2SemanticDecoder"):
         optimize_t2s(torch.nn.Linear(2, 2))
+
+
+def _checkpoint(model) -> dict:
+    """`model` in upstream's checkpoint layout: config['model'] sizes, every tensor under `model.`."""
+    sizes = {"hidden_dim": model.model_dim, "embedding_dim": model.model_dim, "head": model.num_head,
+             "n_layer": len(model.h.layers), "vocab_size": model.ar_predict_layer.out_features,
+             "phoneme_vocab_size": model.ar_text_embedding.word_embeddings.num_embeddings, "EOS": model.EOS,
+             "dropout": 0}
+    return {"config": {"model": sizes, "data": {"max_sec": 54}},
+            "weight": {f"model.{key}": value.clone() for key, value in model.state_dict().items()}}
+
+
+def test_optimize_t2s_starts_from_an_upstream_checkpoint(tmp_path) -> None:
+    """A `.ckpt` path gives a decoder that decodes as the model it was saved from, and that `.to()` moves in place
+    (the accelerator keeps reading its parameters)."""
+    model = build_t2s(seed=1)
+    path = tmp_path / "s1.ckpt"
+    torch.save(_checkpoint(model), path)
+    inputs = _inputs(6, 5, 1)
+    kwargs = {"top_k": 15, "early_stop_num": 2 * CHECK_EVERY}
+    expected = _both_apis(model, inputs, 1, **kwargs)
+    loaded = optimize_t2s(path, **EAGER)
+    assert isinstance(loaded.tts_compile, T2SAccelerator)
+    _assert_same(_both_apis(loaded, inputs, 1, **kwargs), expected)
+    loaded.double()
+    wide = (inputs[0], inputs[1], inputs[2].double())
+    got = _both_apis(loaded, wide, 2, **kwargs)
+    reference = _both_apis(restore_t2s(loaded), wide, 2, **kwargs)
+    _assert_same(got, reference)
+
+
+def test_a_bad_checkpoint_is_rejected_with_its_reason() -> None:
+    with pytest.raises(ValueError, match="has 'config' and 'weight'"):
+        optimize_t2s({"weight": {}})
+    incomplete = _checkpoint(build_t2s())
+    del incomplete["weight"]["model.ar_predict_layer.weight"]
+    with pytest.raises(ValueError, match="lacks 1 of the decoder's tensors, e.g. model.ar_predict_layer.weight"):
+        optimize_t2s(incomplete)
+    mismatched = _checkpoint(build_t2s())
+    mismatched["config"]["model"]["embedding_dim"] = 8
+    with pytest.raises(ValueError, match="embedding_dim == hidden_dim"):
+        optimize_t2s(mismatched)

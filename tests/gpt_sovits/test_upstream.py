@@ -281,6 +281,31 @@ def test_t2s_batch_matches_upstream(upstream_t2s, top_k, seed, device) -> None:
         assert len(set(expected[1])) > 1 and stats["redone"] > 0
 
 
+def test_t2s_checkpoint_decodes_like_upstream(upstream, upstream_t2s, tmp_path) -> None:
+    """Upstream's decoder saved as its `.ckpt` layout (config + `model.` weights) and loaded by `optimize_t2s`
+    without upstream's code: the same tokens, idx and generator state as upstream's own model (float32, CPU)."""
+    import yaml
+
+    from tts_compile.gpt_sovits.t2s import optimize_t2s
+
+    model, (phones, prompts, bert) = upstream_t2s
+    config = yaml.safe_load((upstream[0] / "configs" / "s1longer-v2.yaml").read_text())
+    config["model"].update(n_layer=3, hidden_dim=64, embedding_dim=64, head=4)  # the fixture's sizes
+    torch.save({"config": config, "weight": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               tmp_path / "s1.ckpt")
+    loaded = optimize_t2s(tmp_path / "s1.ckpt", compile_mode="eager")
+    kwargs = {"top_p": 1, "temperature": 1.0, "repetition_penalty": 1.35, "early_stop_num": 40}
+    for top_k, seed in ((1, 0), (15, 1)):
+        results = []
+        for decoder in (model, loaded):
+            torch.manual_seed(seed)
+            y, idx = next(decoder.infer_panel_naive(phones, None, prompts, bert, top_k=top_k, **kwargs))
+            results.append((y, idx, torch.rand(3)))
+        assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+        assert torch.equal(results[0][2], results[1][2])
+    assert loaded.tts_compile.optimization_stats()["optimized"] == 2
+
+
 FREQUENCY_DRAWS = 1500  # seeded first-step samples for the chi-square test
 CHI2_Z = 3.09  # standard-normal quantile of the test's 0.1% level
 

@@ -6,7 +6,8 @@ on an H100. Here the K/V cache is preallocated (one capacity bucket per request 
 graph; the host replays it and reads the EOS flags once every `CHECK_EVERY` steps. The layers of the step are
 `tts_compile::t2s_decode_step` (Triton kernels, five launches a layer: H100 run 19, 2090 vs 838 tok/s with torch
 ops; `t2s_kernels`), and the sampling before them one Triton launch (`kernels.t2s_sample`) after torch's own
-`exponential_` draw (run 27: 2345 tok/s). In every graph mode (`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured
+`exponential_` draw (run 27: 2345 tok/s), all of them dependent launches on Hopper (H200 run 43: 3309 tok/s; 8 rows
+15482 tok/s aggregate). In every graph mode (`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured
 without inductor: inductor made it slower and its tokens less like upstream's (run 14: 745 vs 830 tok/s;
 benchmarks/results/2026-11-25-h100-t2s.md).
 
@@ -33,8 +34,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 import torch
@@ -44,6 +47,7 @@ from torch import nn
 from ..config import OptimizeConfig
 from ..kernels.t2s_decode import flatten, stack, t2s_decode_step, visible_columns
 from ..kernels.t2s_sample import Embedding, Sampling, sample
+from ..models.t2s import load_t2s_checkpoint
 from ..runner import GRAPH_MODES
 from .accelerator import HANDLE, Accelerator, install, resolve_config, uninstall
 from .rng import RngState
@@ -332,11 +336,16 @@ def _layer_weights(layer: nn.Module) -> tuple:
             layer.linear2.bias, layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
 
 
-def optimize_t2s(model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
+def optimize_t2s(model: nn.Module | str | os.PathLike | Mapping[str, Any], config: OptimizeConfig | None = None,
+                 **options: Any) -> nn.Module:
     """Patch an upstream `Text2SemanticDecoder` in place: `infer_panel`, `infer_panel_naive` and
     `infer_panel_batch_infer` keep their signatures and results and decode through `T2SAccelerator`
-    (`model.tts_compile`). Returns `model`."""
+    (`model.tts_compile`). Returns `model`. Given upstream's T2S checkpoint instead (a `.ckpt` path or its dict),
+    the decoder is built from it (`models.t2s.load_t2s_checkpoint`, CPU float32: move it with `.to(device,
+    dtype)`)."""
     config = resolve_config(config, options)
+    if not isinstance(model, nn.Module):
+        model = load_t2s_checkpoint(model)
     missing = [name for name in ("h", "ar_predict_layer", "ar_audio_embedding", "ar_audio_position", "num_head",
                                  "EOS", "model_dim") if not hasattr(model, name)]
     if missing:

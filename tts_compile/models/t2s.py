@@ -1,4 +1,4 @@
-"""A small autoregressive text-to-semantic model with the interface of GPT-SoVITS's `Text2SemanticDecoder`.
+"""An autoregressive text-to-semantic model with the interface of GPT-SoVITS's `Text2SemanticDecoder`.
 
 Written from the published facts (docs: gpt-sovits-upstream.md 2.1-2.5), not from upstream's code, so CI can test
 the T2S accelerator without a GPT-SoVITS checkout: the attribute names the accelerator reads (`ar_text_embedding`,
@@ -6,13 +6,16 @@ the T2S accelerator without a GPT-SoVITS checkout: the attribute names the accel
 `h.layers` of post-norm `nn.TransformerEncoderLayer`, `ar_predict_layer`, `num_head`, `EOS`), tiny sizes, and
 upstream's decode entry points written the slow, obvious way: every step re-runs the whole sequence through
 `nn.TransformerEncoder` with the prefix mask (no cache), and samples with gather/scatter as upstream does. It is
-the reference the accelerator is tested against.
+the reference the accelerator is tested against. `load_t2s_checkpoint` builds it at full size from upstream's T2S
+checkpoint (`config` and `weight`), so `optimize_t2s` can start from a `.ckpt` without upstream's code.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+import os
+from collections.abc import Mapping
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,11 @@ class TokenEmbedding(nn.Module):
     def __init__(self, dim: int, vocab: int) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab, dim)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The embedding table (upstream's TTS reads it: `ar_audio_embedding.weight`)."""
+        return self.word_embeddings.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.word_embeddings(ids)
@@ -49,8 +57,9 @@ class SinePosition(nn.Module):
         return x * self.x_scale + self.alpha * self.pe[:, : x.size(1)]
 
 
-class TinyT2S(nn.Module):
-    """Random-weight stand-in: `phones` (vocab 40), BERT features (1024-d), semantic vocab 64 + EOS."""
+class T2SModel(nn.Module):
+    """Phones (default vocabulary 40) and BERT features (1024-d) -> semantic tokens (default 64 + EOS); tiny by
+    default (the tests' random-weight stand-in), any size from a checkpoint."""
 
     def __init__(self, dim: int = 32, heads: int = 4, layers: int = 2, vocab: int = 65, phones: int = 40) -> None:
         super().__init__()
@@ -149,11 +158,37 @@ def _sample(logits, previous, top_k, top_p, temperature, penalty) -> torch.Tenso
     return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1, keepdim=True).long()
 
 
-def build_t2s(*, seed: int = 0, **sizes: int) -> TinyT2S:
+def build_t2s(*, seed: int = 0, **sizes: int) -> T2SModel:
     """A stand-in T2S on the CPU in float32, eval mode, weights drawn from `seed` (logits of order 1-10, so that
     top-k, penalties and temperature all change the draw)."""
     torch.manual_seed(seed)
-    model = TinyT2S(**sizes)
+    model = T2SModel(**sizes)
     with torch.no_grad():
         model.ar_predict_layer.weight.mul_(8.0)
+    return model.eval()
+
+
+def load_t2s_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> T2SModel:
+    """Upstream's T2S checkpoint (a `.ckpt` path or its loaded dict: `config["model"]` with hidden_dim, head,
+    n_layer, vocab_size, phoneme_vocab_size, EOS; `weight` with the decoder's tensors under `model.`) as a
+    `T2SModel` on the CPU in float32, eval mode. Move it with `.to(device, dtype)`."""
+    checkpoint = source if isinstance(source, Mapping) else torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, Mapping) or not {"config", "weight"} <= checkpoint.keys():
+        raise ValueError(f"source: a GPT-SoVITS T2S checkpoint has 'config' and 'weight'; {source!r} has "
+                         f"{sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__}")
+    sizes = checkpoint["config"].get("model", {})
+    needed = ("hidden_dim", "embedding_dim", "head", "n_layer", "vocab_size", "phoneme_vocab_size", "EOS")
+    missing = [name for name in needed if name not in sizes]
+    if missing or sizes["embedding_dim"] != sizes["hidden_dim"]:
+        raise ValueError(f"source: config['model'] needs {', '.join(needed)} with embedding_dim == hidden_dim; "
+                         f"missing {missing}, got {({k: sizes.get(k) for k in needed})}")
+    model = T2SModel(dim=sizes["hidden_dim"], heads=sizes["head"], layers=sizes["n_layer"], vocab=sizes["vocab_size"],
+                     phones=sizes["phoneme_vocab_size"])
+    model.EOS = int(sizes["EOS"])
+    state = {key[len("model."):]: value for key, value in checkpoint["weight"].items() if key.startswith("model.")}
+    missing = [key for key in model.state_dict() if key not in state]
+    if missing:
+        raise ValueError(f"source: the checkpoint's weight lacks {len(missing)} of the decoder's tensors, e.g. "
+                         f"model.{missing[0]}")
+    model.load_state_dict({key: state[key] for key in model.state_dict()})
     return model.eval()
