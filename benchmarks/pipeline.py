@@ -2,7 +2,8 @@
 
 Drives upstream's own modules (from GPT_SOVITS_HOME, random weights in upstream's configs) the way `TTS.run` serves an
 api_v2 request at its defaults (fp16, batch_size 1, parallel_infer, cut5 segments, top_k 15, repetition_penalty 1.35,
-sample_steps 32): per segment one T2S `infer_panel` on prompt + segment phones and BERT features; then
+sample_steps 32): per segment one T2S `infer_panel_batch_infer` (TTS.run's parallel_infer call, with `max_len`;
+until 2026-11-30: `infer_panel`) on prompt + segment phones and BERT features; then
 * v2ProPlus: one `SynthesizerTrn.decode` of all segments' tokens and phones (upstream's parallel path);
 * v3 / v4: `decode_encp` of the prompt and of every segment, the windows of `using_vocoder_synthesis_batched_infer`
   (12 frames of overlap) in one batched `cfm.inference`, one vocoder call on the whole mel.
@@ -180,9 +181,13 @@ class Pipeline:
             return self._vocoder_path(tokens, phones, times, start)
 
     def _t2s(self, seg: Segment) -> torch.Tensor:
-        y, idx = self.tts.t2s_model.model.infer_panel(seg.phones, None, self.prompt, seg.bert,
-                                                      early_stop_num=seg.tokens - 1, **self.sampling)
-        return y[0, -idx:]
+        """TTS.run's call at api_v2's defaults (parallel_infer, batch_size 1): `infer_panel_batch_infer` on one row,
+        with its lengths and `max_len`."""
+        n = seg.phones.shape[1]
+        rows, idx = self.tts.t2s_model.model.infer_panel_batch_infer(
+            [seg.phones[0]], torch.tensor([n], device=seg.phones.device), self.prompt, [seg.bert[0]], max_len=n,
+            early_stop_num=seg.tokens - 1, **self.sampling)
+        return rows[0][-idx[0]:]
 
     def _vocoder_path(self, tokens, phones, times, start) -> torch.Tensor:
         vits = self.tts.vits_model

@@ -27,6 +27,23 @@ def test_bench_prints_a_table_and_appends_json(tmp_path, capsys) -> None:
     assert all(r["max_abs_diff"] <= 1e-5 for r in runs[0]["rows"])
 
 
+def test_bench_passes_the_pass_switches_to_the_optimizer(monkeypatch) -> None:
+    from tts_compile import bench
+
+    seen = {}
+
+    def fake_run(model, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    try:
+        main(["bench", "--fused-activation", "off", "--channels-last", "on"])
+    except SystemExit:
+        pass
+    assert seen["fused_activation"] == "off" and seen["channels_last"] == "on"
+
+
 def small_decoder():
     """A zero-argument factory, probed through `module:attribute`."""
     return build_model("vits-tiny")

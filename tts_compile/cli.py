@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from . import bench
-from .config import COMPILE_MODES, DTYPES
+from .config import COMPILE_MODES, DTYPES, SWITCHES
 from .models import MODELS
 
 logger = logging.getLogger("tts_compile")
@@ -43,6 +43,10 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="persistent compile cache directory")
     parser.add_argument("--no-tf32", action="store_true", help="float32 without TF32 (eager and optimized)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true", help="skip cuDNN's algorithm timing")
+    parser.add_argument("--fused-activation", default="auto", choices=SWITCHES,
+                        help="BigVGAN's activation as one Triton kernel on CUDA (auto: where found)")
+    parser.add_argument("--channels-last", default="auto", choices=SWITCHES,
+                        help="convolutions in channels-last layout on CUDA")
     parser.add_argument("--json", default=None, help="append the report to this JSON file")
     parser.set_defaults(run=_run_bench)
 
@@ -52,7 +56,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     report = bench.run(args.model, device=args.device, dtype=args.dtype, lengths=lengths, repeats=args.repeats,
                        max_eager_frames=args.max_eager_frames, compile_mode=args.mode, chunk_size=args.chunk_size,
                        max_batch=args.max_batch, cache_dir=args.cache_dir, progress=sys.stderr.isatty(),
-                       tf32=not args.no_tf32, cudnn_benchmark=not args.no_cudnn_benchmark)
+                       tf32=not args.no_tf32, cudnn_benchmark=not args.no_cudnn_benchmark,
+                       fused_activation=args.fused_activation, channels_last=args.channels_last)
     sys.stdout.write(report.table() + "\n")
     if args.json:
         bench.write_json(report, args.json, "python -m tts_compile " + " ".join(map(shlex.quote, sys.argv[1:])))
