@@ -281,6 +281,40 @@ def test_t2s_batch_matches_upstream(upstream_t2s, top_k, seed, device) -> None:
         assert len(set(expected[1])) > 1 and stats["redone"] > 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("top_k,seed", [(1, 0), (15, 1)])
+def test_t2s_prompt_free_matches_upstream(upstream_t2s, top_k, seed, device) -> None:
+    """api_v2's ref_free: no prompt tokens. `infer_panel` and the batch entry (upstream hands its rows to
+    `infer_panel_naive`) give upstream's int32 tokens, idx 0 and generator state (float32)."""
+    from tts_compile.gpt_sovits.t2s import optimize_t2s, restore_t2s
+
+    model, inputs = upstream_t2s
+    model = copy.deepcopy(model).to(device)
+    phones, _, bert = (t.to(device) for t in inputs)
+    kwargs = {"top_k": top_k, "top_p": 1, "temperature": 1.0, "repetition_penalty": 1.35, "early_stop_num": 40}
+    lengths = torch.tensor([phones.shape[1], 7], device=device)
+
+    def both():
+        torch.manual_seed(seed)
+        naive = model.infer_panel(phones, None, None, bert, **kwargs)
+        batch = model.infer_panel_batch_infer([phones[0], phones[0, :7]], lengths, None, [bert[0], bert[0, :, :7]],
+                                              **kwargs)
+        return naive, batch, torch.rand(3, device=device)
+
+    expected = both()
+    optimize_t2s(model, compile_mode="eager" if device == "cpu" else "cudagraphs")
+    try:
+        got = both()
+        stats = model.tts_compile.optimization_stats()
+    finally:
+        restore_t2s(model)
+    assert stats["optimized"] == 3
+    assert torch.equal(got[0][0], expected[0][0]) and got[0][0].dtype == expected[0][0].dtype
+    assert got[0][1] == expected[0][1] == 0
+    assert all(torch.equal(a, b) for a, b in zip(got[1][0], expected[1][0])) and got[1][1] == expected[1][1]
+    assert torch.equal(got[2], expected[2])
+
+
 def test_t2s_checkpoint_decodes_like_upstream(upstream, upstream_t2s, tmp_path) -> None:
     """Upstream's decoder saved as its `.ckpt` layout (config + `model.` weights) and loaded by `optimize_t2s`
     without upstream's code: the same tokens, idx and generator state as upstream's own model (float32, CPU)."""

@@ -26,8 +26,8 @@ step is captured per number of unfinished rows; when a row stops inside a chunk 
 go on, the chunk is replayed from its start up to the stop (buffers and generator restored) and the rest decode
 without it, so every draw has upstream's shape.
 
-Scope: sequences with a prompt (api_v2's requests of any `batch_size`, and every row of
-`infer_panel_naive_batched`); prompt-free and streaming calls go to upstream's own methods.
+Scope: api_v2's requests of any `batch_size`, with a prompt or without (upstream decodes prompt-free rows one by
+one through `infer_panel_naive`); streaming calls go to upstream's own methods.
 """
 
 from __future__ import annotations
@@ -139,7 +139,11 @@ class T2SAccelerator(Accelerator):
         except Exception as exc:
             yield from self.serve_upstream(exc, lambda: list(self.original["infer_panel_naive"](*args, **kwargs)))
             return
-        yield torch.cat((prompts, tokens[None, : idx + (0 if eos else 1)].to(prompts.dtype)), dim=1), idx
+        generated = tokens[None, : idx + (0 if eos else 1)]
+        if prompts is None:  # upstream's prompt-free decode: int32 tokens, idx 0
+            yield generated.to(torch.int32), 0
+            return
+        yield torch.cat((prompts, generated.to(prompts.dtype)), dim=1), idx
 
     def infer_panel(self, *args, **kwargs) -> tuple[torch.Tensor, int]:
         """Upstream's `infer_panel`: the first (only) item of `infer_panel_naive`."""
@@ -147,11 +151,12 @@ class T2SAccelerator(Accelerator):
 
     def infer_panel_batch_infer(self, x, x_lens, prompts, bert_feature, top_k=-100, top_p=100, early_stop_num=-1,
                                 temperature=1.0, repetition_penalty=1.35, **kwargs) -> tuple[list, list]:
-        """Upstream's batched decode: `([y_row (L,)], [idx])`, rows left-padded to `max_len` (TTS.run's keyword)."""
+        """Upstream's batched decode: `([y_row (L,)], [idx])`, rows left-padded to `max_len` (TTS.run's keyword).
+        Without prompts upstream decodes row by row through `infer_panel_naive`, which answers here."""
         args = (x, x_lens, prompts, bert_feature, top_k, top_p, early_stop_num, temperature, repetition_penalty)
         lengths = [len(row) for row in x] if isinstance(x, (list, tuple)) else []
         width = int(kwargs.get("max_len", max(lengths, default=0)))
-        if not (lengths and self._eligible(x, prompts, bert_feature, width, top_k) and
+        if not (lengths and prompts is not None and self._eligible(x, prompts, bert_feature, width, top_k) and
                 (x_lens is None or [int(n) for n in x_lens] == lengths)):
             self.counters["upstream"] += 1
             return self.original["infer_panel_batch_infer"](*args, **kwargs)
@@ -167,10 +172,11 @@ class T2SAccelerator(Accelerator):
     # --- the decode ----------------------------------------------------------------------------------------------
 
     def _eligible(self, x, prompts: torch.Tensor | None, bert, width: int, top_k: Any) -> bool:
-        """Rows of phones (L_i,) with BERT features (1024, L_i), one prompt row each, at most `MAX_ROWS`, padded to
-        `width`; a top-k sampler."""
-        return self.active and prompts is not None and prompts.dim() == 2 and \
-            0 < len(x) == prompts.shape[0] == len(bert) <= MAX_ROWS and isinstance(top_k, int) and top_k >= 1 and \
+        """Rows of phones (L_i,) with BERT features (1024, L_i), one prompt row each or none at all, at most
+        `MAX_ROWS`, padded to `width`; a top-k sampler."""
+        prompted = prompts is None or (prompts.dim() == 2 and prompts.shape[0] == len(x))
+        return self.active and prompted and 0 < len(x) == len(bert) <= MAX_ROWS and isinstance(top_k, int) and \
+            top_k >= 1 and \
             all(row.dim() == 1 and feature.dim() == 2 and feature.shape[1] == len(row) <= width
                 for row, feature in zip(x, bert))
 
@@ -180,7 +186,7 @@ class T2SAccelerator(Accelerator):
         propagates."""
         self.counters["calls"] += 1
         sampling = Sampling(int(top_k), float(top_p), float(temperature), float(penalty))
-        generator = RngState(prompts.device)
+        generator = RngState(x[0].device)
         try:
             with self._lock, torch.inference_mode():
                 result = self._decode(x, prompts, bert, int(width), sampling, int(early_stop_num))
@@ -197,7 +203,7 @@ class T2SAccelerator(Accelerator):
         state = self._prefill(x, prompts, bert, width, last + 1)
         alive, ends, step = list(range(len(x))), {}, 0
         while alive:
-            rng, start, saved = RngState(prompts.device), step, state.snapshot() if len(alive) > 1 else None
+            rng, start, saved = RngState(x[0].device), step, state.snapshot() if len(alive) > 1 else None
             for _ in range(min(CHECK_EVERY, last + 1 - step)):
                 self._step(state, sampling, step, len(alive))
                 step += 1
@@ -232,8 +238,8 @@ class T2SAccelerator(Accelerator):
         text = [m.ar_text_position(m.ar_text_embedding(row[None]) + m.bert_proj(feature.transpose(0, 1)[None]))[0]
                 for row, feature in zip(x, bert)]
         text = torch.stack([F.pad(row, (0, 0, width - row.shape[0], 0)) for row in text])
-        xy = torch.cat((text, m.ar_audio_position(m.ar_audio_embedding(prompts))), dim=1)
-        n_text, n_prompt = width, prompts.shape[1]
+        xy = text if prompts is None else torch.cat((text, m.ar_audio_position(m.ar_audio_embedding(prompts))), dim=1)
+        n_text, n_prompt = width, xy.shape[1] - width
         state = self._state(n_text + n_prompt + steps, batch, xy.dtype, xy.device)
         if n_prompt + steps > state.embedding.pe.shape[1]:
             raise ValueError(f"{n_prompt} prompt tokens + {steps} steps exceed the {state.embedding.pe.shape[1]} "
@@ -248,7 +254,8 @@ class T2SAccelerator(Accelerator):
         out = stack(self.layers, self.heads, xy, state.k, state.v, positions[:, 0], visible[:, None])
         state.logits.copy_(self.predict(out[:, -1]))
         state.seen.zero_()
-        state.seen[:batch].scatter_(1, prompts.long(), True)
+        if prompts is not None:
+            state.seen[:batch].scatter_(1, prompts.long(), True)
         state.x.zero_()
         state.eos.zero_()
         state.step.zero_()

@@ -76,10 +76,14 @@ class T2SModel(nn.Module):
     @torch.inference_mode()
     def infer_panel_naive(self, x, x_lens, prompts, bert_feature, top_k=-100, top_p=100, early_stop_num=-1,
                           temperature=1.0, repetition_penalty=1.35, **kwargs) -> Iterator[tuple[torch.Tensor, int]]:
-        """Yields `(prompt + tokens (1, L), idx)` once: the EOS token dropped, or every token at early stop / cap."""
+        """Yields `(prompt + tokens (1, L), idx)` once: the EOS token dropped, or every token at early stop / cap.
+        Without a prompt (upstream's prompt-free decode) the tokens are int32 and idx is 0."""
+        if kwargs.get("streaming_mode"):
+            raise NotImplementedError("streaming_mode: T2SModel decodes whole segments (upstream's "
+                                      "Text2SemanticDecoder streams)")
         tokens, idx, eos = self._decode(x, prompts, bert_feature, top_k, top_p, early_stop_num, temperature,
                                         repetition_penalty)
-        yield tokens[:, :-1] if eos else tokens, idx
+        yield tokens[:, :-1] if eos else tokens, 0 if prompts is None else idx
 
     def infer_panel(self, *args, **kwargs) -> tuple[torch.Tensor, int]:
         return next(self.infer_panel_naive(*args, **kwargs))
@@ -89,7 +93,12 @@ class T2SModel(nn.Module):
                                 temperature=1.0, repetition_penalty=1.35, **kwargs) -> tuple[list, list]:
         """Upstream's batched decode: each row's text embedded on its own and left-padded to `max_len` (padding
         never attended), all rows sampled together (one noise row per unfinished row), a row leaving the batch at
-        its stop with `y[:-1]`."""
+        its stop with `y[:-1]`. Without prompts, row by row through `infer_panel_naive`, as upstream."""
+        if prompts is None:
+            results = [next(self.infer_panel_naive(row[None], None, None, feature[None], top_k, top_p, early_stop_num,
+                                                   temperature, repetition_penalty))
+                       for row, feature in zip(x, bert_feature)]
+            return [y[0] for y, _ in results], [idx for _, idx in results]
         width = int(kwargs.get("max_len", max(len(row) for row in x)))
         text = torch.stack([F.pad(self._text(row[None], feature[None]), (0, 0, width - len(row), 0))[0]
                             for row, feature in zip(x, bert_feature)])
@@ -118,7 +127,8 @@ class T2SModel(nn.Module):
 
     def _decode(self, x, prompts, bert, top_k, top_p, early_stop_num, temperature, penalty):
         text = self._text(x, bert)
-        n_text, y = text.shape[1], prompts
+        y = prompts if prompts is not None else torch.zeros(x.shape[0], 0, dtype=torch.int, device=x.device)
+        n_text, prefix = text.shape[1], y.shape[1]
         for idx in range(MAX_STEPS):
             audio = self.ar_audio_position(self.ar_audio_embedding(y))
             logits = self._last_logits(torch.cat((text, audio), dim=1), n_text)
@@ -126,7 +136,7 @@ class T2SModel(nn.Module):
                 logits = logits[:, :-1]
             token = _sample(logits, y, top_k, top_p, temperature, penalty)
             y = torch.cat((y, token), dim=1)
-            stop = (early_stop_num != -1 and y.shape[1] - prompts.shape[1] > early_stop_num) or idx == MAX_STEPS - 1
+            stop = (early_stop_num != -1 and y.shape[1] - prefix > early_stop_num) or idx == MAX_STEPS - 1
             eos = bool(torch.argmax(logits, dim=-1)[0] == self.EOS or token[0, 0] == self.EOS)
             if stop or eos:
                 return y, idx, eos
@@ -155,7 +165,7 @@ def _sample(logits, previous, top_k, top_p, temperature, penalty) -> torch.Tenso
     logits = logits / max(temperature, 1e-5)
     pivot = torch.topk(logits, min(top_k, logits.size(-1)))[0][:, -1:]
     probs = F.softmax(torch.where(logits < pivot, -float("inf"), logits), dim=-1)
-    return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1, keepdim=True).long()
+    return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1, keepdim=True).int()  # as upstream
 
 
 def build_t2s(*, seed: int = 0, **sizes: int) -> T2SModel:
