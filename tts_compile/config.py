@@ -99,8 +99,8 @@ class OptimizeConfig:
     t2s: bool = field(default=True, metadata=_doc(
         "optimize_pipeline: decode T2S tokens with a static KV cache and a captured decode step (single rows and "
         "batches of up to 16 rows, with or without a prompt; streaming calls run upstream's loop). Memory: the "
-        "cache, 50 MB per 1024 positions and row (rows padded to 1, 2, 4, 8 or 16) for the 24-layer fp16 model. "
-        "False: leave T2S eager."))
+        "cache, 50 MB per 1024 positions and row (rows padded to 1, 2, 4, 8 or 16) for the 24-layer fp16 model; "
+        "buckets beyond 2 GiB of caches are dropped, least recently used first. False: leave T2S eager."))
     t2s_kernels: bool = field(default=True, metadata=_doc(
         "optimize_t2s on CUDA: run the decode step's layers as Triton kernels (five launches a layer instead of "
         "~14; float32 accumulation, rounding differs from cuBLAS in the last bits). False: torch ops (cuBLAS, "

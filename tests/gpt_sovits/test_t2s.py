@@ -149,6 +149,27 @@ def test_prompt_free_decode_equals_the_reference(lengths, top_k, penalty, early,
     assert stats["optimized"] == 1 + len(lengths) and stats["upstream"] == 1  # the batch call hands rows to naive
 
 
+def test_kv_caches_beyond_the_budget_are_dropped_oldest_first(monkeypatch) -> None:
+    """A service that meets many batch sizes keeps at most CACHE_BUDGET bytes of caches (the newest bucket always),
+    and a dropped bucket decodes exactly when it comes back."""
+    from tts_compile.gpt_sovits import t2s
+
+    model = build_t2s()
+    inputs = {rows: _batch([5] * rows, 4, rows) for rows in (1, 2, 3)}
+    kwargs = {"top_k": 15, "early_stop_num": 5}
+    expected = {rows: _batched(model, inputs[rows], 0, **kwargs) for rows in inputs}
+    optimize_t2s(model, **EAGER)
+    states = model.tts_compile._states
+    one_row = _batched(model, inputs[1], 0, **kwargs)
+    monkeypatch.setattr(t2s, "CACHE_BUDGET", 3 * sum(s.k.nbytes + s.v.nbytes for s in states.values()))  # 3 rows
+    _assert_same_batch(one_row, expected[1])
+    kept = []
+    for rows in (2, 3, 1):  # row buckets 2 (1 + 2 rows fit), 4 (alone over the budget: kept, the others dropped), 1
+        _assert_same_batch(_batched(model, inputs[rows], 0, **kwargs), expected[rows])
+        kept.append([key[1] for key in states])
+    assert kept == [[1, 2], [4], [1]]
+
+
 def test_streaming_and_unusual_batches_go_to_upstreams_methods() -> None:
     model = optimize_t2s(build_t2s(), **EAGER)
     phones, prompts, bert = _inputs(5, 4)

@@ -60,6 +60,7 @@ CHECK_EVERY = 16  # decode steps between two reads of the EOS flags (one host sy
 CAPACITIES = (1024, 2048, 4096)  # KV-cache lengths; a request takes the smallest that holds prefix + steps
 ROW_BUCKETS = (1, 2, 4, 8, 16)  # batch rows of the caches and graphs; a batch takes the smallest that holds it
 MAX_ROWS = ROW_BUCKETS[-1]
+CACHE_BUDGET = 2 << 30  # bytes of KV caches kept across calls; older buckets beyond it are dropped (LRU), graphs too
 SNAPSHOT = ("logits", "seen", "step", "x", "position")  # what a replayed chunk restores (the caches are rewritten)
 
 
@@ -117,7 +118,7 @@ class T2SAccelerator(Accelerator):
         self.kernels = config.t2s_kernels and importlib.util.find_spec("triton") is not None
         if config.t2s_kernels and not self.kernels:
             logger.info("optimize_t2s: Triton is not installed; the decode step runs torch ops")
-        self._states: dict[tuple, _State] = {}
+        self._states: dict[tuple, _State] = {}  # least recently used first
         self._lock = threading.Lock()
 
     # --- upstream's entry points -------------------------------------------------------------------------------
@@ -270,9 +271,14 @@ class T2SAccelerator(Accelerator):
             raise ValueError(f"prefix + steps = {length} exceeds the largest KV-cache capacity {CAPACITIES[-1]}")
         rows = next(r for r in ROW_BUCKETS if r >= batch)
         key = (capacity, rows, dtype, device)
-        if key not in self._states:
-            self._states[key] = _State(self.model, capacity, rows, dtype, device)
-        return self._states[key]
+        state = self._states.pop(key, None) or _State(self.model, capacity, rows, dtype, device)
+        self._states[key] = state
+        while sum(s.k.nbytes + s.v.nbytes for s in self._states.values()) > CACHE_BUDGET and len(self._states) > 1:
+            dropped = next(iter(self._states))
+            logger.info("optimize_t2s: dropped the KV cache and graphs of bucket %s (cache budget %d MiB)", dropped,
+                        CACHE_BUDGET >> 20)
+            del self._states[dropped]
+        return state
 
     def _step(self, state: _State, sampling: Sampling, step: int, alive: int) -> None:
         """One decode step of the first `alive` rows of `state.alive`: replayed from its graph on CUDA in the graph
