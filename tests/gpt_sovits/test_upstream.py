@@ -211,13 +211,24 @@ def upstream_t2s(upstream):
     return model, inputs
 
 
+def _upstream_then_optimized(model, run, device: str):
+    """`run()` on upstream's decoder, then again after `optimize_t2s` (eager on the CPU, captured on CUDA), which is
+    undone afterwards: (upstream's result, ours, the accelerator's counters)."""
+    from tts_compile.gpt_sovits.t2s import optimize_t2s, restore_t2s
+
+    expected = run()
+    optimize_t2s(model, compile_mode="eager" if device == "cpu" else "cudagraphs")
+    try:
+        return expected, run(), model.tts_compile.optimization_stats()
+    finally:
+        restore_t2s(model)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("top_k,seed", [(1, 0), (15, 1), (15, 2)])
 def test_t2s_tokens_match_upstream(upstream_t2s, top_k, seed, device) -> None:
     """Greedy and seeded sampled decodes: the same tokens, idx and generator state as upstream's own loops (float32;
     on CUDA through the captured step and the Triton layers)."""
-    from tts_compile.gpt_sovits.t2s import optimize_t2s, restore_t2s
-
     model, inputs = upstream_t2s
     model = copy.deepcopy(model).to(device)
     phones, prompts, bert = (t.to(device) for t in inputs)
@@ -230,14 +241,8 @@ def test_t2s_tokens_match_upstream(upstream_t2s, top_k, seed, device) -> None:
                                               **kwargs)
         return naive, batch, torch.rand(3, device=device)
 
-    expected = both()
-    optimize_t2s(model, compile_mode="eager" if device == "cpu" else "cudagraphs")
-    try:
-        got = both()
-        stats = model.tts_compile.optimization_stats()
-        assert stats["optimized"] == 2 and stats["captures"] == (0 if device == "cpu" else 2)
-    finally:
-        restore_t2s(model)
+    expected, got, stats = _upstream_then_optimized(model, both, device)
+    assert stats["optimized"] == 2 and stats["captures"] == (0 if device == "cpu" else 2)
     assert torch.equal(got[0][0], expected[0][0]) and got[0][1] == expected[0][1]
     assert torch.equal(got[1][0][0], expected[1][0][0]) and got[1][1] == expected[1][1]
     assert torch.equal(got[2], expected[2])  # the generator is left where upstream leaves it
@@ -249,8 +254,6 @@ def test_t2s_batch_matches_upstream(upstream_t2s, top_k, seed, device) -> None:
     """Left-padded batches (TTS.run's `max_len` one wider than the longest row): the same rows, idx and generator
     state as upstream's `infer_panel_batch_infer`. The EOS logit is raised so rows stop at different steps, and the
     rows that go on draw their noise without them (float32; on CUDA through the captured steps)."""
-    from tts_compile.gpt_sovits.t2s import optimize_t2s, restore_t2s
-
     model = copy.deepcopy(upstream_t2s[0]).to(device)
     with torch.no_grad():
         model.ar_predict_layer.weight[model.EOS] *= 1.6
@@ -267,13 +270,7 @@ def test_t2s_batch_matches_upstream(upstream_t2s, top_k, seed, device) -> None:
         rows, idx = model.infer_panel_batch_infer(phones, torch.tensor(lengths, device=device), prompts, bert, **kwargs)
         return rows, idx, torch.rand(3, device=device)
 
-    expected = batch()
-    optimize_t2s(model, compile_mode="eager" if device == "cpu" else "cudagraphs")
-    try:
-        got = batch()
-        stats = model.tts_compile.optimization_stats()
-    finally:
-        restore_t2s(model)
+    expected, got, stats = _upstream_then_optimized(model, batch, device)
     assert stats["optimized"] == 1
     assert got[1] == expected[1] and all(torch.equal(a, b) for a, b in zip(got[0], expected[0]))
     assert torch.equal(got[2], expected[2])
@@ -286,8 +283,6 @@ def test_t2s_batch_matches_upstream(upstream_t2s, top_k, seed, device) -> None:
 def test_t2s_prompt_free_matches_upstream(upstream_t2s, top_k, seed, device) -> None:
     """api_v2's ref_free: no prompt tokens. `infer_panel` and the batch entry (upstream hands its rows to
     `infer_panel_naive`) give upstream's int32 tokens, idx 0 and generator state (float32)."""
-    from tts_compile.gpt_sovits.t2s import optimize_t2s, restore_t2s
-
     model, inputs = upstream_t2s
     model = copy.deepcopy(model).to(device)
     phones, _, bert = (t.to(device) for t in inputs)
@@ -301,13 +296,7 @@ def test_t2s_prompt_free_matches_upstream(upstream_t2s, top_k, seed, device) -> 
                                               **kwargs)
         return naive, batch, torch.rand(3, device=device)
 
-    expected = both()
-    optimize_t2s(model, compile_mode="eager" if device == "cpu" else "cudagraphs")
-    try:
-        got = both()
-        stats = model.tts_compile.optimization_stats()
-    finally:
-        restore_t2s(model)
+    expected, got, stats = _upstream_then_optimized(model, both, device)
     assert stats["optimized"] == 3
     assert torch.equal(got[0][0], expected[0][0]) and got[0][0].dtype == expected[0][0].dtype
     assert got[0][1] == expected[0][1] == 0
