@@ -101,13 +101,12 @@ def decode_batch(model, rows, tokens: int, sampling: dict) -> list[torch.Tensor]
 
 
 def measure_batch(model, rows, device, repeats) -> dict:
-    """Aggregate tok/s of `decode_batch` (every row decodes every token: the EOS logit is zeroed), and its greedy
-    rows at the longest length."""
-    times = {n: timed(lambda n=n: decode_batch(model, rows, n, SAMPLING), device, repeats)[1] for n in LENGTHS}
-    greedy = decode_batch(model, rows, LENGTHS[-1], {**SAMPLING, "top_k": 1})
-    batch = len(rows[0])
-    return {"batch": batch, "ms": times, "aggregate_steady_tok_s": batch * (LENGTHS[1] - LENGTHS[0]) /
-            ((times[LENGTHS[1]] - times[LENGTHS[0]]) / 1e3)}, greedy
+    """`measure` over `decode_batch`: aggregate tok/s = rows x the steady rate (every row decodes every token: the
+    EOS logit is zeroed), and the greedy rows at the longest length."""
+    result, _, greedy = measure(lambda batch, n, sampling: decode_batch(model, batch, n, sampling), rows, device,
+                                repeats)
+    return {"batch": len(rows[0]), "ms": result["ms"],
+            "aggregate_steady_tok_s": len(rows[0]) * result["steady_tok_s"]}, greedy
 
 
 def decode(model, inputs, tokens: int, sampling: dict) -> torch.Tensor:
