@@ -15,7 +15,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from .t2s_sample import BLOCK, NUM_WARPS, Embedding, Sampling
-from .t2s_triton import _wait_for_previous, dependent_launch
+from .t2s_triton import dependent_launch, wait_for_previous
 
 
 @triton.jit
@@ -42,7 +42,7 @@ def _sample_kernel(logits_ptr, seen_ptr, q_ptr, alive_ptr, tokens_ptr, eos_ptr, 
                    temperature, x_scale, eos_id, DIM: tl.constexpr, PENALTY: tl.constexpr, LIBDEVICE: tl.constexpr,
                    KEY_BITS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """Program i samples row alive[i] against noise row i."""
-    _wait_for_previous(PDL)
+    wait_for_previous(PDL)
     dtype = x_ptr.dtype.element_ty
     i = tl.program_id(0)
     r = tl.load(alive_ptr + i)

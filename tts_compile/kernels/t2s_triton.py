@@ -50,7 +50,7 @@ DOT_BLOCK_K = 2048  # reduction chunk of the `tl.dot` form without a layer norm 
 
 
 @triton.jit
-def _wait_for_previous(PDL: tl.constexpr):
+def wait_for_previous(PDL: tl.constexpr):
     """With programmatic dependent launch: let the next launch start, then wait until the previous one is done."""
     if PDL:
         gdc_launch_dependents()
@@ -76,7 +76,7 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, norm_w_ptr, norm_b_ptr
     if NORM:
         gamma = tl.load(norm_w_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
         beta = tl.load(norm_b_ptr + rk, mask=k_mask, other=0.0).to(tl.float32)
-    _wait_for_previous(PDL)
+    wait_for_previous(PDL)
     w = w.to(tl.float32)  # products of 16-bit values are exact in float32
     if QKV:
         pos = tl.load(pos_ptr)
@@ -124,7 +124,7 @@ def _linear_rows_kernel(x_ptr, w_ptr, b_ptr, out_ptr, res_ptr, norm_w_ptr, norm_
         if PDL:  # the weights first: the first chunk's are in flight while the previous launch finishes
             w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
             if k0 == 0:
-                _wait_for_previous(PDL)
+                wait_for_previous(PDL)
         x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         if NORM:  # torch's layer_norm formula in float32, rounded to the model dtype, as `_linear_kernel`
             x = x.to(tl.float32)
@@ -170,7 +170,7 @@ def _cache_store(cache_ptr, y, row, col, dim, pos, heads, capacity, mask, HEAD_D
 def _attend_kernel(qkv_ptr, k_ptr, v_ptr, pos_ptr, start_ptr, out_ptr, heads, capacity, scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, PDL: tl.constexpr):
     """out[row, head] = softmax(q k^T * scale) v over cache columns start[row]..pos (online softmax, float32)."""
-    _wait_for_previous(PDL)
+    wait_for_previous(PDL)
     row, head = tl.program_id(0), tl.program_id(1)
     dim = heads * HEAD_DIM
     d = tl.arange(0, BLOCK_D)
