@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from tts_compile import optimize_vocoder
-from tts_compile.kernels import anti_aliased_snake
+from tts_compile.kernels import anti_aliased_snake, downsampler_band
 from tts_compile.models import build_model
 from tts_compile.models.bigvgan import AntiAliasedSnakeBeta
 
@@ -98,14 +98,15 @@ def layers(ext, frames: int) -> list[dict]:
         x = torch.randn(1, channels, frames * rate, device=DEV, dtype=DT)
         x_cl = x.transpose(1, 2).contiguous().transpose(1, 2)
         up = act.fir.float()
+        band = downsampler_band(up)
         with torch.inference_mode():
             ref = AntiAliasedSnakeBeta(channels).to(DEV).double()
             ref.load_state_dict({k: v.double() for k, v in act.state_dict().items()})
             expected = ref(x.double())
             variants = {
                 "torch": lambda: act(x),
-                "triton": lambda: anti_aliased_snake(x, act.log_alpha, act.log_beta, up, up, True),
-                "triton_cl": lambda: anti_aliased_snake(x_cl, act.log_alpha, act.log_beta, up, up, True),
+                "triton": lambda: anti_aliased_snake(x, act.log_alpha, act.log_beta, up, up, band, True),
+                "triton_cl": lambda: anti_aliased_snake(x_cl, act.log_alpha, act.log_beta, up, up, band, True),
             }
             if ext is not None:
                 fir = act.fir.view(1, 1, -1)

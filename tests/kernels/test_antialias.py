@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tts_compile.kernels.antialias import anti_aliased_snake_beta
+from tts_compile.kernels.antialias import BAND_FRAMES, anti_aliased_snake_beta, downsampler_band, halo
 from tts_compile.models.bigvgan import AntiAliasedSnakeBeta
 
 FLOAT64_TOLERANCE = 1e-12  # same function, different summation order: float64 rounding only
@@ -78,11 +78,28 @@ def test_op_passes_opcheck() -> None:
 
     for channels_last in (False, True):
         x, (alpha, beta), (up, down) = _inputs(2, 3, 17, 12, channels_last)
-        torch.library.opcheck(anti_aliased_snake, (x, alpha, beta, up, down, True))
+        torch.library.opcheck(anti_aliased_snake, (x, alpha, beta, up, down, downsampler_band(down), True))
 
 
 def test_op_keeps_the_memory_layout() -> None:
     from tts_compile.kernels import anti_aliased_snake
 
     x, (alpha, beta), (up, down) = _inputs(2, 5, 9, 12, channels_last=True)
-    assert anti_aliased_snake(x, alpha, beta, up, down, True).stride() == x.stride()
+    assert anti_aliased_snake(x, alpha, beta, up, down, downsampler_band(down), True).stride() == x.stride()
+
+
+@given(taps=st.sampled_from([2, 4, 6, 12, 16]), seed=st.integers(0, 2**16))
+def test_band_products_are_the_strided_downsampler(taps, seed) -> None:
+    """The kernel's band (hi + lo) applied to a tile's two phases equals the 12-tap stride-2 low-pass on every
+    output whose taps lie inside the tile."""
+    g = torch.Generator().manual_seed(seed)
+    down = torch.randn(taps, generator=g, dtype=torch.float64)
+    band = downsampler_band(down).double()
+    phases = torch.randn(2, BAND_FRAMES, generator=g, dtype=torch.float64)  # [phase, tile frame]
+    from_band = (band[:2] + band[2:]).matmul(phases[..., None]).sum(0)[:, 0]  # [output j]
+    pad, (left, right) = taps // 2 - 1, halo(taps)
+    outputs = BAND_FRAMES - left - right
+    direct = [sum(down[k] * phases[(k - pad) % 2, j + (k - pad) // 2 + left] for k in range(taps))
+              for j in range(outputs)]
+    scale = float(down.abs().sum() * phases.abs().max())
+    assert (from_band[:outputs] - torch.stack(direct)).abs().max() <= 2**-20 * scale

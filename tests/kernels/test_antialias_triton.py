@@ -9,11 +9,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tts_compile.kernels.antialias import anti_aliased_snake_beta
+from tts_compile.kernels.antialias import anti_aliased_snake_beta, downsampler_band
 
 from .test_antialias import _inputs
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (pip install triton)")
+tl = triton.language
+kt = pytest.importorskip("tts_compile.kernels.antialias_triton")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRETED else "cuda"
 if not INTERPRETED and not torch.cuda.is_available():
@@ -34,7 +36,8 @@ def test_triton_kernel_matches_the_reference(taps, frames, channels, batch, chan
         alpha, beta = alpha.abs() + 0.1, beta.abs() + 0.1
     a, b = (alpha.exp(), beta.exp()) if log_scale else (alpha, beta)
     expected = anti_aliased_snake_beta(x.double(), a.double(), b.double(), up.double(), down.double())
-    got = anti_aliased_snake_triton(*(t.to(DEVICE) for t in (x, alpha.to(dtype), beta.to(dtype), up, down)),
+    band = downsampler_band(down)
+    got = anti_aliased_snake_triton(*(t.to(DEVICE) for t in (x, alpha.to(dtype), beta.to(dtype), up, down, band)),
                                     log_scale).cpu()
     assert got.dtype == dtype and got.stride() == x.stride()
     error = float((got.double() - expected).abs().max() / expected.abs().max())
@@ -44,6 +47,27 @@ def test_triton_kernel_matches_the_reference(taps, frames, channels, batch, chan
                                       beta.to(dtype).double()), up.double(), down.double())
     error = min(error, float((got.double() - rounded).abs().max() / rounded.abs().max()))
     assert error <= TRITON_TOLERANCE[dtype]
+
+
+@triton.jit
+def _sin_squared_kernel(u_ptr, out_ptr, alpha, n, BLOCK: tl.constexpr):
+    """SnakeBeta with beta = 1, minus u: the kernel's sin^2(alpha u)."""
+    offsets = tl.arange(0, BLOCK)
+    u = tl.load(u_ptr + offsets, mask=offsets < n)
+    tl.store(out_ptr + offsets, kt._snake(u, alpha, 1.0) - u, mask=offsets < n)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e5])
+def test_polynomial_sine_is_float32_accurate(scale) -> None:
+    """The kernel's sine (reduction by a two-part pi, odd polynomial) against float64 sin of the same float32
+    argument alpha u, up to |alpha u| = 1e5: SnakeBeta's sin^2 term within 4e-6."""
+    g = torch.Generator().manual_seed(7)
+    u = torch.rand(4096, generator=g) * 2 - 1
+    alpha = 1.7 * scale
+    got = torch.empty_like(u, device=DEVICE)
+    _sin_squared_kernel[(1,)](u.to(DEVICE), got, alpha, u.numel(), BLOCK=4096)
+    argument = (u * torch.tensor(alpha)).double()  # float32 product, as the kernel forms it
+    assert float((got.cpu().double() - argument.sin().pow(2)).abs().max()) <= 4e-6
 
 
 _PTXAS_REPORT = """
@@ -62,8 +86,8 @@ unit = ("sx_c", "so_c") if channels_last else ("sx_t", "so_t")  # what Triton sp
 ptxas = Path(triton.__file__).parent / "backends/nvidia/bin/ptxas"
 for block_c, block_t in tiles:
     constexprs = {"TAPS": 12, "LOG_SCALE": True, "BLOCK_C": block_c, "BLOCK_T": block_t, "HALO_LEFT": left,
-                  "HALO": left + right}
-    signature = {**pointers, "up_ptr": "*fp32", "down_ptr": "*fp32", **scalars,
+                  "HALO": left + right, "HALF": dtype == "fp16"}
+    signature = {**pointers, "up_ptr": "*fp32", "down_ptr": "*fp32", "band_ptr": "*fp16", **scalars,
                  **dict.fromkeys(constexprs, "constexpr")}
     source = ASTSource(fn=kt._anti_aliased_snake_kernel, signature=signature,
                        constexprs={**constexprs, **dict.fromkeys(unit, 1)})

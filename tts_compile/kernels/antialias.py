@@ -12,6 +12,30 @@ import torch
 import torch.nn.functional as F
 
 SNAKE_EPS = 1e-9  # 1 / (beta + eps), as in the published SnakeBeta
+BAND_FRAMES = 64  # phase frames per program of the CUDA kernel, so its downsampler band is 64 x 64
+
+
+def halo(taps: int) -> tuple[int, int]:
+    """Phase frames the downsampler reads left and right of its output frame (3, 3 for BigVGAN's 12 taps)."""
+    offsets = [(k - (taps // 2 - 1)) // 2 for k in range(taps)]
+    return -min(offsets), max(offsets)
+
+
+def downsampler_band(down: torch.Tensor) -> torch.Tensor:
+    """The downsampler as the CUDA kernel's float16 matrices `[4, BAND_FRAMES, BAND_FRAMES]`: hi and lo parts.
+
+    `[ph, j, i]` (and `[2 + ph, j, i]`) is the tap through which phase `ph` at tile frame `i` feeds output `j`;
+    hi + lo equals the tap to ~2^-22. Built once per module (see `passes.activations`), not per call.
+    """
+    taps, (left, _) = down.numel(), halo(down.numel())
+    frames = torch.arange(BAND_FRAMES, device=down.device)
+    k = 2 * (frames[None, :] - frames[:, None] - left) + taps // 2 - 1  # [j, i]
+    phases = []
+    for tap in (k, k + 1):
+        valid = (tap >= 0) & (tap < taps)
+        phases.append(torch.where(valid, down.double()[tap.clamp(0, taps - 1)], 0.0))
+    hi = [m.half() for m in phases]
+    return torch.stack(hi + [(m - h.double()).half() for m, h in zip(phases, hi)])
 
 
 def anti_aliased_snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
@@ -37,7 +61,7 @@ def anti_aliased_snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Te
     # The downsampler reads s[clamp(2q + k - pad, 0, 2T - 1)]: tap k reads phase (k - pad) % 2 at offset
     # (k - pad) // 2; reads before the start clamp to s[0] (even phase), after the end to s[2T-1] (odd phase).
     offsets = [(k - pad) // 2 for k in range(taps)]
-    left, right = -min(offsets), max(offsets)
+    left, right = halo(taps)
     first, last = phases[0][..., :1], phases[1][..., -1:]
     padded = [torch.cat([first.expand(*first.shape[:-1], left), p, last.expand(*last.shape[:-1], right)], -1)
               for p in phases]
@@ -47,11 +71,11 @@ def anti_aliased_snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Te
 
 @torch.library.custom_op("tts_compile::anti_aliased_snake", mutates_args=())
 def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, up: torch.Tensor,
-                       down: torch.Tensor, log_scale: bool) -> torch.Tensor:
+                       down: torch.Tensor, band: torch.Tensor, log_scale: bool) -> torch.Tensor:
     """The fused activation as one op: a Triton kernel on CUDA, `anti_aliased_snake_beta` elsewhere.
 
-    `up`/`down`: the float32 filter taps `[K]`; `log_scale`: `alpha`/`beta` hold logarithms. The output has `x`'s
-    shape, dtype and memory layout.
+    `up`/`down`: the float32 filter taps `[K]`; `band`: `downsampler_band(down)` (read by the kernel for float16
+    input); `log_scale`: `alpha`/`beta` hold logarithms. The output has `x`'s shape, dtype and memory layout.
     """
     if log_scale:
         alpha, beta = alpha.exp(), beta.exp()
@@ -61,13 +85,13 @@ def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
 
 
 @anti_aliased_snake.register_kernel("cuda")
-def _anti_aliased_snake_cuda(x, alpha, beta, up, down, log_scale):
+def _anti_aliased_snake_cuda(x, alpha, beta, up, down, band, log_scale):
     from .antialias_triton import anti_aliased_snake_triton
 
     return anti_aliased_snake_triton(x, alpha.contiguous(), beta.contiguous(), up.contiguous(), down.contiguous(),
-                                     log_scale)
+                                     band.contiguous(), log_scale)
 
 
 @anti_aliased_snake.register_fake
-def _anti_aliased_snake_fake(x, alpha, beta, up, down, log_scale):
+def _anti_aliased_snake_fake(x, alpha, beta, up, down, band, log_scale):
     return torch.empty_like(x)

@@ -2,10 +2,13 @@
 
 Each program owns `BLOCK_C` channels and `BLOCK_T` frames of the SnakeBeta'd upsampled signal, kept as its even and
 odd phases `s0`, `s1` ([BLOCK_C, BLOCK_T] each). Every phase sample is computed once: K/2 taps of the upsampler
-from shifted loads of `x` (cache hits), SnakeBeta in float32. The stride-2 downsampler then is two banded
-(Toeplitz) matrix products, `out = s0 @ D0 + s1 @ D1`, on tensor cores; the band is K/2 + 1 wide, so each program
-writes `BLOCK_T - HALO` outputs. (The previous version rebuilt the upsampled samples per downsampling tap: 6x the
-arithmetic and 0.6x the speed of NVIDIA's kernel, benchmarks/NOTES.md.)
+from shifted loads of `x` (cache hits), SnakeBeta in float32 with a polynomial sine. The stride-2 downsampler then
+is two banded (Toeplitz) matrix products on tensor cores, `out^T = D0^T s0^T + D1^T s1^T` (time as the rows, so
+Hopper's warpgroup MMA applies); the band is K/2 + 1 wide, so each program writes `BLOCK_T - HALO` outputs.
+Float16 input multiplies float16 hi/lo parts (three products, the band prebuilt by `downsampler_band`); float32
+and bfloat16 input, whose SnakeBeta may leave float16's range, use `tf32x3` on a band gathered from the taps.
+Both keep float32 accuracy; the output is rounded once. The run-47 sweep (benchmarks/NOTES.md) measured this form
+2.6x faster than gathering the band in float32 with libdevice's sine: fewer registers, more programs per SM.
 
 Replicate padding clamps the upsampled index to [0, 2T - 1]: before the start every phase reads s[0] (even), after
 the end s[2T - 1] (odd). Hard-coded assumptions (checked by `tts_compile.passes.activations` before a module is
@@ -20,7 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .antialias import BAND_FRAMES, halo
+
 SNAKE_EPS = tl.constexpr(1e-9)  # 1 / (beta + eps), as in the published SnakeBeta
+INV_PI = tl.constexpr(0.3183098861837907)
+PI_HI = tl.constexpr(3.140625)  # 8 significant bits: k * PI_HI is exact for |k| < 2^16
+PI_LO = tl.constexpr(9.676535897932795e-4)  # pi - PI_HI
 
 
 @triton.jit
@@ -50,15 +58,41 @@ def _add_tap(u, up_ptr, value, K: tl.constexpr, TAPS: tl.constexpr):
 
 @triton.jit
 def _snake(u, alpha, inv_beta):
-    s = tl.sin(u * alpha)
+    """SnakeBeta. sin^2 has period pi: reduce alpha u to r in [-pi/2, pi/2] (Cody-Waite, two-part pi), then the odd
+    Taylor polynomial to r^13 (truncation < 7e-10). Float32 arithmetic only: ~a third of libdevice's registers."""
+    v = u * alpha
+    k = tl.floor(v * INV_PI + 0.5)
+    r = v - k * PI_HI
+    r = r - k * PI_LO
+    r2 = r * r
+    p = 1.6059043836821613e-10
+    p = p * r2 - 2.505210838544172e-08
+    p = p * r2 + 2.7557319223985893e-06
+    p = p * r2 - 1.984126984126984e-04
+    p = p * r2 + 8.333333333333333e-03
+    p = p * r2 - 1.6666666666666666e-01
+    s = r + r * r2 * p
     return u + s * s * inv_beta
 
 
 @triton.jit
-def _anti_aliased_snake_kernel(x_ptr, out_ptr, alpha_ptr, beta_ptr, up_ptr, down_ptr, channels, frames,
+def _dot_hi_lo(d_hi, d_lo, s, acc):
+    """`acc + (d_hi + d_lo) s^T` as three float16 tensor-core products (hi x hi, hi x lo, lo x hi): each exact in
+    float32, so the result keeps ~22 bits; `s` must lie within float16's range."""
+    t = tl.trans(s)
+    hi = t.to(tl.float16)
+    lo = (t - hi.to(tl.float32)).to(tl.float16)
+    acc = tl.dot(d_hi, hi, acc)
+    acc = tl.dot(d_hi, lo, acc)
+    return tl.dot(d_lo, hi, acc)
+
+
+@triton.jit
+def _anti_aliased_snake_kernel(x_ptr, out_ptr, alpha_ptr, beta_ptr, up_ptr, down_ptr, band_ptr, channels, frames,
                                sx_b, sx_c, sx_t, so_b, so_c, so_t,
                                TAPS: tl.constexpr, LOG_SCALE: tl.constexpr, BLOCK_C: tl.constexpr,
-                               BLOCK_T: tl.constexpr, HALO_LEFT: tl.constexpr, HALO: tl.constexpr):
+                               BLOCK_T: tl.constexpr, HALO_LEFT: tl.constexpr, HALO: tl.constexpr,
+                               HALF: tl.constexpr):
     PAD: tl.constexpr = TAPS // 2 - 1
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     q0 = tl.program_id(0) * (BLOCK_T - HALO)  # first output frame of this program
@@ -80,26 +114,27 @@ def _anti_aliased_snake_kernel(x_ptr, out_ptr, alpha_ptr, beta_ptr, up_ptr, down
     s0 = tl.where(before, first, tl.where(after, last, _snake(u0, alpha, inv_beta)))
     s1 = tl.where(before, first, tl.where(after, last, _snake(u1, alpha, inv_beta)))
     # Downsampler tap k reads phase (k - PAD) % 2 at frame offset (k - PAD) // 2 from the output frame: in tile
-    # coordinates row i (phase frame) feeds column j (output) through tap k = 2 (i - j - HALO_LEFT) + PAD + phase.
-    k0 = 2 * (tl.arange(0, BLOCK_T)[:, None] - tl.arange(0, BLOCK_T)[None, :] - HALO_LEFT) + PAD
-    d0 = tl.load(down_ptr + k0, mask=(k0 >= 0) & (k0 < TAPS), other=0.0)
-    d1 = tl.load(down_ptr + k0 + 1, mask=(k0 + 1 >= 0) & (k0 + 1 < TAPS), other=0.0)
-    acc = tl.dot(s0, d0, input_precision="tf32x3")  # three TF32 products: float32 accuracy on tensor cores
-    acc = tl.dot(s1, d1, acc, input_precision="tf32x3")
-    j = tl.arange(0, BLOCK_T)
+    # coordinates phase frame i feeds output j through tap k = 2 (i - j - HALO_LEFT) + PAD + phase.
+    j = tl.arange(0, BLOCK_T)[:, None]
+    i = tl.arange(0, BLOCK_T)[None, :]
+    acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+    if HALF:
+        band = band_ptr + j * BLOCK_T + i  # [hi0, hi1, lo0, lo1], each [j, i]
+        acc = _dot_hi_lo(tl.load(band), tl.load(band + 2 * BLOCK_T * BLOCK_T), s0, acc)
+        acc = _dot_hi_lo(tl.load(band + BLOCK_T * BLOCK_T), tl.load(band + 3 * BLOCK_T * BLOCK_T), s1, acc)
+    else:
+        k0 = 2 * (i - j - HALO_LEFT) + PAD
+        d0 = tl.load(down_ptr + k0, mask=(k0 >= 0) & (k0 < TAPS), other=0.0)
+        d1 = tl.load(down_ptr + k0 + 1, mask=(k0 + 1 >= 0) & (k0 + 1 < TAPS), other=0.0)
+        acc = tl.dot(d0, tl.trans(s0), acc, input_precision="tf32x3")  # three TF32 products: float32 accuracy
+        acc = tl.dot(d1, tl.trans(s1), acc, input_precision="tf32x3")
     q = q0 + j
-    out = out_ptr + tl.program_id(2).to(tl.int64) * so_b + c[:, None].to(tl.int64) * so_c + q[None, :] * so_t
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_mask & ((j < BLOCK_T - HALO) & (q < frames))[None, :])
+    out = out_ptr + tl.program_id(2).to(tl.int64) * so_b + c[None, :].to(tl.int64) * so_c + q * so_t
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=c_mask[None, :] & (j < BLOCK_T - HALO) & (q < frames))
 
 
 NUM_WARPS = 4
-BLOCK_T = 64  # phase frames per program; it writes BLOCK_T - HALO outputs (58 for 12 taps)
-
-
-def halo(taps: int) -> tuple[int, int]:
-    """Phase frames the downsampler reads left and right of its output frame (3, 3 for BigVGAN's 12 taps)."""
-    offsets = [(k - (taps // 2 - 1)) // 2 for k in range(taps)]
-    return -min(offsets), max(offsets)
+BLOCK_T = BAND_FRAMES  # phase frames per program; it writes BLOCK_T - HALO outputs (58 for 12 taps)
 
 
 def tile(channels: int) -> tuple[int, int]:
@@ -108,8 +143,14 @@ def tile(channels: int) -> tuple[int, int]:
 
 
 def anti_aliased_snake_triton(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, up: torch.Tensor,
-                              down: torch.Tensor, log_scale: bool) -> torch.Tensor:
-    """Launch the kernel: `x [B, C, T]` (any strides) -> a new tensor with `x`'s shape, dtype and memory layout."""
+                              down: torch.Tensor, band: torch.Tensor, log_scale: bool) -> torch.Tensor:
+    """Launch the kernel: `x [B, C, T]` (any strides) -> a new tensor with `x`'s shape, dtype and memory layout.
+
+    `band` is `downsampler_band(down)`; it is read for float16 `x` only.
+    """
+    if band.shape != (4, BLOCK_T, BLOCK_T) or band.dtype != torch.float16:
+        raise ValueError(f"band must be downsampler_band(down): float16 [4, {BLOCK_T}, {BLOCK_T}], got "
+                         f"{band.dtype} {list(band.shape)}")
     batch, channels, frames = x.shape
     out = torch.empty_like(x)
     if x.numel() == 0:
@@ -118,7 +159,7 @@ def anti_aliased_snake_triton(x: torch.Tensor, alpha: torch.Tensor, beta: torch.
     block_c, block_t = tile(channels)
     grid = (triton.cdiv(frames, block_t - left - right), triton.cdiv(channels, block_c), batch)
     _anti_aliased_snake_kernel[grid](
-        x, out, alpha, beta, up, down, channels, frames, *x.stride(), *out.stride(),
+        x, out, alpha, beta, up, down, band, channels, frames, *x.stride(), *out.stride(),
         TAPS=up.numel(), LOG_SCALE=log_scale, BLOCK_C=block_c, BLOCK_T=block_t, HALO_LEFT=left, HALO=left + right,
-        num_warps=NUM_WARPS)
+        HALF=x.dtype == torch.float16, num_warps=NUM_WARPS)
     return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels import anti_aliased_snake
+from ..kernels import anti_aliased_snake, downsampler_band
 from ..models.bigvgan import AntiAliasedSnakeBeta
 
 logger = logging.getLogger(__name__)
@@ -42,9 +42,20 @@ class FusedAntiAliasedActivation(nn.Module):
         device = spec.alpha.device
         self.register_buffer("up", torch.tensor(spec.up, dtype=torch.float32, device=device), persistent=False)
         self.register_buffer("down", torch.tensor(spec.down, dtype=torch.float32, device=device), persistent=False)
+        self.register_buffer("band", downsampler_band(torch.tensor(spec.down, dtype=torch.float64, device=device)),
+                             persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.half()`, `.cuda()` move the filter buffers but keep their values and dtypes (float32 taps, the
+        float16 band): they are constants of the function, not weights to cast."""
+        saved = dict(self.named_buffers(recurse=False))
+        super()._apply(fn, recurse)
+        for name, buffer in saved.items():
+            setattr(self, name, buffer.to(getattr(self, name).device))
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return anti_aliased_snake(x, self.alpha, self.beta, self.up, self.down, self.log_scale)
+        return anti_aliased_snake(x, self.alpha, self.beta, self.up, self.down, self.band, self.log_scale)
 
 
 def recognise(module: nn.Module) -> ActivationSpec | str:
