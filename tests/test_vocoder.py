@@ -383,3 +383,18 @@ def test_logging_reports_setup_buckets_and_verification(caplog) -> None:
 def test_bad_explicit_buckets_for_the_measured_context() -> None:
     with pytest.raises(ConfigError, match="buckets=\\(12,\\)"):
         optimize_vocoder(tiny("hifigan-tiny"), buckets=[12], compile_mode="eager")
+
+
+def test_low_precision_verification_takes_eager_own_error_into_account(monkeypatch, caplog) -> None:
+    """Past the tolerance, bfloat16 still passes when it is as close to a float32 copy as eager is; a context below
+    the receptive field does not (its error does not shrink in float32)."""
+    from tts_compile import vocoder as engine
+
+    monkeypatch.setitem(engine.VERIFY_TOLERANCE, torch.bfloat16, 0.0)  # any rounding difference is past it
+    options = {"chunk_size": 20, "compile_mode": "eager", "fused_activation": "on"}  # other summation order
+    with caplog.at_level(logging.INFO, logger="tts_compile"):
+        good = optimize_vocoder(tiny("bigvgan-tiny").to(torch.bfloat16), **options)
+    assert good.optimization_stats()["failure"] is None
+    assert "from a float32 copy" in caplog.text
+    bad = optimize_vocoder(tiny("bigvgan-tiny").to(torch.bfloat16), context=1, **options)
+    assert "VerificationError" in bad.optimization_stats()["failure"]

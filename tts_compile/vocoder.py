@@ -23,7 +23,7 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequenc
 import torch
 from torch import nn
 
-from ._copy import weights_fingerprint
+from ._copy import structural_copy, weights_fingerprint
 from .buckets import Bucket, BucketSet, Window, group, plan
 from .config import DISABLE_ENV, ConfigError, OptimizeConfig, disabled_by_environment
 from .passes import optimized_copy
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 # Largest |optimized - eager| the warm-up check accepts, relative to the eager output's peak. Chunking is exact in
 # real arithmetic; what remains is rounding from different kernels (fused ops, per-shape conv algorithms).
 VERIFY_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+REFERENCE_MARGIN = 2.0  # past the tolerance, float16/bfloat16 may be this many times eager's own float32 distance
 MAX_OUTPUT_SAMPLES = 2**31 - 1  # int32 indexing limit of many kernels: about 12 hours at 48 kHz
 _RESERVED = ("stream", "warmup", "eager", "optimization_stats")
 COUNTERS = ("calls", "windows", "eager_calls", "fallbacks", "rebuilds", "degraded")
@@ -345,11 +346,34 @@ class VocoderOptimizer:
             got = self._optimized_call(mel, (), None, example_kwargs)
         error = _relative_error(got, expected)
         tolerance = VERIFY_TOLERANCE[_effective_dtype(setup.dtype, setup.device)]
-        if error > tolerance:
+        if error > tolerance and not self._as_accurate_as_eager(mel, got, expected, example_kwargs):
             raise VerificationError(
                 f"optimized output differs from eager by {error:.1e} of its peak (tolerance {tolerance:.0e}) on a "
                 f"{frames}-frame mel; is context={setup.buckets.context} below the receptive field?")
         logger.info("%s: verified on %d frames: max |optimized - eager| = %.1e of peak", self.name, frames, error)
+
+    def _as_accurate_as_eager(self, mel: torch.Tensor, got: torch.Tensor, expected: torch.Tensor,
+                              kwargs: Mapping[str, Any]) -> bool:
+        """float16/bfloat16 past the tolerance: is the optimized output within `REFERENCE_MARGIN` times eager's own
+        distance from a float32 copy of the module? A model can amplify rounding so much that eager on windows
+        already differs from eager on the whole input by the tolerance (random-weight BigVGAN, benchmarks/NOTES.md
+        run 44); a context shorter than the receptive field still fails, its error does not shrink in float32."""
+        if mel.dtype not in (torch.float16, torch.bfloat16) or self._module is None:
+            return False
+        try:
+            module = structural_copy(self._module, share_weights=False).float()
+            wide = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                    for k, v in kwargs.items()}
+            with torch.inference_mode(), _without_tf32():
+                reference = self._eager(module, mel.float(), **wide)
+        except Exception as exc:  # the reference is a second opinion; without it the first one stands
+            logger.debug("%s: no float32 reference for verification: %s", self.name, exc)
+            return False
+        ours, own = _relative_error(got, reference), _relative_error(expected, reference)
+        logger.info("%s: optimized output is %.1e of peak from eager, past the %s tolerance; from a float32 copy "
+                    "it is %.1e, eager itself %.1e (accepted up to %.0fx)", self.name, _relative_error(got, expected),
+                    str(mel.dtype).replace("torch.", ""), ours, own, REFERENCE_MARGIN)
+        return ours <= REFERENCE_MARGIN * own
 
     # ------------------------------------------------------------------------------------------- execution
     def _vocode(self, setup: _Setup, mel: torch.Tensor, lengths: list[int], cond: _Conditioning) -> torch.Tensor:
@@ -529,6 +553,20 @@ def _own_rng(device: torch.device) -> contextlib.AbstractContextManager:
     """Random draws of set-up (probes, capture examples) leave the caller's generators where they were: a seeded
     request draws the same numbers whether or not this call happened to set something up."""
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+@contextlib.contextmanager
+def _without_tf32() -> Iterator[None]:
+    """float32 convolutions and matmuls at full precision (CUDA runs them in TF32 by default)."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    try:
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=False):
+            yield
+    finally:
+        matmul.allow_tf32 = saved
 
 
 def _effective_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
