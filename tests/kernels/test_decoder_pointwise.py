@@ -93,3 +93,15 @@ def test_an_unsupported_layout_is_refused() -> None:
     x = torch.randn(2, 3, 8, device=DEVICE)[..., ::2]
     with pytest.raises(ValueError, match="contiguous or channels-last"):
         pointwise_triton(x, torch.tensor([2], device=DEVICE), 0.1)
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_bias_pass_equals_torchs_broadcast_add(dtype) -> None:
+    """What `passes.layout.with_bias` runs on CUDA (no `valid`, no activation) against the in-place broadcast add it
+    replaces, on a channels-last convolution output."""
+    y = _tensor((2, 24, 70), dtype, True, seed=5)
+    bias = (torch.randn(24, generator=torch.Generator().manual_seed(6)) * 3).to(y)
+    s, h = pointwise_triton(y, None, 0.0, bias, activate=False)
+    expected = y.clone()
+    expected.transpose(1, 2).add_(bias)
+    assert h is None and s.stride() == y.stride() and torch.equal(s, expected)

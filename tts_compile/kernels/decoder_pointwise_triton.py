@@ -49,7 +49,7 @@ def _pointwise_kernel(y_ptr, bias_ptr, residual_ptr, total_ptr, s_ptr, h_ptr, va
         tl.store(h_ptr + offsets, tl.where(t < tl.load(valid_ptr), h, tl.zeros_like(h)), mask=inside)
 
 
-def pointwise_triton(y: torch.Tensor, valid: torch.Tensor, slope: float, bias: torch.Tensor | None = None,
+def pointwise_triton(y: torch.Tensor, valid: torch.Tensor | None, slope: float, bias: torch.Tensor | None = None,
                      residual: torch.Tensor | None = None, total: torch.Tensor | None = None, divisor: int = 1,
                      keep_sum: bool = True, activate: bool = True) -> Sums:
     """Outputs have y's strides; y, residual and total must be dense (B, C, T) tensors with y's strides."""
@@ -68,7 +68,8 @@ def pointwise_triton(y: torch.Tensor, valid: torch.Tensor, slope: float, bias: t
     block_c = min(triton.next_power_of_2(cols), 256) if channels_last else CONTIGUOUS_COLUMNS
     grid = (triton.cdiv(rows, TILE // block_c), triton.cdiv(cols, block_c))
     _pointwise_kernel[grid](y, y if bias is None else bias, y if residual is None else residual,
-                            y if total is None else total, y if s is None else s, y if h is None else h, valid, rows,
+                            y if total is None else total, y if s is None else s, y if h is None else h,
+                            y if valid is None else valid, rows,
                             cols, length, channels, slope, 1 / divisor, TIME_IN_ROWS=channels_last,
                             HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
                             HAS_TOTAL=total is not None, DIVIDE=divisor != 1, KEEP_SUM=keep_sum,
