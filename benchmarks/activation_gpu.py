@@ -105,8 +105,8 @@ def layers(ext, frames: int) -> list[dict]:
             expected = ref(x.double())
             variants = {
                 "torch": lambda: act(x),
-                "triton": lambda: anti_aliased_snake(x, act.log_alpha, act.log_beta, up, up, band, True),
-                "triton_cl": lambda: anti_aliased_snake(x_cl, act.log_alpha, act.log_beta, up, up, band, True),
+                "triton": lambda: anti_aliased_snake(x, act.log_alpha, act.log_beta, up, up, band, None, True),
+                "triton_cl": lambda: anti_aliased_snake(x_cl, act.log_alpha, act.log_beta, up, up, band, None, True),
             }
             if ext is not None:
                 fir = act.fir.view(1, 1, -1)

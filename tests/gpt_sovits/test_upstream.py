@@ -15,6 +15,7 @@ import torch
 from tts_compile import load_config, optimize_vocoder
 from tts_compile.gpt_sovits import optimize_sovits
 from tts_compile.gpt_sovits.cfm import optimize_cfm
+from tts_compile.passes import optimized_copy
 
 HOME = os.environ.get("GPT_SOVITS_HOME")
 pytestmark = pytest.mark.skipif(not HOME, reason="GPT_SOVITS_HOME is not set (path to a GPT-SoVITS checkout)")
@@ -176,7 +177,11 @@ def test_upstream_bigvgan_matches(upstream) -> None:
     with torch.inference_mode():
         expected = vocoder(mel)
         got = optimize_vocoder(vocoder, **CHUNKED)(mel)
+        shadow, report = optimized_copy(vocoder, channels_last=True, fuse_activations=True)
+        passes = shadow(mel)
     assert float((got - expected).abs().max()) <= FP32_TOLERANCE
+    assert report["fused_activations"] == 2 * 2 * 2 * 2 + 1 and report["folded_amp_blocks"] == 2 * 2
+    assert float((passes - expected).abs().max()) <= FP32_TOLERANCE
 
 
 def test_config_survives_upstreams_rewrite(upstream, tmp_path) -> None:

@@ -76,16 +76,16 @@ def _inputs(batch, channels, frames, taps, channels_last, dtype=torch.float32, s
 def test_op_passes_opcheck() -> None:
     from tts_compile.kernels import anti_aliased_snake
 
-    for channels_last in (False, True):
+    for channels_last, bias in ((False, None), (True, None), (True, torch.randn(3))):
         x, (alpha, beta), (up, down) = _inputs(2, 3, 17, 12, channels_last)
-        torch.library.opcheck(anti_aliased_snake, (x, alpha, beta, up, down, downsampler_band(down), True))
+        torch.library.opcheck(anti_aliased_snake, (x, alpha, beta, up, down, downsampler_band(down), bias, True))
 
 
 def test_op_keeps_the_memory_layout() -> None:
     from tts_compile.kernels import anti_aliased_snake
 
     x, (alpha, beta), (up, down) = _inputs(2, 5, 9, 12, channels_last=True)
-    assert anti_aliased_snake(x, alpha, beta, up, down, downsampler_band(down), True).stride() == x.stride()
+    assert anti_aliased_snake(x, alpha, beta, up, down, downsampler_band(down), None, True).stride() == x.stride()
 
 
 @given(taps=st.sampled_from([2, 4, 6, 12, 16]), seed=st.integers(0, 2**16))

@@ -31,6 +31,7 @@ def test_optimized_copy_computes_the_same_function(name: str) -> None:
     shadow, report = optimized_copy(model, channels_last=True, fuse_activations=True)
     assert report["channels_last_convs"] > 0
     assert report["fused_activations"] == (9 if name == "bigvgan-tiny" else 0)
+    assert report["folded_amp_blocks"] == (2 if name == "bigvgan-tiny" else 0)
     x, kw = mel_for(name, 57, batch=2), conditioning(name, batch=2)
     with torch.no_grad():
         assert relative_error(shadow(x, **kw), model(x, **kw)) <= FLOAT32_TOLERANCE
@@ -112,6 +113,21 @@ def test_whole_nvidia_bigvgan_with_passes_equals_without() -> None:
     x = torch.randn(2, 20, 31)
     shadow, report = optimized_copy(model, channels_last=True, fuse_activations=True)
     assert report["fused_activations"] == 2 * 1 * 2 * 2 + 1  # 2 stages x 1 kernel x 2 dilations x 2 acts + post
+    assert report["folded_amp_blocks"] == 2 and type(shadow.resblocks[0]).__name__ == "FusedAMPBlock"
+    with torch.no_grad():
+        assert relative_error(shadow(x), model(x)) <= FLOAT32_TOLERANCE
+
+
+def test_amp_block_fold_needs_both_passes_and_leaves_hooked_blocks_alone(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny("bigvgan-tiny")
+    _, report = optimized_copy(model, channels_last=False, fuse_activations=True)
+    assert "folded_amp_blocks" not in report
+    model.resblocks[0].register_forward_hook(lambda *a: None)
+    with caplog.at_level(logging.INFO, logger="tts_compile"):
+        shadow, report = optimized_copy(model, channels_last=True, fuse_activations=True)
+    assert report["folded_amp_blocks"] == 1 and "AMP block fold: left" in caplog.text
+    assert type(shadow.resblocks[0]).__name__ == "AMPBlock" and type(shadow.resblocks[1]).__name__ == "FusedAMPBlock"
+    x = mel_for("bigvgan-tiny", 40)
     with torch.no_grad():
         assert relative_error(shadow(x), model(x)) <= FLOAT32_TOLERANCE
 

@@ -71,12 +71,18 @@ def anti_aliased_snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Te
 
 @torch.library.custom_op("tts_compile::anti_aliased_snake", mutates_args=())
 def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, up: torch.Tensor,
-                       down: torch.Tensor, band: torch.Tensor, log_scale: bool) -> torch.Tensor:
-    """The fused activation as one op: a Triton kernel on CUDA, `anti_aliased_snake_beta` elsewhere.
+                       down: torch.Tensor, band: torch.Tensor, bias: torch.Tensor | None,
+                       log_scale: bool) -> torch.Tensor:
+    """The fused activation of `x + bias[:, None]` as one op: a Triton kernel on CUDA, `anti_aliased_snake_beta`
+    elsewhere.
 
     `up`/`down`: the float32 filter taps `[K]`; `band`: `downsampler_band(down)` (read by the kernel for float16
-    input); `log_scale`: `alpha`/`beta` hold logarithms. The output has `x`'s shape, dtype and memory layout.
+    input); `bias`: None, or the preceding convolution's bias `[C]`, added and rounded to `x`'s dtype as torch's add
+    would, so the convolution can skip its own bias pass; `log_scale`: `alpha`/`beta` hold logarithms. The output has
+    `x`'s shape, dtype and memory layout.
     """
+    if bias is not None:
+        x = x + bias[:, None]
     if log_scale:
         alpha, beta = alpha.exp(), beta.exp()
     out = torch.empty_like(x)
@@ -85,13 +91,13 @@ def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
 
 
 @anti_aliased_snake.register_kernel("cuda")
-def _anti_aliased_snake_cuda(x, alpha, beta, up, down, band, log_scale):
+def _anti_aliased_snake_cuda(x, alpha, beta, up, down, band, bias, log_scale):
     from .antialias_triton import anti_aliased_snake_triton
 
     return anti_aliased_snake_triton(x, alpha.contiguous(), beta.contiguous(), up.contiguous(), down.contiguous(),
-                                     band.contiguous(), log_scale)
+                                     band.contiguous(), log_scale, None if bias is None else bias.contiguous())
 
 
 @anti_aliased_snake.register_fake
-def _anti_aliased_snake_fake(x, alpha, beta, up, down, band, log_scale):
+def _anti_aliased_snake_fake(x, alpha, beta, up, down, band, bias, log_scale):
     return torch.empty_like(x)

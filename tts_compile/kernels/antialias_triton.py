@@ -32,17 +32,22 @@ PI_LO = tl.constexpr(9.676535897932795e-4)  # pi - PI_HI
 
 
 @triton.jit
-def _upsampled(x_row, stride_t, p, frames, up_ptr, PAD: tl.constexpr, TAPS: tl.constexpr, row_mask):
+def _upsampled(x_row, stride_t, p, frames, up_ptr, PAD: tl.constexpr, TAPS: tl.constexpr, row_mask, bias,
+               HAS_BIAS: tl.constexpr):
     """Both phases of the upsampled signal, u[2p] and u[2p + 1], for frame indices `p`: two [BLOCK_C, len(p)].
 
     Upsampler tap k feeds phase (3 PAD - k) % 2 from input frame p + (3 PAD - k) // 2 - PAD (reads clamped to
-    [0, T-1]: replicate padding); the K/2 + 1 shifted loads are shared by both phases.
+    [0, T-1]: replicate padding); the K/2 + 1 shifted loads are shared by both phases. With HAS_BIAS each input
+    value is `x + bias` ([BLOCK_C, 1], float32) rounded to x's dtype, as torch's bias add stores it.
     """
     u0 = tl.zeros([x_row.shape[0], p.shape[0]], dtype=tl.float32)
     u1 = tl.zeros([x_row.shape[0], p.shape[0]], dtype=tl.float32)
     for shift in tl.static_range(-((PAD + 1) // 2), (TAPS - 1 - PAD) // 2 + 1):
         idx = tl.minimum(tl.maximum(p + shift, 0), frames - 1)
-        value = tl.load(x_row + idx[None, :] * stride_t, mask=row_mask, other=0.0).to(tl.float32)
+        value = tl.load(x_row + idx[None, :] * stride_t, mask=row_mask, other=0.0)
+        if HAS_BIAS:
+            value = (value.to(tl.float32) + bias).to(value.dtype)
+        value = value.to(tl.float32)
         u0 = _add_tap(u0, up_ptr, value, PAD - 2 * shift, TAPS)
         u1 = _add_tap(u1, up_ptr, value, PAD - 2 * shift + 1, TAPS)
     return u0, u1
@@ -88,11 +93,11 @@ def _dot_hi_lo(d_hi, d_lo, s, acc):
 
 
 @triton.jit
-def _anti_aliased_snake_kernel(x_ptr, out_ptr, alpha_ptr, beta_ptr, up_ptr, down_ptr, band_ptr, channels, frames,
-                               sx_b, sx_c, sx_t, so_b, so_c, so_t,
+def _anti_aliased_snake_kernel(x_ptr, out_ptr, alpha_ptr, beta_ptr, up_ptr, down_ptr, band_ptr, bias_ptr, channels,
+                               frames, sx_b, sx_c, sx_t, so_b, so_c, so_t,
                                TAPS: tl.constexpr, LOG_SCALE: tl.constexpr, BLOCK_C: tl.constexpr,
                                BLOCK_T: tl.constexpr, HALO_LEFT: tl.constexpr, HALO: tl.constexpr,
-                               HALF: tl.constexpr):
+                               HALF: tl.constexpr, HAS_BIAS: tl.constexpr):
     PAD: tl.constexpr = TAPS // 2 - 1
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     q0 = tl.program_id(0) * (BLOCK_T - HALO)  # first output frame of this program
@@ -105,11 +110,14 @@ def _anti_aliased_snake_kernel(x_ptr, out_ptr, alpha_ptr, beta_ptr, up_ptr, down
     alpha, inv_beta = alpha[:, None], (1.0 / (beta + SNAKE_EPS))[:, None]
     x_row = x_ptr + tl.program_id(2).to(tl.int64) * sx_b + c[:, None].to(tl.int64) * sx_c  # [BLOCK_C, 1] rows
     row_mask = c_mask[:, None]
+    bias = tl.zeros([BLOCK_C, 1], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[:, None]
     edge = tl.zeros([1], dtype=tl.int32)
-    first, _ = _upsampled(x_row, sx_t, edge, frames, up_ptr, PAD, TAPS, row_mask)
-    _, last = _upsampled(x_row, sx_t, edge + frames - 1, frames, up_ptr, PAD, TAPS, row_mask)
+    first, _ = _upsampled(x_row, sx_t, edge, frames, up_ptr, PAD, TAPS, row_mask, bias, HAS_BIAS)
+    _, last = _upsampled(x_row, sx_t, edge + frames - 1, frames, up_ptr, PAD, TAPS, row_mask, bias, HAS_BIAS)
     first, last = _snake(first, alpha, inv_beta), _snake(last, alpha, inv_beta)
-    u0, u1 = _upsampled(x_row, sx_t, p, frames, up_ptr, PAD, TAPS, row_mask)
+    u0, u1 = _upsampled(x_row, sx_t, p, frames, up_ptr, PAD, TAPS, row_mask, bias, HAS_BIAS)
     before, after = (p < 0)[None, :], (p >= frames)[None, :]
     s0 = tl.where(before, first, tl.where(after, last, _snake(u0, alpha, inv_beta)))
     s1 = tl.where(before, first, tl.where(after, last, _snake(u1, alpha, inv_beta)))
@@ -143,10 +151,11 @@ def tile(channels: int) -> tuple[int, int]:
 
 
 def anti_aliased_snake_triton(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, up: torch.Tensor,
-                              down: torch.Tensor, band: torch.Tensor, log_scale: bool) -> torch.Tensor:
+                              down: torch.Tensor, band: torch.Tensor, log_scale: bool,
+                              bias: torch.Tensor | None = None) -> torch.Tensor:
     """Launch the kernel: `x [B, C, T]` (any strides) -> a new tensor with `x`'s shape, dtype and memory layout.
 
-    `band` is `downsampler_band(down)`; it is read for float16 `x` only.
+    `band` is `downsampler_band(down)`; it is read for float16 `x` only. `bias` (`[C]`, optional) is added to `x`.
     """
     if band.shape != (4, BLOCK_T, BLOCK_T) or band.dtype != torch.float16:
         raise ValueError(f"band must be downsampler_band(down): float16 [4, {BLOCK_T}, {BLOCK_T}], got "
@@ -159,7 +168,7 @@ def anti_aliased_snake_triton(x: torch.Tensor, alpha: torch.Tensor, beta: torch.
     block_c, block_t = tile(channels)
     grid = (triton.cdiv(frames, block_t - left - right), triton.cdiv(channels, block_c), batch)
     _anti_aliased_snake_kernel[grid](
-        x, out, alpha, beta, up, down, band, channels, frames, *x.stride(), *out.stride(),
-        TAPS=up.numel(), LOG_SCALE=log_scale, BLOCK_C=block_c, BLOCK_T=block_t, HALO_LEFT=left, HALO=left + right,
-        HALF=x.dtype == torch.float16, num_warps=NUM_WARPS)
+        x, out, alpha, beta, up, down, band, x if bias is None else bias, channels, frames, *x.stride(),
+        *out.stride(), TAPS=up.numel(), LOG_SCALE=log_scale, BLOCK_C=block_c, BLOCK_T=block_t, HALO_LEFT=left,
+        HALO=left + right, HALF=x.dtype == torch.float16, HAS_BIAS=bias is not None, num_warps=NUM_WARPS)
     return out

@@ -13,9 +13,10 @@ from torch import nn
 
 from .._copy import structural_copy
 from .activations import fuse_activations_
+from .blocks import fold_amp_blocks_
 from .layout import channels_last_convs_
 
-__all__ = ["optimized_copy", "fuse_activations_", "channels_last_convs_"]
+__all__ = ["optimized_copy", "fuse_activations_", "channels_last_convs_", "fold_amp_blocks_"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,4 +30,6 @@ def optimized_copy(module: nn.Module, *, channels_last: bool,
         report["fused_activations"] = fuse_activations_(shadow)
     if channels_last:
         report["channels_last_convs"] = channels_last_convs_(shadow)
+    if fuse_activations and channels_last:
+        report["folded_amp_blocks"] = fold_amp_blocks_(shadow)
     return shadow.eval(), report

@@ -54,8 +54,9 @@ class FusedAntiAliasedActivation(nn.Module):
             setattr(self, name, buffer.to(getattr(self, name).device))
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return anti_aliased_snake(x, self.alpha, self.beta, self.up, self.down, self.band, self.log_scale)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The activation of `x`, or of `x + bias[:, None]` (a preceding convolution's bias, folded in)."""
+        return anti_aliased_snake(x, self.alpha, self.beta, self.up, self.down, self.band, bias, self.log_scale)
 
 
 def recognise(module: nn.Module) -> ActivationSpec | str:
