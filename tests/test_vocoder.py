@@ -67,8 +67,9 @@ def test_matches_eager_in_other_dtypes(dtype, frames) -> None:
 # ------------------------------------------------------------------------------------------- real compilation (CPU)
 @pytest.fixture(scope="module")
 def compiled_bigvgan() -> OptimizedVocoder:
-    """Inductor over the whole model, with the fused activation op inside (warm-up + verify)."""
-    return optimize_vocoder(tiny("bigvgan-tiny"), chunk_size=80, max_batch=2)
+    """Inductor over the whole model, with the fused activation op inside and the channels-last convolutions, so the
+    AMP block fold is traced too (warm-up + verify)."""
+    return optimize_vocoder(tiny("bigvgan-tiny"), chunk_size=80, max_batch=2, channels_last="on")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,7 @@ def test_compiled_bigvgan_uses_fused_activations(compiled_bigvgan) -> None:
 
     target = compiled_bigvgan.optimizer._setup.target
     assert sum(isinstance(m, FusedAntiAliasedActivation) for m in target.modules()) == 9
+    assert sum(type(m).__name__ == "FusedAMPBlock" for m in target.modules()) == 2
     assert not any(isinstance(m, FusedAntiAliasedActivation) for m in compiled_bigvgan.module.modules())
 
 
@@ -397,4 +399,18 @@ def test_low_precision_verification_takes_eager_own_error_into_account(monkeypat
     assert good.optimization_stats()["failure"] is None
     assert "from a float32 copy" in caplog.text
     bad = optimize_vocoder(tiny("bigvgan-tiny").to(torch.bfloat16), context=1, **options)
+    assert "VerificationError" in bad.optimization_stats()["failure"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the float32 second opinion on CUDA (TF32 off) needs a GPU")
+def test_low_precision_verification_on_cuda(monkeypatch, caplog) -> None:
+    """The same two verdicts natively: float16, the fused Triton activation, captured graphs."""
+    from tts_compile import vocoder as engine
+
+    monkeypatch.setitem(engine.VERIFY_TOLERANCE, torch.float16, 0.0)
+    options = {"chunk_size": 20, "compile_mode": "cudagraphs", "fused_activation": "on"}
+    with caplog.at_level(logging.INFO, logger="tts_compile"):
+        good = optimize_vocoder(tiny("bigvgan-tiny").cuda().half(), **options)
+    assert good.optimization_stats()["failure"] is None and "from a float32 copy" in caplog.text
+    bad = optimize_vocoder(tiny("bigvgan-tiny").cuda().half(), context=1, **options)
     assert "VerificationError" in bad.optimization_stats()["failure"]
