@@ -82,7 +82,7 @@ def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
     `x`'s shape, dtype and memory layout.
     """
     if bias is not None:
-        x = x + bias[:, None]
+        x = x + bias[:, None].to(x.dtype)
     if log_scale:
         alpha, beta = alpha.exp(), beta.exp()
     out = torch.empty_like(x)
