@@ -90,7 +90,7 @@ def test_op_keeps_the_memory_layout() -> None:
 
 @given(taps=st.sampled_from([2, 4, 6, 12, 16]), seed=st.integers(0, 2**16))
 def test_band_products_are_the_strided_downsampler(taps, seed) -> None:
-    """The kernel's band (hi + lo) applied to a tile's two phases equals the 12-tap stride-2 low-pass on every
+    """The kernel's band (hi + lo) applied to a tile's two phases equals the K-tap stride-2 low-pass on every
     output whose taps lie inside the tile."""
     g = torch.Generator().manual_seed(seed)
     down = torch.randn(taps, generator=g, dtype=torch.float64)
