@@ -29,9 +29,10 @@ def launch(x, act, fir, band, block_c, block_t, warps):
     out = torch.empty_like(x)
     grid = (triton.cdiv(x.shape[-1], block_t - left - right), triton.cdiv(x.shape[1], block_c), x.shape[0])
     kt._anti_aliased_snake_kernel[grid](
-        x, out, act.log_alpha, act.log_beta, fir, fir, band,
+        x, out, act.log_alpha, act.log_beta, fir, fir, band, x,  # x stands for the absent bias (HAS_BIAS off)
         x.shape[1], x.shape[2], *x.stride(), *out.stride(), TAPS=fir.numel(), LOG_SCALE=True, BLOCK_C=block_c,
-        BLOCK_T=block_t, HALO_LEFT=left, HALO=left + right, HALF=x.dtype == torch.float16, num_warps=warps)
+        BLOCK_T=block_t, HALO_LEFT=left, HALO=left + right, HALF=x.dtype == torch.float16, HAS_BIAS=False,
+        num_warps=warps)
     return out
 
 
