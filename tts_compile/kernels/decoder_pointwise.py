@@ -44,10 +44,11 @@ def pointwise(y: torch.Tensor, valid: torch.Tensor | None, slope: float, bias: t
               residual: torch.Tensor | None = None, total: torch.Tensor | None = None, divisor: int = 1,
               keep_sum: bool = True, activate: bool = True) -> Sums:
     """`pointwise_reference`'s function: one Triton launch on CUDA when y, residual and total are dense (B, C, T)
-    tensors of one layout, contiguous or channels-last (strides (T*C, 1, C)); torch ops otherwise."""
+    tensors of one layout, contiguous or channels-last (strides (T*C, 1, C)); torch ops otherwise, and while
+    torch.compile traces (inductor fuses them with their neighbours)."""
     args = (y, valid, slope, bias, residual, total, divisor, keep_sum, activate)
     same = all(t is None or (t.shape == y.shape and t.stride() == y.stride()) for t in (residual, total))
-    if y.is_cuda and y.dim() == 3 and same and time_stride(y) is not None:
+    if y.is_cuda and not torch.compiler.is_compiling() and y.dim() == 3 and same and time_stride(y) is not None:
         from .decoder_pointwise_triton import pointwise_triton
 
         return pointwise_triton(*args)

@@ -17,7 +17,7 @@ import logging
 import torch
 from torch import nn
 
-from ..kernels.decoder_pointwise import pointwise, pointwise_reference
+from ..kernels.decoder_pointwise import pointwise
 from .activations import FusedAntiAliasedActivation
 from .layout import ChannelsLastConv1d
 
@@ -37,14 +37,8 @@ class FusedAMPBlock(nn.Module):
         for i, (conv1, conv2) in enumerate(zip(self.convs1, self.convs2)):
             y = conv1.without_bias(self.acts[2 * i](x))
             y = conv2.without_bias(self.acts[2 * i + 1](y, conv1.conv.bias))
-            x = _bias_and_residual(y, conv2.conv.bias, x)
+            x = pointwise(y, None, 0.0, conv2.conv.bias, residual=x, activate=False)[0]  # (y + bias) + x
         return x
-
-
-def _bias_and_residual(y: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """(y + bias) + x: torch ops when traced (inductor fuses them), else one pass (a Triton launch on CUDA)."""
-    add = pointwise_reference if torch.compiler.is_compiling() else pointwise
-    return add(y, None, 0.0, bias, residual=x, activate=False)[0]
 
 
 def fusable_block(module: nn.Module) -> tuple[nn.ModuleList, nn.ModuleList, nn.ModuleList] | None:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
-from ..kernels.decoder_pointwise import add_bias, time_stride
+from ..kernels.decoder_pointwise import add_bias
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +105,10 @@ def polyphase_problem(conv: nn.Module) -> str | None:
 
 def with_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """y [B, C, T] with channels-last strides, plus `bias` per channel (cuDNN's own bias over channels-last strides
-    took 1.7 of 6.9 ms of the v4 vocoder on an H100). Traced by torch.compile: an in-place add inductor fuses with
-    its neighbours. Run eagerly on CUDA (captured as it is): one vectorized Triton pass, which torch's broadcast add
-    is not (BigVGAN's 230 bias adds: 1.9 of 17 ms at 1000 frames, run 49); same rounding, so the same values."""
-    if bias is None:
-        return y
-    if y.is_cuda and not torch.compiler.is_compiling() and time_stride(y) is not None:
-        return add_bias(y, bias)
-    y.transpose(1, 2).add_(bias)
-    return y
+    took 1.7 of 6.9 ms of the v4 vocoder on an H100), by `add_bias`: run eagerly on CUDA (captured as it is), one
+    vectorized Triton pass, which torch's broadcast add is not (BigVGAN's 230 bias adds: 1.9 of 17 ms at 1000
+    frames, run 49); traced by torch.compile, torch ops inductor fuses with their neighbours. Same values."""
+    return y if bias is None else add_bias(y, bias)
 
 
 def _polyphase_weight(weight: torch.Tensor, stride: int, padding: int) -> tuple[torch.Tensor, int]:
