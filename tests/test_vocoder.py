@@ -73,15 +73,21 @@ def compiled_bigvgan() -> OptimizedVocoder:
 
 
 @pytest.fixture(scope="module")
+def compiled_bigvgan_inline() -> OptimizedVocoder:
+    """The activation as polyphase torch ops traced into inductor's graph (`fused_activation="inductor"`)."""
+    return optimize_vocoder(tiny("bigvgan-tiny"), chunk_size=80, max_batch=2, fused_activation="inductor")
+
+
+@pytest.fixture(scope="module")
 def compiled_hifigan() -> OptimizedVocoder:
     return optimize_vocoder(tiny("hifigan-tiny"), chunk_size=80, max_batch=2)
 
 
 @pytest.mark.parametrize("frames, batch", [(1, 1), (30, 2), (112, 1), (113, 3), (401, 2), (2000, 1)])
-@pytest.mark.parametrize("which", ["compiled_bigvgan", "compiled_hifigan"])
+@pytest.mark.parametrize("which", ["compiled_bigvgan", "compiled_bigvgan_inline", "compiled_hifigan"])
 def test_compiled_paths_match_eager(which, frames, batch, request) -> None:
     vocoder = request.getfixturevalue(which)
-    name = "bigvgan-tiny" if which == "compiled_bigvgan" else "hifigan-tiny"
+    name = "hifigan-tiny" if which == "compiled_hifigan" else "bigvgan-tiny"
     assert_matches_eager(vocoder, mel_for(name, frames, batch=batch))
     stats = vocoder.optimization_stats()
     assert stats["failure"] is None and stats["fallbacks"] == 0 and stats["captures"] > 0
@@ -94,6 +100,23 @@ def test_compiled_bigvgan_uses_fused_activations(compiled_bigvgan) -> None:
     assert sum(isinstance(m, FusedAntiAliasedActivation) for m in target.modules()) == 9
     assert sum(type(m).__name__ == "FusedAMPBlock" for m in target.modules()) == 2
     assert not any(isinstance(m, FusedAntiAliasedActivation) for m in compiled_bigvgan.module.modules())
+
+
+def test_inline_activations_are_traced_not_called_as_the_op(compiled_bigvgan_inline) -> None:
+    """With `fused_activation="inductor"` every activation is inline (no AMP block fold, which serves the op), and a
+    call after warm-up never dispatches the op: inductor's graph holds the activation's own arithmetic."""
+    from tts_compile.passes.activations import FusedAntiAliasedActivation
+
+    target = compiled_bigvgan_inline.optimizer._setup.target
+    fused = [m for m in target.modules() if isinstance(m, FusedAntiAliasedActivation)]
+    assert len(fused) == 9 and all(m.inline for m in fused)
+    assert not any(type(m).__name__ == "FusedAMPBlock" for m in target.modules())
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        assert_matches_eager(compiled_bigvgan_inline, mel_for("bigvgan-tiny", 401))
+    ops = {event.name for event in prof.events()}
+    assert "aten::convolution" in ops and "tts_compile::anti_aliased_snake" not in ops
+    stats = compiled_bigvgan_inline.optimization_stats()
+    assert stats["fallbacks"] == stats["degraded"] == 0 and stats["compile_mode"] == "reduce-overhead"
 
 
 # ------------------------------------------------------------------------------------------- streaming
@@ -319,6 +342,18 @@ def test_inductor_failure_degrades_to_graphs_without_inductor(monkeypatch, caplo
     stats = vocoder.optimization_stats()
     assert stats["degraded"] == 1 and stats["compile_mode"] == "cudagraphs" and stats["failure"] is None
     assert "continuing with 'cudagraphs'" in caplog.text
+    assert_matches_eager(vocoder, mel_for("bigvgan-tiny", 333))
+
+
+def test_inline_activations_are_dropped_when_inductor_degrades(monkeypatch) -> None:
+    """Without inductor the inline activation would run as dozens of slice ops: the degraded path keeps the
+    module's own activations instead of switching to the hand-written kernel."""
+    from tts_compile.passes.activations import FusedAntiAliasedActivation
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: (lambda *args: 1 / 0))
+    vocoder = optimize_vocoder(tiny("bigvgan-tiny"), fused_activation="inductor", chunk_size=60)
+    assert vocoder.optimization_stats()["compile_mode"] == "cudagraphs"
+    assert not any(isinstance(m, FusedAntiAliasedActivation) for m in vocoder.optimizer._setup.target.modules())
     assert_matches_eager(vocoder, mel_for("bigvgan-tiny", 333))
 
 

@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from . import bench
-from .config import COMPILE_MODES, DTYPES, SWITCHES
+from .config import ACTIVATIONS, COMPILE_MODES, DTYPES, SWITCHES
 from .models import MODELS
 
 logger = logging.getLogger("tts_compile")
@@ -43,8 +43,9 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="persistent compile cache directory")
     parser.add_argument("--no-tf32", action="store_true", help="float32 without TF32 (eager and optimized)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true", help="skip cuDNN's algorithm timing")
-    parser.add_argument("--fused-activation", default="auto", choices=SWITCHES,
-                        help="BigVGAN's activation as one Triton kernel on CUDA (auto: where found)")
+    parser.add_argument("--fused-activation", default="auto", choices=ACTIVATIONS,
+                        help="BigVGAN's activation as one Triton kernel on CUDA (auto: where found; inductor: as "
+                        "a kernel inductor generates)")
     parser.add_argument("--channels-last", default="auto", choices=SWITCHES,
                         help="convolutions in channels-last layout on CUDA")
     parser.add_argument("--json", default=None, help="append the report to this JSON file")

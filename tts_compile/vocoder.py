@@ -249,12 +249,14 @@ class VocoderOptimizer:
     def _target(self, device: torch.device) -> tuple[nn.Module | None, dict[str, Any]]:
         """The module the optimized path runs: the original, or a weight-sharing copy rewritten by passes."""
         cfg, plain = self.config, self.mode == "eager"
-        fuse = cfg.fused_activation == "on" or (cfg.fused_activation == "auto" and not plain)
+        inline = cfg.fused_activation == "inductor" and self.mode in INDUCTOR_MODES  # not after a degrade
+        fuse = inline or cfg.fused_activation == "on" or (cfg.fused_activation == "auto" and not plain)
         channels_last = cfg.channels_last == "on" or (
             cfg.channels_last == "auto" and device.type == "cuda" and not plain)
         if self._module is None or not (fuse or channels_last):
             return self._module, {}
-        return optimized_copy(self._module, channels_last=channels_last, fuse_activations=fuse)
+        return optimized_copy(self._module, channels_last=channels_last, fuse_activations=fuse,
+                              inline_activations=inline)
 
     def _device_dtype(self, mel: torch.Tensor) -> tuple[torch.device, torch.dtype]:
         if self._module is not None:

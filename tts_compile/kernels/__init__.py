@@ -12,8 +12,8 @@ sum and mean, a leaky ReLU zeroed past the valid length): one Triton launch on C
 torch ops elsewhere; a plain function, for the same reason.
 """
 
-from .antialias import anti_aliased_snake, anti_aliased_snake_beta, downsampler_band
+from .antialias import anti_aliased_snake, anti_aliased_snake_beta, anti_aliased_snake_polyphase, downsampler_band
 from .t2s_decode import decode_step_reference, t2s_decode_step
 
-__all__ = ["anti_aliased_snake", "anti_aliased_snake_beta", "decode_step_reference", "downsampler_band",
-           "t2s_decode_step"]
+__all__ = ["anti_aliased_snake", "anti_aliased_snake_beta", "anti_aliased_snake_polyphase", "decode_step_reference",
+           "downsampler_band", "t2s_decode_step"]

@@ -81,13 +81,20 @@ def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
     would, so the convolution can skip its own bias pass; `log_scale`: `alpha`/`beta` hold logarithms. The output has
     `x`'s shape, dtype and memory layout.
     """
+    out = torch.empty_like(x)
+    out.copy_(anti_aliased_snake_polyphase(x, alpha, beta, up.to(x.dtype), down.to(x.dtype), bias, log_scale))
+    return out
+
+
+def anti_aliased_snake_polyphase(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, up, down,
+                                 bias: torch.Tensor | None, log_scale: bool) -> torch.Tensor:
+    """`anti_aliased_snake`'s function in torch ops: the op's CPU body, and what `fused_activation="inductor"` traces
+    into the compiled graph so that inductor writes the fused kernel. `up`/`down`: taps as tensors or floats."""
     if bias is not None:
         x = x + bias[:, None].to(x.dtype)
     if log_scale:
         alpha, beta = alpha.exp(), beta.exp()
-    out = torch.empty_like(x)
-    out.copy_(anti_aliased_snake_beta(x, alpha, beta, up.to(x.dtype), down.to(x.dtype)))
-    return out
+    return anti_aliased_snake_beta(x, alpha, beta, up, down)
 
 
 @anti_aliased_snake.register_kernel("cuda")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels import anti_aliased_snake, downsampler_band
+from ..kernels import anti_aliased_snake, anti_aliased_snake_polyphase, downsampler_band
 from ..models.bigvgan import AntiAliasedSnakeBeta
 
 logger = logging.getLogger(__name__)
@@ -34,11 +34,13 @@ class ActivationSpec:
 
 class FusedAntiAliasedActivation(nn.Module):
     """Drop-in for a recognised activation: same parameters (shared), computed by the fused
-    `tts_compile::anti_aliased_snake` op (one Triton kernel on CUDA)."""
+    `tts_compile::anti_aliased_snake` op (one Triton kernel on CUDA), or with `inline` by its polyphase torch
+    function traced into the caller's graph (inductor then generates the fused kernel; no hand-written one)."""
 
-    def __init__(self, spec: ActivationSpec) -> None:
+    def __init__(self, spec: ActivationSpec, inline: bool = False) -> None:
         super().__init__()
         self.alpha, self.beta, self.log_scale = spec.alpha, spec.beta, spec.log_scale
+        self.inline, self.taps = inline, (spec.up, spec.down)  # the taps as Python floats: constants in the graph
         device = spec.alpha.device
         self.register_buffer("up", torch.tensor(spec.up, dtype=torch.float32, device=device), persistent=False)
         self.register_buffer("down", torch.tensor(spec.down, dtype=torch.float32, device=device), persistent=False)
@@ -56,6 +58,8 @@ class FusedAntiAliasedActivation(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The activation of `x`, or of `x + bias[:, None]` (a preceding convolution's bias, folded in)."""
+        if self.inline:
+            return anti_aliased_snake_polyphase(x, self.alpha, self.beta, *self.taps, bias, self.log_scale)
         return anti_aliased_snake(x, self.alpha, self.beta, self.up, self.down, self.band, bias, self.log_scale)
 
 
@@ -99,14 +103,15 @@ def _taps(fir: torch.Tensor) -> tuple[float, ...]:
     return tuple(fir.detach().double().flatten().tolist())
 
 
-def fuse_activations_(model: nn.Module) -> int:
-    """Swap every recognised activation in `model` for `FusedAntiAliasedActivation`; returns how many."""
+def fuse_activations_(model: nn.Module, inline: bool = False) -> int:
+    """Swap every recognised activation in `model` for `FusedAntiAliasedActivation` (`inline`: traced torch ops
+    instead of the op); returns how many."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             spec = recognise(child)
             if isinstance(spec, ActivationSpec):
-                setattr(parent, name, FusedAntiAliasedActivation(spec))
+                setattr(parent, name, FusedAntiAliasedActivation(spec, inline))
                 swapped += 1
             elif "assumptions" in spec or "hooks" in spec:
                 logger.info("fused activation: left %s (%s) alone: %s", name, type(child).__name__, spec)
