@@ -249,7 +249,7 @@ class VocoderOptimizer:
     def _target(self, device: torch.device) -> tuple[nn.Module | None, dict[str, Any]]:
         """The module the optimized path runs: the original, or a weight-sharing copy rewritten by passes."""
         cfg, plain = self.config, self.mode == "eager"
-        inline = cfg.fused_activation == "inductor" and self.mode in INDUCTOR_MODES  # not after a degrade
+        inline = cfg.fused_activation == "inductor" and self.mode == cfg.compile_mode  # inductor failed: drop it
         fuse = inline or cfg.fused_activation == "on" or (cfg.fused_activation == "auto" and not plain)
         channels_last = cfg.channels_last == "on" or (
             cfg.channels_last == "auto" and device.type == "cuda" and not plain)

@@ -40,6 +40,24 @@ def test_matches_convolution_form(taps, frames, channels, batch, seed) -> None:
     assert (got - expected).abs().max() <= FLOAT64_TOLERANCE * max(1.0, float(expected.abs().max()))
 
 
+@given(frames=st.integers(1, 40), channels=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_time_major_layout_computes_the_same(frames, channels, seed) -> None:
+    """`[B, T, C]` with `time_dim=1` (what a channels-last tensor is in memory) gives the `[B, C, T]` result,
+    transposed, bit for bit; `anti_aliased_snake_polyphase` picks it for channels-last input and keeps the layout."""
+    from tts_compile.kernels import anti_aliased_snake_polyphase
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, channels, frames, generator=g, dtype=torch.float64)
+    alpha, beta = torch.rand(2, channels, generator=g, dtype=torch.float64) + 0.1
+    fir = tuple(torch.randn(12, generator=g).tolist())
+    expected = anti_aliased_snake_beta(x, alpha, beta, fir, fir)
+    assert torch.equal(anti_aliased_snake_beta(x.transpose(1, 2), alpha, beta, fir, fir, time_dim=1),
+                       expected.transpose(1, 2))
+    channels_last = x.transpose(1, 2).contiguous().transpose(1, 2)
+    got = anti_aliased_snake_polyphase(channels_last, alpha, beta, fir, fir, None, False)
+    assert torch.equal(got, expected) and (channels > 1 and frames > 1) <= (got.stride(1) == 1)
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_matches_the_module_in_lower_precision(dtype, tolerance) -> None:
     act = AntiAliasedSnakeBeta(6)
@@ -60,6 +78,8 @@ def test_rejects_odd_or_mismatched_filters() -> None:
         anti_aliased_snake_beta(x, a, a, (0.5, 0.2, 0.3), (0.5, 0.2, 0.3))
     with pytest.raises(ValueError, match="even number of taps"):
         anti_aliased_snake_beta(x, a, a, (0.5, 0.5), (0.25, 0.25, 0.25, 0.25))
+    with pytest.raises(ValueError, match="time_dim 2 or 1"):
+        anti_aliased_snake_beta(x, a, a, (0.5, 0.5), (0.5, 0.5), time_dim=0)
 
 
 # ------------------------------------------------------------------------------------------- the op and the kernel

@@ -9,7 +9,6 @@ is never stored: its even and odd samples feed the downsampler directly. Only th
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 SNAKE_EPS = 1e-9  # 1 / (beta + eps), as in the published SnakeBeta
 BAND_FRAMES = 64  # phase frames per program of the CUDA kernel, so its downsampler band is 64 x 64
@@ -39,8 +38,10 @@ def downsampler_band(down: torch.Tensor) -> torch.Tensor:
 
 
 def anti_aliased_snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
-                            up_filter: tuple[float, ...], down_filter: tuple[float, ...]) -> torch.Tensor:
-    """`x: [B, C, T]` -> `[B, C, T]`; `alpha`, `beta`: `[C]` (exponentiated already if stored as logs).
+                            up_filter: tuple[float, ...], down_filter: tuple[float, ...],
+                            time_dim: int = 2) -> torch.Tensor:
+    """`x: [B, C, T]` -> `[B, C, T]`, or `[B, T, C]` -> `[B, T, C]` with `time_dim=1`; `alpha`, `beta`: `[C]`
+    (exponentiated already if stored as logs).
 
     Upsampler: replicate-pad by K/2 - 1, stride-2 transposed conv with `up_filter` (times 2), trimmed to 2T.
     Downsampler: replicate-pad by (K/2 - 1, K/2), stride-2 conv with `down_filter`. K (even) taps each.
@@ -48,25 +49,37 @@ def anti_aliased_snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Te
     taps = len(up_filter)
     if taps % 2 or taps < 2 or len(down_filter) != taps:
         raise ValueError(f"filters need the same even number of taps, got {len(up_filter)} and {len(down_filter)}")
-    pad, frames = taps // 2 - 1, x.shape[-1]
-    a, b = alpha[None, :, None], beta[None, :, None]
-    xp = F.pad(x, (pad, pad), mode="replicate")  # [B, C, T + 2 pad]
+    if time_dim not in (1, 2) or x.ndim != 3:
+        raise ValueError(f"x must be [B, C, T] or [B, T, C] with time_dim 2 or 1, got {tuple(x.shape)}, {time_dim}")
+    pad, frames = taps // 2 - 1, x.shape[time_dim]
+    per_channel = (1, -1, 1) if time_dim == 2 else (1, 1, -1)
+    a, b = alpha.view(per_channel), beta.view(per_channel)
+    xp = _extend(x, x, x, pad, pad, time_dim)  # replicate-padded: T + 2 pad frames
     # Upsampled u[2p + ph] = 2 sum over taps k of parity (ph + trim - k) of f[k] xp[p + (ph + trim - k) / 2],
     # where trim = 3 pad is what the usual form cuts off the transposed convolution's output.
     phases = []
     for ph in (0, 1):
-        u = sum(2 * up_filter[k] * xp[..., (ph + 3 * pad - k) // 2 : (ph + 3 * pad - k) // 2 + frames]
+        u = sum(2 * up_filter[k] * xp.narrow(time_dim, (ph + 3 * pad - k) // 2, frames)
                 for k in range(taps) if (ph + 3 * pad - k) % 2 == 0)
         phases.append(u + torch.sin(u * a).pow(2) / (b + SNAKE_EPS))
     # The downsampler reads s[clamp(2q + k - pad, 0, 2T - 1)]: tap k reads phase (k - pad) % 2 at offset
     # (k - pad) // 2; reads before the start clamp to s[0] (even phase), after the end to s[2T-1] (odd phase).
     offsets = [(k - pad) // 2 for k in range(taps)]
     left, right = halo(taps)
-    first, last = phases[0][..., :1], phases[1][..., -1:]
-    padded = [torch.cat([first.expand(*first.shape[:-1], left), p, last.expand(*last.shape[:-1], right)], -1)
-              for p in phases]
-    return sum(down_filter[k] * padded[(k - pad) % 2][..., left + o : left + o + frames]
+    padded = [_extend(p, phases[0], phases[1], left, right, time_dim) for p in phases]
+    return sum(down_filter[k] * padded[(k - pad) % 2].narrow(time_dim, left + o, frames)
                for k, o in enumerate(offsets))
+
+
+def _extend(x: torch.Tensor, first: torch.Tensor, last: torch.Tensor, left: int, right: int,
+            dim: int) -> torch.Tensor:
+    """`x` with `left` copies of `first`'s first frame before it and `right` of `last`'s last frame after it."""
+    edge = [*x.shape]
+    edge[dim] = left
+    before = first.narrow(dim, 0, 1).expand(edge)
+    edge[dim] = right
+    after = last.narrow(dim, last.shape[dim] - 1, 1).expand(edge)
+    return torch.cat([before, x, after], dim)
 
 
 @torch.library.custom_op("tts_compile::anti_aliased_snake", mutates_args=())
@@ -89,11 +102,16 @@ def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
 def anti_aliased_snake_polyphase(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, up, down,
                                  bias: torch.Tensor | None, log_scale: bool) -> torch.Tensor:
     """`anti_aliased_snake`'s function in torch ops: the op's CPU body, and what `fused_activation="inductor"` traces
-    into the compiled graph so that inductor writes the fused kernel. `up`/`down`: taps as tensors or floats."""
+    into the compiled graph so that inductor writes the fused kernel. `up`/`down`: taps as tensors or floats.
+
+    A channels-last `x` (channel stride 1) is computed as the `[B, T, C]` tensor it is in memory, so each shifted
+    slice is a run of whole contiguous rows and the result keeps the layout the next convolution reads."""
     if bias is not None:
         x = x + bias[:, None].to(x.dtype)
     if log_scale:
         alpha, beta = alpha.exp(), beta.exp()
+    if x.stride(1) == 1 and x.stride(2) != 1:
+        return anti_aliased_snake_beta(x.transpose(1, 2), alpha, beta, up, down, time_dim=1).transpose(1, 2)
     return anti_aliased_snake_beta(x, alpha, beta, up, down)
 
 

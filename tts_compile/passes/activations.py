@@ -9,8 +9,10 @@ else is left alone with an info line saying why. The replacement shares the orig
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,7 +37,8 @@ class ActivationSpec:
 class FusedAntiAliasedActivation(nn.Module):
     """Drop-in for a recognised activation: same parameters (shared), computed by the fused
     `tts_compile::anti_aliased_snake` op (one Triton kernel on CUDA), or with `inline` by its polyphase torch
-    function traced into the caller's graph (inductor then generates the fused kernel; no hand-written one)."""
+    function, traced into the caller's graph or compiled on its own (inductor generates the fused kernel; no
+    hand-written one)."""
 
     def __init__(self, spec: ActivationSpec, inline: bool = False) -> None:
         super().__init__()
@@ -59,8 +62,16 @@ class FusedAntiAliasedActivation(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The activation of `x`, or of `x + bias[:, None]` (a preceding convolution's bias, folded in)."""
         if self.inline:
-            return anti_aliased_snake_polyphase(x, self.alpha, self.beta, *self.taps, bias, self.log_scale)
+            polyphase = anti_aliased_snake_polyphase if torch.compiler.is_compiling() else _regional()
+            return polyphase(x, self.alpha, self.beta, *self.taps, bias, self.log_scale)
         return anti_aliased_snake(x, self.alpha, self.beta, self.up, self.down, self.band, bias, self.log_scale)
+
+
+@functools.cache
+def _regional() -> Callable[..., torch.Tensor]:
+    """The polyphase function compiled by inductor on its own, for a module that runs outside a compiled graph
+    (`compile_mode="cudagraphs"`): one compile for every channel count and length, shared by all activations."""
+    return torch.compile(anti_aliased_snake_polyphase, dynamic=True)
 
 
 def recognise(module: nn.Module) -> ActivationSpec | str:
