@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# GPU runs 55-56 (issue 2): BigVGAN-24k without the hand-written activation kernel. fused_activation=inductor: the
+# GPU runs 55-57 (issue 2): BigVGAN-24k without the hand-written activation kernel. fused_activation=inductor: the
 # polyphase activation compiled by inductor on its own, the module captured as CUDA graphs (cudagraphs mode). Eager
 # in the same process; JSON and logs under $OUT. Run 55 also tried the whole-model compile (reduce-overhead): 450 s
-# to compile, stopped by its time limit.
+# to compile, stopped by its time limit. Run 56 measured a reverted variant (AMP fold + unbacked batch).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; RUN=${RUN:-56}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; RUN=${RUN:-57}
 bench() {  # label, timeout, extra flags
   local label=$1 limit=$2; shift 2
   echo "== $label"

@@ -113,17 +113,15 @@ def test_compiled_bigvgan_uses_fused_activations(compiled_bigvgan) -> None:
 
 @pytest.mark.parametrize("which", ["compiled_bigvgan_inline", "compiled_bigvgan_regional"])
 def test_inline_activations_are_compiled_not_called_as_the_op(which, request) -> None:
-    """With `fused_activation="inductor"` every activation is inline (the AMP block fold hands it conv1's bias where
-    the convolutions are channels-last), and a call after warm-up never dispatches the op: inductor's code holds the
-    activation's own arithmetic."""
+    """With `fused_activation="inductor"` every activation is inline (no AMP block fold, which serves the op), and a
+    call after warm-up never dispatches the op: inductor's code holds the activation's own arithmetic."""
     from tts_compile.passes.activations import FusedAntiAliasedActivation
 
     vocoder = request.getfixturevalue(which)
     target = vocoder.optimizer._setup.target
     fused = [m for m in target.modules() if isinstance(m, FusedAntiAliasedActivation)]
     assert len(fused) == 9 and all(m.inline for m in fused)
-    folded = sum(type(m).__name__ == "FusedAMPBlock" for m in target.modules())
-    assert folded == (2 if which == "compiled_bigvgan_regional" else 0)
+    assert not any(type(m).__name__ == "FusedAMPBlock" for m in target.modules())
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         assert_matches_eager(vocoder, mel_for("bigvgan-tiny", 401))
     ops = {event.name for event in prof.events()}

@@ -25,13 +25,14 @@ def optimized_copy(module: nn.Module, *, channels_last: bool, fuse_activations: 
                    inline_activations: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """A weight-sharing copy of `module` with the requested passes applied, and what each pass changed.
 
-    `inline_activations`: fused activations as torch ops for inductor to compile, not the op."""
+    `inline_activations`: fused activations as traced torch ops for inductor, not the op; the AMP block fold, which
+    saves bias passes around the op's kernel, is then left to inductor's own fusion."""
     shadow = structural_copy(module, share_weights=True)
     report = {}
     if fuse_activations:
         report["fused_activations"] = fuse_activations_(shadow, inline_activations)
     if channels_last:
         report["channels_last_convs"] = channels_last_convs_(shadow)
-    if fuse_activations and channels_last:
+    if fuse_activations and channels_last and not inline_activations:
         report["folded_amp_blocks"] = fold_amp_blocks_(shadow)
     return shadow.eval(), report

@@ -61,19 +61,16 @@ class FusedAntiAliasedActivation(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The activation of `x`, or of `x + bias[:, None]` (a preceding convolution's bias, folded in)."""
-        if self.inline and torch.compiler.is_compiling():
-            return anti_aliased_snake_polyphase(x, self.alpha, self.beta, *self.taps, bias, self.log_scale)
         if self.inline:
-            torch._dynamo.decorators.mark_unbacked(x, 0)  # batch 1 and larger share one compile (no 0/1 special case)
-            return _regional()(x, self.alpha, self.beta, *self.taps, bias, self.log_scale)
+            polyphase = anti_aliased_snake_polyphase if torch.compiler.is_compiling() else _regional()
+            return polyphase(x, self.alpha, self.beta, *self.taps, bias, self.log_scale)
         return anti_aliased_snake(x, self.alpha, self.beta, self.up, self.down, self.band, bias, self.log_scale)
 
 
 @functools.cache
 def _regional() -> Callable[..., torch.Tensor]:
     """The polyphase function compiled by inductor on its own, for a module that runs outside a compiled graph
-    (`compile_mode="cudagraphs"`): one compile for every batch, channel count and length, shared by all
-    activations. Batch is marked unbacked, so batch 1 gets no graph of its own."""
+    (`compile_mode="cudagraphs"`): one compile for every channel count and length, shared by all activations."""
     return torch.compile(anti_aliased_snake_polyphase, dynamic=True)
 
 
