@@ -13,6 +13,7 @@ from torch.nn.utils import parametrizations
 
 from tts_compile.passes import channels_last_convs_, fuse_activations_, optimized_copy
 from tts_compile.passes.activations import FusedAntiAliasedActivation, recognise
+from tts_compile.models.bigvgan import AntiAliasedSnakeBeta
 from tts_compile.passes.layout import ChannelsLastConv1d, PolyphaseConvTranspose1d, polyphase_problem
 from tts_compile.testing import relative_error
 
@@ -75,6 +76,26 @@ def test_activation_pass_recognises_only_what_it_can_fuse() -> None:
     assert "hooks" in recognise(act)
     hooked_conv = nn.utils.weight_norm(nn.Conv1d(2, 2, 3))  # old-style weight norm: a forward pre-hook
     assert "not an anti-aliased" in recognise(hooked_conv)  # no "left alone" log line for every such conv
+
+
+def test_inline_activation_compiles_one_graph_for_every_batch_and_layout() -> None:
+    """On its own (outside a whole-model compile) the inline activation is compiled once per memory layout: batch 1,
+    larger batches and other lengths reuse that graph, and each call matches the module."""
+    from torch._dynamo.utils import counters
+
+    module = AntiAliasedSnakeBeta(6)
+    with torch.no_grad():
+        module.log_alpha.normal_(0, 0.5)
+    inline = FusedAntiAliasedActivation(recognise(module), inline=True)
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for layouts, (channels_last, shapes) in enumerate([(False, [(1, 40), (3, 57)]), (True, [(1, 33), (2, 70)])]):
+            for batch, frames in shapes:
+                x = torch.randn(batch, 6, frames)
+                x = x.transpose(1, 2).contiguous().transpose(1, 2) if channels_last else x
+                assert relative_error(inline(x), module(x)) <= FLOAT32_TOLERANCE
+            assert counters["stats"]["unique_graphs"] - graphs == layouts + 1
 
 
 def test_nvidia_activation1d_is_recognised_and_matches() -> None:
