@@ -66,7 +66,7 @@ class OptimizeConfig:
         "polyphase torch function elsewhere. 'auto' and 'on': unless compile_mode is 'eager'; 'inductor': that "
         "polyphase function compiled by inductor, which generates the fused kernel (no hand-written kernel): traced "
         "into the whole-model compile, or with 'cudagraphs' compiled on its own (BigVGAN-24k on an H200: cold start "
-        "107 s with 'cudagraphs', 451 s with 'reduce-overhead'); not with 'eager'; 'off': never."))
+        "81 s with 'cudagraphs', 451 s with 'reduce-overhead'); not with 'eager'; 'off': never."))
     channels_last: str = field(default="auto", metadata=_doc(
         "Run Conv1d layers as channels-last conv2d, which skips cuDNN's layout transposes around every "
         "convolution. 'auto': on CUDA, unless compile_mode is 'eager'; 'on': everywhere; 'off': never."))
