@@ -59,7 +59,8 @@ class OptimizeConfig:
         "'reduce-overhead': inductor compiles the (pass-rewritten) vocoder once for all window lengths, and each "
         "bucket is replayed as a CUDA graph (no graphs on CPU); 'max-autotune': the same with autotuned kernels "
         "(longer compile); 'default': inductor without graphs; 'cudagraphs': CUDA graphs of the rewritten module "
-        "without inductor (seconds to start); 'eager': the same windows and buckets with the untouched module "
+        "without inductor (seconds to start; with fused_activation='inductor', inductor compiles the activation "
+        "alone); 'eager': the same windows and buckets with the untouched module "
         "(a reference and a debugging aid)."))
     fused_activation: str = field(default="auto", metadata=_doc(
         "Anti-aliased Snake/SnakeBeta activations (BigVGAN) as one fused op: a Triton kernel on CUDA, an exact "

@@ -25,8 +25,8 @@ def optimized_copy(module: nn.Module, *, channels_last: bool, fuse_activations: 
                    inline_activations: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """A weight-sharing copy of `module` with the requested passes applied, and what each pass changed.
 
-    `inline_activations`: fused activations as traced torch ops for inductor, not the op; the AMP block fold, which
-    saves bias passes around the op's kernel, is then left to inductor's own fusion."""
+    `inline_activations`: fused activations as torch ops for inductor to compile, not the op. The AMP block fold is
+    then skipped: handing conv1's bias to the compiled activation made a second graph and a slower start (run 56)."""
     shadow = structural_copy(module, share_weights=True)
     report = {}
     if fuse_activations:
