@@ -283,7 +283,7 @@ class T2SAccelerator(Accelerator):
     def _step(self, state: _State, sampling: Sampling, step: int, alive: int) -> None:
         """One decode step of the first `alive` rows of `state.alive`: replayed from its graph on CUDA in the graph
         modes, run directly otherwise."""
-        vocab = state.logits.shape[1] - (1 if step < EARLY_STEPS else 0)
+        vocab = _vocab(state, step)
         if state.k.device.type != "cuda" or self.config.compile_mode not in GRAPH_MODES:
             self._step_body(state, sampling, vocab, alive)
             return
@@ -295,7 +295,7 @@ class T2SAccelerator(Accelerator):
     def _step_body(self, state: _State, sampling: Sampling, vocab: int, alive: int) -> None:
         """Sample the rows still decoding from the current logits (upstream's `exponential_` draw, one row each),
         record the tokens, embed them, run the layers, write the next logits."""
-        q = torch.empty(alive, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
+        q = _noise(state, vocab, alive)
         sample(state.logits, state.seen, q, state.alive[:alive], state.tokens, state.eos, state.step, state.prefix,
                state.prompt, state.position, state.x, state.embedding, self.model.EOS, sampling, fused=self.kernels)
         if self.kernels:  # Triton on CUDA, the torch layers elsewhere
@@ -335,8 +335,18 @@ class T2SAccelerator(Accelerator):
         """Leave the generator where upstream leaves it: one draw per step up to `stop`, none after."""
         rng.restore()
         for step in range(start, stop + 1):
-            vocab = state.logits.shape[1] - (1 if step < EARLY_STEPS else 0)
-            torch.empty(alive, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
+            _noise(state, _vocab(state, step), alive)
+
+
+def _vocab(state: _State, step: int) -> int:
+    """Columns a step samples from: EOS's column is left out of the first `EARLY_STEPS` steps."""
+    return state.logits.shape[1] - (1 if step < EARLY_STEPS else 0)
+
+
+def _noise(state: _State, vocab: int, alive: int) -> torch.Tensor:
+    """One step's draw, as upstream makes it: an `exponential_` row per row still decoding. The decode and the
+    rewind both draw here, so the generator ends where upstream leaves it."""
+    return torch.empty(alive, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
 
 
 def _layer_weights(layer: nn.Module) -> tuple:
