@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny built-in models, fixed seeds, a hypothesis profile that fits a 2-core CI machine."""
+"""Shared fixtures: tiny built-in models, fixed seeds, a hypothesis profile that fits a 2-core CI machine. Without a
+GPU, Triton kernels run through Triton's interpreter, switched on before Triton is first imported."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tts_compile.models import MODELS, build_model
 

@@ -1,13 +1,16 @@
 """tts_compile: make GPT-SoVITS-style TTS inference fast without changing its audio.
 
 Public API: `optimize_vocoder` (instance, class decorator or function), `OptimizeConfig` and `load_config`, the
-wrapper type `OptimizedVocoder`, and the errors `ConfigError` and `OptimizationError`.
+wrapper type `OptimizedVocoder`, and the errors `ConfigError` and `OptimizationError`. GPT-SoVITS's pipeline and
+stages: `tts_compile.gpt_sovits`.
 """
 
 import logging
 
-from .config import ConfigError, OptimizeConfig, load_config
-from .vocoder import OptimizationError, OptimizedVocoder, optimize_vocoder
+from .core.config import ConfigError, OptimizeConfig, load_config
+from .core.guard import OptimizationError
+from .gpt_sovits import config as _pipeline_config  # noqa: F401 - its keys share the YAML section (core.config)
+from .vocoder import OptimizedVocoder, optimize_vocoder
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -10,10 +10,10 @@ import torch
 
 from tts_compile import OptimizedVocoder
 from tts_compile.gpt_sovits import optimize_pipeline
+from tts_compile.gpt_sovits.models.dit import build_flow_matching
+from tts_compile.gpt_sovits.models.t2s import build_t2s
+from tts_compile.gpt_sovits.models.vits import VITSConfig, build_vits
 from tts_compile.models import build_model
-from tts_compile.models.dit import build_flow_matching
-from tts_compile.models.t2s import build_t2s
-from tts_compile.models.vits import VITSConfig, build_vits
 
 from ..conftest import mel_for
 from .test_sovits import PADDED, _request, _seeded

@@ -1,12 +1,12 @@
 """Parity with upstream GPT-SoVITS modules (random weights, CPU, fp32). Needs GPT_SOVITS_HOME: a checkout of
-RVC-Boss/GPT-SoVITS (plus x_transformers, which upstream's model module imports); skipped without it."""
+RVC-Boss/GPT-SoVITS (plus x_transformers, einops and torchmetrics, which upstream's modules import); skipped without
+it. Marked `upstream`: `python -m pytest -m upstream` runs these alone."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +15,11 @@ import torch
 from tts_compile import load_config, optimize_vocoder
 from tts_compile.gpt_sovits import optimize_sovits
 from tts_compile.gpt_sovits.cfm import optimize_cfm
+from tts_compile.gpt_sovits.upstream import home, use_upstream
 from tts_compile.passes import optimized_copy
 
-HOME = os.environ.get("GPT_SOVITS_HOME")
-pytestmark = pytest.mark.skipif(not HOME, reason="GPT_SOVITS_HOME is not set (path to a GPT-SoVITS checkout)")
+pytestmark = [pytest.mark.upstream,
+              pytest.mark.skipif(home() is None, reason="GPT_SOVITS_HOME is not set (path to a GPT-SoVITS checkout)")]
 CHUNKED = {"compile_mode": "eager", "warmup": "lazy", "chunk_size": 64}  # several windows per call on CPU
 FP32_TOLERANCE = 1e-4  # max abs, issue 4 / DESIGN.md
 
@@ -32,11 +33,10 @@ def _float32_convolutions(monkeypatch):
 
 @pytest.fixture(scope="module")
 def upstream():
-    root = Path(HOME)
-    sys.path[:0] = [str(root), str(root / "GPT_SoVITS")]
+    root = use_upstream()
     from module import models
 
-    return root / "GPT_SoVITS", models
+    return root, models
 
 
 def _synthesizer(upstream, config: str, version: str):
@@ -82,7 +82,7 @@ def test_synthesizer_decode_matches_upstream(upstream, device, version, config, 
             assert got.shape == expected.shape
             assert float((got - expected).abs().max()) <= FP32_TOLERANCE
     stats = model.tts_compile.optimization_stats()
-    assert stats["graph" if device == "cuda" else "direct"] == 6 and stats["failure"] is None
+    assert stats["replays" if device == "cuda" else "direct"] == 6 and stats["failure"] is None
     assert model.tts_compile.decoder is not None  # the decoder ran padded, inside the flow's graph
 
 
@@ -117,7 +117,7 @@ def test_decode_encp_matches_upstream(upstream, device, version, tokens, phones,
             assert max(float((got - prompt).abs().max()), float((got_ge - ge).abs().max()),
                        float((got_segment - segment).abs().max())) <= FP32_TOLERANCE
     stats = model.tts_compile.optimization_stats()
-    assert stats["graph" if device == "cuda" else "direct"] == 10 and stats["failure"] is None
+    assert stats["replays" if device == "cuda" else "direct"] == 10 and stats["failure"] is None
 
 
 
@@ -144,7 +144,7 @@ def test_cfm_inference_matches_upstream(upstream, mode, device) -> None:
         assert float((got - expected).abs().max()) <= FP32_TOLERANCE
     stats = cfm.tts_compile.optimization_stats()
     assert stats["fallbacks"] == 0 and stats["eager"] == 0
-    assert stats["graph"] == (2 if device == "cuda" and mode != "eager" else 0)
+    assert stats["replays"] == (2 if device == "cuda" and mode != "eager" else 0)
 
 
 def test_v4_vocoder_matches_upstream(upstream) -> None:

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from tts_compile.gpt_sovits.polyphase import PolyphaseConvTranspose1d, polyphase_problem
 from tts_compile.models.bigvgan import AntiAliasedSnakeBeta
 from tts_compile.passes import channels_last_convs_, fuse_activations_, optimized_copy
 from tts_compile.passes.activations import FusedAntiAliasedActivation, recognise
-from tts_compile.passes.layout import ChannelsLastConv1d, PolyphaseConvTranspose1d, polyphase_problem
+from tts_compile.passes.layout import ChannelsLastConv1d
 from tts_compile.testing import relative_error
 
 from ..conftest import TINY, conditioning, mel_for, tiny

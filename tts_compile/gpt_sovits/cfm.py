@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections import Counter
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..config import OptimizeConfig
-from ..runner import INDUCTOR_MODES
-from .accelerator import HANDLE, GraphAccelerator, install, resolve_config, uninstall
+from ..core.config import OptimizeConfig
+from .config import PipelineConfig
+from .stage import Stage, attach, detach
 
 logger = logging.getLogger(__name__)
 
-CAPTURE_AFTER = 2  # a bucket is captured when it is seen the second time: serial mode's odd last windows never are
 ESTIMATOR_PARTS = ("time_embed", "d_embed", "text_embed", "input_embed", "rotary_embed", "transformer_blocks",
                    "norm_out", "proj_out")
 
@@ -68,22 +65,27 @@ def _euler(velocity: Callable[..., torch.Tensor], times: torch.Tensor, step: flo
     return x
 
 
-class OptimizedCFM(GraphAccelerator):
+class OptimizedCFM(Stage):
     """What `optimize_cfm` installed on one CFM: its `inference`, counters, and the runtime switch."""
 
     name = "optimize_cfm"
+    argument = "cfm"
+    expected = f"GPT-SoVITS CFM (in_channels, estimator with {', '.join(ESTIMATOR_PARTS)})"
     methods = ("inference",)
     max_graphs = 8  # a bucket is a (batch, window) pair: a service meets few; its graph holds a whole loop
+    capture_after = 2  # serial mode's odd last windows are seen once and never captured
 
-    def __init__(self, cfm: nn.Module, config: OptimizeConfig) -> None:
+    def __init__(self, cfm: nn.Module, config: PipelineConfig) -> None:
         super().__init__(cfm, config)
         self.cfm = cfm
-        block = _block
-        if config.compile_mode in INDUCTOR_MODES:
-            block = torch.compile(_block, mode=INDUCTOR_MODES[config.compile_mode], dynamic=True)
-        self._velocity = functools.partial(_velocity, cfm.estimator, block)
-        self._seen: Counter[tuple] = Counter()
+        self._velocity = functools.partial(_velocity, cfm.estimator, self.execution.compile(_block, dynamic=True))
         self._constants: dict[tuple, Any] = {}
+
+    @classmethod
+    def lacks(cls, module: nn.Module) -> list[str]:
+        estimator = getattr(module, "estimator", None)
+        missing = [name for name in ESTIMATOR_PARTS if not hasattr(estimator, name)]
+        return missing or ([] if hasattr(module, "in_channels") else ["in_channels"])
 
     def inference(self, mu: torch.Tensor, x_lens: torch.Tensor, prompt: torch.Tensor, n_timesteps: int,
                   temperature: float = 1.0, inference_cfg_rate: float = 0) -> torch.Tensor:
@@ -117,9 +119,7 @@ class OptimizedCFM(GraphAccelerator):
 
     def _run(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Replay the bucket's graph (captured on its second call), else run the loop without one."""
-        with self._lock:
-            self._seen[key] += 1
-            wanted = self._seen[key] >= CAPTURE_AFTER
+        wanted = self.due(key)
         return self.run_graph(key, self._loop(key, wanted), inputs, "batch {} x {} frames x {} steps".format(*key),
                               capture=wanted)
 
@@ -142,23 +142,12 @@ class OptimizedCFM(GraphAccelerator):
 
 def optimize_cfm(cfm: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
     """Patch a GPT-SoVITS v3/v4 `CFM` in place: `cfm.inference` keeps its signature and result, its Euler loop
-    runs compiled and captured. The handle (`OptimizedCFM`: optimization_stats, switch) is `cfm.tts_compile`.
-    Returns `cfm`."""
-    config = resolve_config(config, options)
-    estimator = getattr(cfm, "estimator", None)
-    missing = [name for name in ESTIMATOR_PARTS if not hasattr(estimator, name)]
-    if missing or not hasattr(cfm, "in_channels"):
-        raise TypeError(f"cfm: expected a GPT-SoVITS CFM (in_channels, estimator with {', '.join(ESTIMATOR_PARTS)}); "
-                        f"{type(cfm).__name__} lacks {', '.join(missing) or 'in_channels'}")
-    if isinstance(getattr(cfm, HANDLE, None), OptimizedCFM):
-        return cfm
-    start = time.perf_counter()
-    install(OptimizedCFM(cfm, config), cfm)
-    logger.info("optimize_cfm: %s (%s) ready in %.2f s; buckets are captured on their second call",
-                type(cfm).__name__, config.compile_mode, time.perf_counter() - start)
+    runs compiled and captured (a bucket on its second call). The handle (`OptimizedCFM`: optimization_stats,
+    switch) is `cfm.tts_compile`. Returns `cfm`."""
+    attach(OptimizedCFM, cfm, config, options)
     return cfm
 
 
 def restore_cfm(cfm: nn.Module) -> nn.Module:
     """Undo `optimize_cfm`: upstream's own `inference` again."""
-    return uninstall(cfm, OptimizedCFM)
+    return detach(cfm, OptimizedCFM)

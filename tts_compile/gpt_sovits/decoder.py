@@ -20,10 +20,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._copy import structural_copy, weights_fingerprint
+from ..core.weights import structural_copy, weights_fingerprint
 from ..kernels.decoder_pointwise import masked_leaky_relu, pointwise
 from ..passes import channels_last_convs_
-from ..passes.layout import ChannelsLastConv1d, PolyphaseConvTranspose1d, polyphase_problem
+from ..passes.layout import ChannelsLastConv1d
+from .polyphase import PolyphaseConvTranspose1d, polyphase_problem
 
 SLOPE = 0.1  # upstream's LRELU_SLOPE: every leaky ReLU of the upsampling stack
 FINAL_SLOPE = 0.01  # torch's default: upstream's leaky ReLU before conv_post

@@ -24,18 +24,18 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..config import OptimizeConfig, load_config
+from ..core.config import OptimizeConfig, load_config
 from ..vocoder import OptimizedVocoder, optimize_vocoder
-from .accelerator import HANDLE as MODULE_HANDLE
-from .accelerator import Accelerator, resolve_config
-from .cfm import OptimizedCFM, optimize_cfm, restore_cfm
-from .sovits import SoVITSAccelerator, optimize_sovits, restore_sovits
-from .t2s import T2SAccelerator, optimize_t2s, restore_t2s
+from .cfm import optimize_cfm
+from .config import PipelineConfig, pipeline_config
+from .sovits import optimize_sovits
+from .stage import HANDLE as MODULE_HANDLE
+from .stage import Stage, detach
+from .t2s import optimize_t2s
+from .versions import version as version_of
 
 logger = logging.getLogger(__name__)
 
-VOCODER_VERSIONS = ("v3", "v4")
-SOVITS_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
 SWITCH = "use_vocoder_optimization"  # attribute on the TTS object, read at every call
 HANDLE = "tts_compile"  # attribute on the TTS object holding its PipelineOptimizer
 RELOADERS = ("init_vits_weights", "init_t2s_weights")  # upstream methods that replace the models wrapped here
@@ -44,10 +44,10 @@ RELOADERS = ("init_vits_weights", "init_t2s_weights")  # upstream methods that r
 class PipelineOptimizer:
     """What `optimize_pipeline` installed on one `TTS` object (also reachable as `tts.tts_compile`)."""
 
-    def __init__(self, tts: Any, config: OptimizeConfig) -> None:
+    def __init__(self, tts: Any, config: PipelineConfig) -> None:
         self._tts = weakref.ref(tts)
         self.config = config
-        self.stages: dict[str, Any] = {}  # name -> its optimizer (OptimizedVocoder or an Accelerator)
+        self.stages: dict[str, Any] = {}  # name -> its optimizer (the vocoder's VocoderOptimizer or a Stage)
 
     def enabled(self) -> bool:
         """The runtime switch: `tts.use_vocoder_optimization` (default True)."""
@@ -79,32 +79,33 @@ class PipelineOptimizer:
         return {name: stage.optimization_stats() for name, stage in self.stages.items()}
 
     def _optimize(self, tts: Any, version: str | None) -> dict[str, Any]:
-        if version in VOCODER_VERSIONS:
-            if getattr(tts, "vocoder", None) is None:
-                raise ValueError(f"version {version} but tts.vocoder is None")
-            if not isinstance(tts.vocoder, OptimizedVocoder):
-                tts.vocoder = optimize_vocoder(tts.vocoder, config=self.config)
-            stages = {"vocoder": tts.vocoder}
-            if self.config.sovits:
-                stages["vits_model"] = self._attached("SoVITS", optimize_sovits, lambda: tts.vits_model)
-            if self.config.cfm:
-                stages["vits_model.cfm"] = self._attached("CFM", optimize_cfm, lambda: tts.vits_model.cfm)
-        elif version in SOVITS_VERSIONS:
-            stages = {}
-            if self.config.sovits:
-                stages["vits_model"] = self._attached("SoVITS", optimize_sovits, lambda: tts.vits_model)
-        else:
-            raise ValueError(f"unknown GPT-SoVITS version {version!r}; expected one of "
-                             f"{', '.join(SOVITS_VERSIONS + VOCODER_VERSIONS)}")
-        if self.config.t2s:
-            stages["t2s_model.model"] = self._attached("T2S", optimize_t2s, lambda: tts.t2s_model.model)
+        wanted = [name for name in version_of(version).stages if self._wanted(name)]
+        optimizers = {
+            "t2s_model.model": lambda: self._attached("T2S", optimize_t2s, lambda: tts.t2s_model.model),
+            "vits_model": lambda: self._attached("SoVITS", optimize_sovits, lambda: tts.vits_model),
+            "vits_model.cfm": lambda: self._attached("CFM", optimize_cfm, lambda: tts.vits_model.cfm),
+            "vocoder": lambda: self._vocoder(tts, version),
+        }
+        stages = {name: optimizers[name]() for name in wanted}
         stages = {name: stage for name, stage in stages.items() if stage is not None}
         for stage in stages.values():
-            (stage.optimizer if isinstance(stage, OptimizedVocoder) else stage).switch = self.enabled
+            stage.guard.switch = self.enabled
         return stages
 
+    def _wanted(self, stage: str) -> bool:
+        """Whether the config asks for `stage` (the vocoder follows `enabled` alone)."""
+        return {"t2s_model.model": self.config.t2s, "vits_model": self.config.sovits,
+                "vits_model.cfm": self.config.cfm}.get(stage, True)
+
+    def _vocoder(self, tts: Any, version: str) -> Any:
+        if getattr(tts, "vocoder", None) is None:
+            raise ValueError(f"version {version} but tts.vocoder is None")
+        if not isinstance(tts.vocoder, OptimizedVocoder):
+            tts.vocoder = optimize_vocoder(tts.vocoder, config=self.config)
+        return tts.vocoder.optimizer
+
     def _attached(self, label: str, optimize: Callable[..., nn.Module],
-                  module: Callable[[], nn.Module]) -> Accelerator | None:
+                  module: Callable[[], nn.Module]) -> Stage | None:
         """The accelerator `optimize` patches onto `module()`; a model of an unexpected shape stays upstream's (logged)
         and the other stages still count."""
         try:
@@ -155,19 +156,16 @@ def _unwrap(tts: Any) -> None:
     if isinstance(getattr(tts, "vocoder", None), OptimizedVocoder):
         tts.vocoder = tts.vocoder.module
     vits = getattr(tts, "vits_model", None)
-    if vits is not None and isinstance(getattr(vits, MODULE_HANDLE, None), SoVITSAccelerator):
-        restore_sovits(vits)
-    if vits is not None and isinstance(getattr(getattr(vits, "cfm", None), MODULE_HANDLE, None), OptimizedCFM):
-        restore_cfm(vits.cfm)
     t2s = getattr(getattr(tts, "t2s_model", None), "model", None)
-    if isinstance(getattr(t2s, MODULE_HANDLE, None), T2SAccelerator):
-        restore_t2s(t2s)
+    for module in (vits, getattr(vits, "cfm", None), t2s):
+        if isinstance(module, nn.Module):
+            detach(module)
 
 
-def _resolve(tts: Any, config: Any, options: dict[str, Any]) -> OptimizeConfig:
+def _resolve(tts: Any, config: Any, options: dict[str, Any]) -> PipelineConfig:
     if isinstance(config, OptimizeConfig):
-        return resolve_config(config, options)
+        return pipeline_config(config, options)
     if config is None:
         path = getattr(getattr(tts, "configs", None), "configs_path", None)
         config = path if path is not None and Path(path).is_file() else None
-    return load_config(config, **options)
+    return load_config(config, config_class=PipelineConfig, **options)

@@ -26,35 +26,30 @@ import functools
 import logging
 import math
 import numbers
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._copy import weights_fingerprint
-from ..config import OptimizeConfig
-from .accelerator import HANDLE, GraphAccelerator, install, resolve_config, uninstall
+from ..core.buckets import Ladder
+from ..core.config import OptimizeConfig
+from ..core.weights import weights_fingerprint
+from .config import PipelineConfig
 from .decoder import PaddedDecoder, decoder_problem
+from .stage import Stage, attach, detach
+from .versions import VERSIONS
 
 logger = logging.getLogger(__name__)
 
 PARTS = ("decode", "dec", "enc_p", "flow", "quantizer", "ref_enc", "version", "semantic_frame_rate")
 V3_PARTS = ("decode_encp", "enc_p", "bridge", "wns1", "quantizer", "ref_enc", "version", "semantic_frame_rate")
-UPSAMPLE = {"v3": 1.875, "v4": 2}  # decode_encp: encoder frames -> CFM frames
-MASKED_PER_TOKEN = {"v3": 3.875, "v4": 4}  # decode_encp: WN mask length per token (before speed)
-SMALLEST = {"tokens": 32, "phones": 16, "frames": 64}  # smallest bucket per padded axis
 LARGEST_TOKENS = 4096  # longer decodes (upstream concatenates a request's sentences) run upstream's own path
-
-
-def bucket(n: int, smallest: int) -> int:
-    """The smallest length >= n on the grid smallest * 2**(k/2), each rounded up to a multiple of 8 (two buckets per
-    octave: at most ~41% padding)."""
-    k = 0
-    while (size := 8 * math.ceil(smallest * 2 ** (k / 2) / 8)) < n:
-        k += 1
-    return size
+MIN_SPEED = 0.25  # slower speeds stretch past the largest frame bucket: upstream's own path
+# The padded axes: half-octave ladders from the smallest bucket up to what LARGEST_TOKENS (2 code frames per token
+# at 25 Hz) and MIN_SPEED allow; at most ~41% padding.
+LADDERS = {"tokens": Ladder.half_octaves(32, LARGEST_TOKENS), "phones": Ladder.half_octaves(16, LARGEST_TOKENS),
+           "frames": Ladder.half_octaves(64, int(2 * LARGEST_TOKENS / MIN_SPEED) + 1)}
 
 
 def _reference(vits: nn.Module, listed: bool, count: int, *tensors: torch.Tensor) -> torch.Tensor:
@@ -106,7 +101,7 @@ def _synthesize(vits: nn.Module, decoder: PaddedDecoder, noise_scale: float, y: 
 def _conditioning(vits: nn.Module, y: torch.Tensor, lengths: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
     """v3/v4 `decode_encp` after the text encoder: bridge, nearest upsampling at upstream's scale (so each frame reads
     the source frame it reads unpadded), the WN stack masked to lengths[2] frames."""
-    fea = F.interpolate(vits.bridge(y), scale_factor=UPSAMPLE[vits.version], mode="nearest")
+    fea = F.interpolate(vits.bridge(y), scale_factor=VERSIONS[vits.version].upsample, mode="nearest")
     return vits.wns1(fea, lengths[2:3], ge)[0]
 
 
@@ -120,15 +115,17 @@ def _stretched(frames: int, speed: float) -> int:
 
 
 def _request_problem(device: torch.device, codes: Any, text: Any, speed: Any) -> str | None:
-    """Why codes, phones or speed keep a call off the staged path (an input upstream rejects, or one too long)."""
+    """Why codes, phones or speed keep a call off the staged path (an input upstream rejects, or one outside the
+    buckets)."""
     if not all(isinstance(t, torch.Tensor) and t.device == device for t in (codes, text)):
         return f"codes and text are not both tensors on {device}"
     if codes.dim() != 3 or codes.shape[:2] != (1, 1) or text.dim() != 2 or text.size(0) != 1:
         return f"codes {tuple(codes.shape)} / text {tuple(text.shape)}: expected (1, 1, tokens) / (1, phones)"
-    if not 0 < codes.size(-1) <= LARGEST_TOKENS or text.size(-1) == 0:
-        return f"{codes.size(-1)} tokens, {text.size(-1)} phones: outside 1..{LARGEST_TOKENS} tokens, >= 1 phone"
-    if not isinstance(speed, numbers.Real) or speed <= 0:
-        return f"speed={speed!r}: expected a real number > 0"
+    if not 0 < codes.size(-1) <= LARGEST_TOKENS or not 0 < text.size(-1) <= LADDERS["phones"].largest:
+        return (f"{codes.size(-1)} tokens, {text.size(-1)} phones: outside 1..{LARGEST_TOKENS} tokens, "
+                f"1..{LADDERS['phones'].largest} phones")
+    if not isinstance(speed, numbers.Real) or speed < MIN_SPEED:
+        return f"speed={speed!r}: the buckets hold speeds >= {MIN_SPEED}"
     return None
 
 
@@ -140,16 +137,22 @@ def _spectrograms_problem(device: torch.device, refs: list[Any]) -> str | None:
     return None
 
 
-class SoVITSAccelerator(GraphAccelerator):
+class SoVITSStage(Stage):
     """The stages `decode` (v1-v2ProPlus) and `decode_encp` (v3/v4) share: reference embedding and text encoder as
     graphs over padded buckets."""
 
     name = "optimize_sovits"
+    argument = "vits_model"
     cudnn_benchmark = True  # the decoder's convolutions: measured in benchmarks/results/2026-11-25-h100-sovits.md
+    parts: tuple[str, ...] = ()
 
-    def __init__(self, vits: nn.Module, config: OptimizeConfig) -> None:
+    def __init__(self, vits: nn.Module, config: PipelineConfig) -> None:
         super().__init__(vits, config)
         self.vits = vits
+
+    @classmethod
+    def lacks(cls, module: nn.Module) -> list[str]:
+        return [name for name in cls.parts if not hasattr(module, name)]
 
     def _reference(self, refs: list[torch.Tensor], speakers: list[torch.Tensor], listed: bool) -> torch.Tensor:
         """`ge` of the references (and their v2Pro speaker embeddings) through the graph of their shapes."""
@@ -163,28 +166,35 @@ class SoVITSAccelerator(GraphAccelerator):
         """The text encoder's output (1, hidden, frames) from the code features through the graph of its (frames,
         phones) bucket, then stretched for `speed` as upstream does; lengths = [frames, phones, ...]."""
         tokens, frames, phones = codes.size(-1), features.size(-1), text.size(-1)
-        padded = (bucket(tokens, SMALLEST["tokens"]) * frames // tokens, bucket(phones, SMALLEST["phones"]))
+        padded = (LADDERS["tokens"].fit(tokens) * frames // tokens, LADDERS["phones"].fit(phones))
         y = self.run_graph(("enc", *padded, ge.shape, ge.dtype), functools.partial(_encode, self.vits),
                            (_pad(features, padded[0]), _pad(text, padded[1]), lengths, ge),
                            f"text encoder at {padded[0]} frames x {padded[1]} phones")[..., :frames]
         return y if speed == 1 else F.interpolate(y.contiguous(), size=_stretched(frames, speed), mode="linear")
 
 
-class OptimizedSoVITS(SoVITSAccelerator):
+class OptimizedSoVITS(SoVITSStage):
     """What `optimize_sovits` installed on a v1/v2/v2Pro/v2ProPlus `SynthesizerTrn`: its `decode`."""
 
+    expected = f"GPT-SoVITS SynthesizerTrn ({', '.join(PARTS)})"
     methods = ("decode",)
+    parts = PARTS
     # cuDNN's heuristics run one v2ProPlus decoder convolution ([384, 384, 7], dilation 5, channels-last, 5120 samples)
-    # as a 22 ms kernel; timed, 0.1 ms (H200, run 31). cuDNN keeps its first choice per shape for the process, so every
-    # run of the decoder's buckets, captured or not, times them, once per shape.
+    # as a 22 ms kernel; timed, 0.1 ms (H200, benchmarks/results/2026-11-30-h200-decoder-*.json). cuDNN keeps its
+    # first choice per shape for the process, so every run of the decoder's buckets, captured or not, times them.
     cudnn_heuristics_unsafe = True
 
-    def __init__(self, vits: nn.Module, config: OptimizeConfig) -> None:
+    @classmethod
+    def lacks(cls, module: nn.Module) -> list[str]:
+        missing = super().lacks(module)
+        return missing or ([] if isinstance(module.dec, nn.Module) else ["a dec module"])
+
+    def __init__(self, vits: nn.Module, config: PipelineConfig) -> None:
         super().__init__(vits, config)
         self.decoder: PaddedDecoder | None = None
         self.decoder_problem = decoder_problem(vits.dec)
         self.channels_last = config.channels_last == "on" or (
-            config.channels_last == "auto" and self.device.type == "cuda" and config.compile_mode != "eager")
+            config.channels_last == "auto" and self.device.type == "cuda" and self.execution.rewrite)
         if self.decoder_problem:
             logger.warning("%s: the decoder runs upstream's module after the graphs: %s", self.name,
                            self.decoder_problem)
@@ -221,7 +231,7 @@ class OptimizedSoVITS(SoVITSAccelerator):
         ge = self._reference(refs, speakers, listed)
         y = self._text_encoder(codes, features, text, lengths, ge, speed)
         noise = torch.randn((1, vits.enc_p.out_channels, out), dtype=y.dtype, device=self.device)
-        size = bucket(out, SMALLEST["frames"])
+        size = LADDERS["frames"].fit(out)
         inputs = (_pad(y, size), lengths, _pad(noise, size), ge)
         if decoder is None:
             z = self.run_graph(("flow", size, float(noise_scale), ge.shape, ge.dtype),
@@ -246,10 +256,12 @@ class OptimizedSoVITS(SoVITSAccelerator):
             return self.decoder
 
 
-class OptimizedSoVITSv3(SoVITSAccelerator):
+class OptimizedSoVITSv3(SoVITSStage):
     """What `optimize_sovits` installed on a v3/v4 `SynthesizerTrnV3`: its `decode_encp`, the CFM's conditioning."""
 
+    expected = f"GPT-SoVITS SynthesizerTrnV3 ({', '.join(V3_PARTS)})"
     methods = ("decode_encp",)
+    parts = V3_PARTS
 
     def decode_encp(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, ge: Any = None,
                     speed: float = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,18 +282,18 @@ class OptimizedSoVITSv3(SoVITSAccelerator):
 
     def _decode_encp(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, ge: Any,
                      speed: float) -> tuple[torch.Tensor, torch.Tensor]:
-        vits = self.vits
+        vits, shape = self.vits, VERSIONS[self.vits.version]
         features = _features(vits, codes)  # waits for the stream (see _features): before any graph is queued
         frames = features.size(-1)  # upstream's y_lengths: 2 per token (v3/v4 codes are 25 Hz)
         stretched = _stretched(frames, speed)
-        out = math.floor(stretched * UPSAMPLE[vits.version])  # nearest upsampling's length
-        per_token = MASKED_PER_TOKEN[vits.version] * codes.size(-1)
+        out = math.floor(stretched * shape.upsample)  # nearest upsampling's length
+        per_token = shape.masked_per_token * codes.size(-1)
         masked = min(out, int(per_token) if speed == 1 else int(per_token / speed) + 1)
         lengths = torch.tensor([frames, text.size(-1), masked], device=self.device)  # a host copy: waits too
         if ge is None:
             ge = self._reference([refer], [], listed=False)
         y = self._text_encoder(codes, features, text, lengths, ge, speed)
-        size = bucket(stretched, SMALLEST["frames"])
+        size = LADDERS["frames"].fit(stretched)
         fea = self.run_graph(("wns", size, ge.shape, ge.dtype), functools.partial(_conditioning, vits),
                              (_pad(y, size), lengths, ge), f"conditioning stack at {size} frames")
         return fea[..., :out].contiguous(), ge
@@ -290,27 +302,13 @@ class OptimizedSoVITSv3(SoVITSAccelerator):
 def optimize_sovits(vits_model: nn.Module, config: OptimizeConfig | None = None, **options: Any) -> nn.Module:
     """Optimize a GPT-SoVITS synthesizer in place, its methods keeping their signatures and results: a
     v1/v2/v2Pro/v2ProPlus `SynthesizerTrn`'s `decode` runs its stages, decoder included, as captured graphs; a v3/v4
-    `SynthesizerTrnV3`'s `decode_encp` runs as captured graphs. The handle (`optimization_stats`, `switch`) is
-    `vits_model.tts_compile`. Returns `vits_model`."""
-    config = resolve_config(config, options)
-    v3 = getattr(vits_model, "version", None) in UPSAMPLE
-    parts = V3_PARTS if v3 else PARTS
-    missing = [name for name in parts if not hasattr(vits_model, name)]
-    if missing or not v3 and not isinstance(vits_model.dec, nn.Module):
-        lacks = ", ".join(missing) or "a dec module"
-        raise TypeError(f"vits_model: expected a GPT-SoVITS {'SynthesizerTrnV3' if v3 else 'SynthesizerTrn'} "
-                        f"({', '.join(parts)}); {type(vits_model).__name__} lacks {lacks}")
-    if isinstance(getattr(vits_model, HANDLE, None), SoVITSAccelerator):
-        return vits_model
-    start = time.perf_counter()
-    install((OptimizedSoVITSv3 if v3 else OptimizedSoVITS)(vits_model, config), vits_model)
-    logger.info("optimize_sovits: %s %s (%s) ready in %.2f s; shapes are captured on first sight",
-                type(vits_model).__name__, vits_model.version, config.compile_mode, time.perf_counter() - start)
+    `SynthesizerTrnV3`'s `decode_encp` runs as captured graphs (shapes are captured on first sight). The handle
+    (`optimization_stats`, `switch`) is `vits_model.tts_compile`. Returns `vits_model`."""
+    v3 = getattr(VERSIONS.get(getattr(vits_model, "version", None)), "renderer", None) == "cfm"
+    attach(OptimizedSoVITSv3 if v3 else OptimizedSoVITS, vits_model, config, options)
     return vits_model
 
 
 def restore_sovits(vits_model: nn.Module) -> nn.Module:
     """Undo `optimize_sovits`: upstream's own `decode` or `decode_encp` again."""
-    handle = getattr(vits_model, HANDLE, None)
-    return uninstall(vits_model, type(handle)) if isinstance(handle, SoVITSAccelerator) else vits_model
-
+    return detach(vits_model, SoVITSStage)

@@ -4,12 +4,12 @@ Upstream decodes one token per Python iteration: 24 layers of small launches, K/
 on an H100. Here the K/V cache is preallocated (one capacity bucket per request length), and one decode step
 (sample the next token on the GPU, embed it, run the layers writing K/V in place, project the logits) is one CUDA
 graph; the host replays it and reads the EOS flags once every `CHECK_EVERY` steps. The layers of the step are
-`tts_compile::t2s_decode_step` (Triton kernels, five launches a layer: H100 run 19, 2090 vs 838 tok/s with torch
-ops; `t2s_kernels`), and the sampling before them one Triton launch (`kernels.t2s_sample`) after torch's own
-`exponential_` draw (run 27: 2345 tok/s), all of them dependent launches on Hopper (H200 run 43: 3309 tok/s; 8 rows
-15482 tok/s aggregate). In every graph mode (`reduce-overhead`, `max-autotune`, `cudagraphs`) the step is captured
-without inductor: inductor made it slower and its tokens less like upstream's (run 14: 745 vs 830 tok/s;
-benchmarks/results/2026-11-25-h100-t2s.md).
+`tts_compile::t2s_decode_step` (Triton kernels, five launches a layer: 2090 vs 838 tok/s with torch ops on an
+H100; `t2s_kernels`), and the sampling before them one Triton launch (`kernels.t2s_sample`) after torch's own
+`exponential_` draw, all of them dependent launches on Hopper (H200: 3309 tok/s for one row, 15482 tok/s aggregate
+for 8; benchmarks/results/2026-11-30-h200-t2s.md). In every graph mode (`reduce-overhead`, `max-autotune`,
+`cudagraphs`) the step is captured without inductor: inductor made it slower and its tokens less like upstream's
+(H100: 745 vs 830 tok/s; benchmarks/results/2026-11-25-h100-t2s.md).
 
 Upstream's semantics, kept term by term (docs: gpt-sovits-upstream.md 2.3-2.5): the EOS column is removed for the
 first 11 steps; repetition penalty over prompt + generated tokens (`score < 0 ? score * p : score / p`, applied to
@@ -36,7 +36,6 @@ import importlib.util
 import logging
 import os
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, Iterator
 
@@ -44,22 +43,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import OptimizeConfig
-from ..kernels.t2s_decode import flatten, stack, t2s_decode_step, visible_columns
-from ..kernels.t2s_sample import Embedding, Sampling, sample
-from ..models.t2s import load_t2s_checkpoint
-from ..runner import GRAPH_MODES
-from .accelerator import HANDLE, Accelerator, install, resolve_config, uninstall
+from ..core.buckets import Ladder
+from ..core.config import OptimizeConfig
+from .config import PipelineConfig
+from .kernels.t2s_decode import flatten, stack, t2s_decode_step, visible_columns
+from .kernels.t2s_sample import Embedding, Sampling, sample
+from .models.t2s import load_t2s_checkpoint
 from .rng import RngState
+from .stage import Stage, attach, detach
 
 logger = logging.getLogger(__name__)
 
 MAX_STEPS = 1500  # upstream's cap (60 s of audio per segment)
 EARLY_STEPS = 11  # steps that cannot emit EOS (its column is removed)
 CHECK_EVERY = 16  # decode steps between two reads of the EOS flags (one host sync each)
-CAPACITIES = (1024, 2048, 4096)  # KV-cache lengths; a request takes the smallest that holds prefix + steps
-ROW_BUCKETS = (1, 2, 4, 8, 16)  # batch rows of the caches and graphs; a batch takes the smallest that holds it
-MAX_ROWS = ROW_BUCKETS[-1]
+CAPACITIES = Ladder((1024, 2048, 4096))  # KV-cache lengths; a request takes the smallest that holds prefix + steps
+ROWS = Ladder.powers_of_two(1, 16)  # batch rows of the caches and graphs; a batch takes the smallest that holds it
+MAX_ROWS = ROWS.largest
 CACHE_BUDGET = 2 << 30  # bytes of KV caches kept across calls; older buckets beyond it are dropped (LRU), graphs too
 SNAPSHOT = ("logits", "seen", "step", "x", "position")  # what a replayed chunk restores (the caches are rewritten)
 
@@ -70,6 +70,7 @@ class _State:
     that a captured step reads, and the embedding it reads."""
 
     def __init__(self, model: nn.Module, capacity: int, rows: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.key = (capacity, rows, dtype, device)
         layers, dim, heads = len(model.h.layers), model.model_dim, model.num_head
         vocab = model.ar_predict_layer.out_features
         cache = (layers, rows, heads, capacity, dim // heads)
@@ -90,7 +91,6 @@ class _State:
         position = model.ar_audio_position  # its own table: captured steps read it, whatever upstream later swaps in
         self.embedding = Embedding(model.ar_audio_embedding.word_embeddings.weight,
                                    position.pe.to(device=device, dtype=dtype).clone(), position.alpha, position.x_scale)
-        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name).clone() for name in SNAPSHOT}
@@ -100,16 +100,20 @@ class _State:
             getattr(self, name).copy_(value)
 
 
-class T2SAccelerator(Accelerator):
+class T2SAccelerator(Stage):
     """What `optimize_t2s` installed on one `Text2SemanticDecoder` (`model.tts_compile`): the decode, counters, switch.
-    Counters: calls, optimized and upstream calls, fallbacks, captures, decoded steps, host syncs, steps decoded
-    again (a batch row stopped inside a chunk)."""
+    Counters beside the guard's and the runner's: decoded steps, host syncs, steps decoded again (a batch row
+    stopped inside a chunk)."""
 
     name = "optimize_t2s"
+    argument = "model"
+    expected = "GPT-SoVITS Text2SemanticDecoder"
     methods = ("infer_panel_naive", "infer_panel_batch_infer", "infer_panel")
+    counters = ("steps", "syncs", "redone")
+    parts = ("h", "ar_predict_layer", "ar_audio_embedding", "ar_audio_position", "num_head", "EOS", "model_dim")
 
-    def __init__(self, model: nn.Module, config: OptimizeConfig) -> None:
-        super().__init__(model, config, ("calls", "optimized", "upstream", "captures", "steps", "syncs", "redone"))
+    def __init__(self, model: nn.Module, config: PipelineConfig) -> None:
+        super().__init__(model, config)
         self.model = model
         self.layers = [_layer_weights(layer) for layer in model.h.layers]
         self.heads = model.num_head
@@ -119,7 +123,11 @@ class T2SAccelerator(Accelerator):
         if config.t2s_kernels and not self.kernels:
             logger.info("optimize_t2s: Triton is not installed; the decode step runs torch ops")
         self._states: dict[tuple, _State] = {}  # least recently used first
-        self._lock = threading.Lock()
+        self._decode_lock = threading.Lock()
+
+    @classmethod
+    def lacks(cls, module: nn.Module) -> list[str]:
+        return [name for name in cls.parts if not hasattr(module, name)]
 
     # --- upstream's entry points -------------------------------------------------------------------------------
 
@@ -128,23 +136,16 @@ class T2SAccelerator(Accelerator):
                           **kwargs) -> Iterator[tuple[torch.Tensor, int]]:
         """Upstream's generator: yields `(y, idx)` once, y = prompt + generated tokens (1, L)."""
         args = (x, x_lens, prompts, bert_feature, top_k, top_p, early_stop_num, temperature, repetition_penalty)
-        eligible = x.dim() == 2 and x.shape[0] == 1 and bert_feature.dim() == 3 and bert_feature.shape[0] == 1
-        if streaming_mode or not eligible or not self._eligible([x[0]], prompts, [bert_feature[0]], x.shape[1], top_k):
-            self.counters["upstream"] += 1
-            yield from self.original["infer_panel_naive"](*args, streaming_mode=streaming_mode,
-                                                          chunk_length=chunk_length, **kwargs)
+        upstream = self.original["infer_panel_naive"]
+        if streaming_mode:
+            yield from self.guard.call("infer_panel_naive", None, lambda: upstream(
+                *args, streaming_mode=True, chunk_length=chunk_length, **kwargs), why_not="streaming")
             return
-        try:
-            [(tokens, idx, eos)] = self._run([x[0]], prompts, [bert_feature[0]], x.shape[1], top_k, top_p,
-                                             early_stop_num, temperature, repetition_penalty)
-        except Exception as exc:
-            yield from self.serve_upstream(exc, lambda: list(self.original["infer_panel_naive"](*args, **kwargs)))
-            return
-        generated = tokens[None, : idx + (0 if eos else 1)]
-        if prompts is None:  # upstream's prompt-free decode: int32 tokens, idx 0
-            yield generated.to(torch.int32), 0
-            return
-        yield torch.cat((prompts, generated.to(prompts.dtype)), dim=1), idx
+        single = x.dim() == 2 and x.shape[0] == 1 and bert_feature.dim() == 3 and bert_feature.shape[0] == 1
+        problem = None if single else "not one row of phones and BERT features"
+        problem = problem or self._problem([x[0]], prompts, [bert_feature[0]], x.shape[1], top_k)
+        yield from self.guard.call("infer_panel_naive", lambda: self._naive(x, prompts, bert_feature, *args[4:]),
+                                   lambda: list(upstream(*args, chunk_length=chunk_length, **kwargs)), problem)
 
     def infer_panel(self, *args, **kwargs) -> tuple[torch.Tensor, int]:
         """Upstream's `infer_panel`: the first (only) item of `infer_panel_naive`."""
@@ -157,45 +158,57 @@ class T2SAccelerator(Accelerator):
         args = (x, x_lens, prompts, bert_feature, top_k, top_p, early_stop_num, temperature, repetition_penalty)
         lengths = [len(row) for row in x] if isinstance(x, (list, tuple)) else []
         width = int(kwargs.get("max_len", max(lengths, default=0)))
-        if not (lengths and prompts is not None and self._eligible(x, prompts, bert_feature, width, top_k) and
-                (x_lens is None or [int(n) for n in x_lens] == lengths)):
-            self.counters["upstream"] += 1
-            return self.original["infer_panel_batch_infer"](*args, **kwargs)
-        try:
-            rows = self._run(x, prompts, bert_feature, width, top_k, top_p, early_stop_num, temperature,
-                             repetition_penalty)
-        except Exception as exc:
-            return self.serve_upstream(exc, lambda: self.original["infer_panel_batch_infer"](*args, **kwargs))
+        problem = "not a list of phone rows" if not lengths else "no prompts" if prompts is None else \
+            "x_lens differ from the rows" if x_lens is not None and [int(n) for n in x_lens] != lengths else \
+            self._problem(x, prompts, bert_feature, width, top_k)
+        return self.guard.call("infer_panel_batch_infer", lambda: self._batch(x, prompts, bert_feature, width,
+                                                                              *args[4:]),
+                               lambda: self.original["infer_panel_batch_infer"](*args, **kwargs), problem)
+
+    def _naive(self, x, prompts, bert, top_k, top_p, early_stop_num, temperature,
+               penalty) -> list[tuple[torch.Tensor, int]]:
+        [(tokens, idx, eos)] = self._run([x[0]], prompts, [bert[0]], x.shape[1], top_k, top_p, early_stop_num,
+                                         temperature, penalty)
+        generated = tokens[None, : idx + (0 if eos else 1)]
+        if prompts is None:  # upstream's prompt-free decode: int32 tokens, idx 0
+            return [(generated.to(torch.int32), 0)]
+        return [(torch.cat((prompts, generated.to(prompts.dtype)), dim=1), idx)]
+
+    def _batch(self, x, prompts, bert, width, top_k, top_p, early_stop_num, temperature,
+               penalty) -> tuple[list, list]:
+        rows = self._run(x, prompts, bert, width, top_k, top_p, early_stop_num, temperature, penalty)
         # upstream keeps y[:-1] on EOS and on early stop alike
         return ([torch.cat((prompt, tokens[:idx].to(prompt.dtype))) for prompt, (tokens, idx, _) in zip(prompts, rows)],
                 [idx for _, idx, _ in rows])
 
     # --- the decode ----------------------------------------------------------------------------------------------
 
-    def _eligible(self, x, prompts: torch.Tensor | None, bert, width: int, top_k: Any) -> bool:
-        """Rows of phones (L_i,) with BERT features (1024, L_i), one prompt row each or none at all, at most
-        `MAX_ROWS`, padded to `width`; a top-k sampler."""
-        prompted = prompts is None or (prompts.dim() == 2 and prompts.shape[0] == len(x))
-        return self.active and prompted and 0 < len(x) == len(bert) <= MAX_ROWS and isinstance(top_k, int) and \
-            top_k >= 1 and \
-            all(row.dim() == 1 and feature.dim() == 2 and feature.shape[1] == len(row) <= width
-                for row, feature in zip(x, bert))
+    def _problem(self, x, prompts: torch.Tensor | None, bert, width: int, top_k: Any) -> str | None:
+        """Why a call is not for the static-cache decode: it takes rows of phones (L_i,) with BERT features
+        (1024, L_i), one prompt row each or none at all, at most `MAX_ROWS`, padded to `width`, a top-k sampler."""
+        if not (prompts is None or (prompts.dim() == 2 and prompts.shape[0] == len(x))):
+            return "not one prompt row per row"
+        if not 0 < len(x) == len(bert) <= MAX_ROWS:
+            return f"{len(x)} rows, {len(bert)} BERT features: expected 1..{MAX_ROWS} of each"
+        if not (isinstance(top_k, int) and top_k >= 1):
+            return f"top_k={top_k!r}: the decode samples top-k with k >= 1"
+        if not all(row.dim() == 1 and feature.dim() == 2 and feature.shape[1] == len(row) <= width
+                   for row, feature in zip(x, bert)):
+            return f"rows that are not (phones,) with BERT features (1024, phones) within max_len={width}"
+        return None
 
     def _run(self, x, prompts, bert, width, top_k, top_p, early_stop_num, temperature,
              penalty) -> list[tuple[torch.Tensor, int, bool]]:
         """Per row (tokens (steps,), idx, stopped on EOS); on an error the generator is rewound before it
         propagates."""
-        self.counters["calls"] += 1
         sampling = Sampling(int(top_k), float(top_p), float(temperature), float(penalty))
         generator = RngState(x[0].device)
         try:
-            with self._lock, torch.inference_mode():
-                result = self._decode(x, prompts, bert, int(width), sampling, int(early_stop_num))
+            with self._decode_lock, torch.inference_mode():
+                return self._decode(x, prompts, bert, int(width), sampling, int(early_stop_num))
         except Exception:
             generator.restore()
             raise
-        self.counters["optimized"] += 1
-        return result
 
     def _decode(self, x, prompts, bert, width: int, sampling: Sampling,
                 early_stop_num: int) -> list[tuple[torch.Tensor, int, bool]]:
@@ -208,8 +221,8 @@ class T2SAccelerator(Accelerator):
             for _ in range(min(CHECK_EVERY, last + 1 - step)):
                 self._step(state, sampling, step, len(alive))
                 step += 1
-            self.counters["steps"] += step - start
-            self.counters["syncs"] += 1
+            self.guard.count("steps", step - start)
+            self.guard.count("syncs")
             flags = state.eos[alive, start:step].cpu()
             hits = flags.any(dim=0).nonzero()
             if not len(hits) and step <= last:
@@ -225,7 +238,7 @@ class T2SAccelerator(Accelerator):
                 rng.restore()
                 for redo in range(start, stop + 1):
                     self._step(state, sampling, redo, len(alive))
-                self.counters["redone"] += stop + 1 - start
+                self.guard.count("redone", stop + 1 - start)
             alive = [row for row in alive if row not in ends]
             state.alive[: len(alive)].copy_(torch.tensor(alive))
             step = stop + 1
@@ -266,31 +279,31 @@ class T2SAccelerator(Accelerator):
         return state
 
     def _state(self, length: int, batch: int, dtype: torch.dtype, device: torch.device) -> _State:
-        capacity = next((c for c in CAPACITIES if c >= length), None)
+        capacity = CAPACITIES.fit(length)
         if capacity is None:
-            raise ValueError(f"prefix + steps = {length} exceeds the largest KV-cache capacity {CAPACITIES[-1]}")
-        rows = next(r for r in ROW_BUCKETS if r >= batch)
-        key = (capacity, rows, dtype, device)
-        state = self._states.pop(key, None) or _State(self.model, capacity, rows, dtype, device)
+            raise ValueError(f"prefix + steps = {length} exceeds the largest KV-cache capacity {CAPACITIES.largest}")
+        key = (capacity, ROWS.fit(batch), dtype, device)
+        state = self._states.pop(key, None) or _State(self.model, *key)
         self._states[key] = state
         while sum(s.k.nbytes + s.v.nbytes for s in self._states.values()) > CACHE_BUDGET and len(self._states) > 1:
             dropped = next(iter(self._states))
             logger.info("optimize_t2s: dropped the KV cache and graphs of bucket %s (cache budget %d MiB)", dropped,
                         CACHE_BUDGET >> 20)
             del self._states[dropped]
+            self.runner.discard(lambda graph: graph[0] == dropped)
         return state
 
     def _step(self, state: _State, sampling: Sampling, step: int, alive: int) -> None:
-        """One decode step of the first `alive` rows of `state.alive`: replayed from its graph on CUDA in the graph
-        modes, run directly otherwise."""
+        """One decode step of the first `alive` rows of `state.alive`: replayed from its graph where the runner
+        captures graphs (CUDA, a graph mode), run directly otherwise."""
         vocab = _vocab(state, step)
-        if state.k.device.type != "cuda" or self.config.compile_mode not in GRAPH_MODES:
+        if not self.runner.graphs:
             self._step_body(state, sampling, vocab, alive)
             return
-        key = (sampling, vocab, alive)
-        if key not in state.graphs:
-            state.graphs[key] = self._capture(state, sampling, vocab, alive)
-        state.graphs[key].replay()
+        key = (state.key, sampling, vocab, alive)
+        if not self.runner.has(key):
+            self._capture(key, state, sampling, vocab, alive)
+        self.runner.replay(key)
 
     def _step_body(self, state: _State, sampling: Sampling, vocab: int, alive: int) -> None:
         """Sample the rows still decoding from the current logits (upstream's `exponential_` draw, one row each),
@@ -307,29 +320,20 @@ class T2SAccelerator(Accelerator):
             logits = self.predict(out[:, -1])
         state.logits.copy_(logits)
 
-    def _capture(self, state: _State, sampling: Sampling, vocab: int, alive: int) -> torch.cuda.CUDAGraph:
-        """Capture one step (after two warm-up runs on a side stream); buffers and the generator are restored, so
-        the request that triggered it decodes exactly as without the capture. The caches need no restoring: the
-        warm-ups write this step's column, rewritten alike by the replay, and the next one, rewritten before it is
-        read."""
-        start = time.perf_counter()
+    def _capture(self, key: tuple, state: _State, sampling: Sampling, vocab: int, alive: int) -> None:
+        """Capture one step; buffers and the generator are restored, so the request that triggered it decodes exactly
+        as without the capture. The caches need no restoring: the warm-ups write this step's column, rewritten alike
+        by the replay, and the next one, rewritten before it is read."""
         saved = {name: getattr(state, name).clone() for name in (*SNAPSHOT, "tokens", "eos")}
         rng = RngState(state.k.device)
-        stream = torch.cuda.Stream(state.k.device)
-        stream.wait_stream(torch.cuda.current_stream(state.k.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step_body(state, sampling, vocab, alive)
-        torch.cuda.current_stream(state.k.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            self._step_body(state, sampling, vocab, alive)
-        state.restore(saved)
-        rng.restore()
-        self.counters["captures"] += 1
+
+        def restore() -> None:
+            state.restore(saved)
+            rng.restore()
+
+        seconds = self.runner.capture(key, lambda: self._step_body(state, sampling, vocab, alive), restore)
         logger.info("optimize_t2s: captured a decode step (cache %d, %d of %d rows, vocab %d, %s) in %.1f s",
-                    state.columns.numel(), alive, state.x.shape[0], vocab, sampling, time.perf_counter() - start)
-        return graph
+                    state.columns.numel(), alive, state.x.shape[0], vocab, sampling, seconds)
 
     def _rewind(self, rng: RngState, state: _State, start: int, stop: int, alive: int) -> None:
         """Leave the generator where upstream leaves it: one draw per step up to `stop`, none after."""
@@ -365,23 +369,13 @@ def optimize_t2s(model: nn.Module | str | os.PathLike | Mapping[str, Any], confi
     `infer_panel_batch_infer` keep their signatures and results and decode through `T2SAccelerator`
     (`model.tts_compile`). Returns `model`. Given upstream's T2S checkpoint instead (a `.ckpt` path or its dict),
     the decoder is built from it (`models.t2s.load_t2s_checkpoint`, CPU float32: move it with `.to(device,
-    dtype)`)."""
-    config = resolve_config(config, options)
+    dtype)`); that stand-in's decode is then the eager reference the accelerator falls back to."""
     if not isinstance(model, nn.Module):
         model = load_t2s_checkpoint(model)
-    missing = [name for name in ("h", "ar_predict_layer", "ar_audio_embedding", "ar_audio_position", "num_head",
-                                 "EOS", "model_dim") if not hasattr(model, name)]
-    if missing:
-        raise TypeError(f"model: expected a GPT-SoVITS Text2SemanticDecoder; {type(model).__name__} lacks "
-                        f"{', '.join(missing)}")
-    if isinstance(getattr(model, HANDLE, None), T2SAccelerator):
-        return model
-    install(T2SAccelerator(model, config), model)
-    logger.info("optimize_t2s: %s (%d layers, %s) ready", type(model).__name__, len(model.h.layers),
-                config.compile_mode)
+    attach(T2SAccelerator, model, config, options)
     return model
 
 
 def restore_t2s(model: nn.Module) -> nn.Module:
     """Undo `optimize_t2s`: upstream's own decode methods again."""
-    return uninstall(model, T2SAccelerator)
+    return detach(model, T2SAccelerator)

@@ -1,6 +1,7 @@
 """Find anti-aliased Snake/SnakeBeta activations by structure and run them as one fused polyphase function.
 
-Recognised: this project's `AntiAliasedSnakeBeta`, and the `Activation1d` layout of NVIDIA's BigVGAN (the PyPI
+Recognised: the layout of this project's reference `AntiAliasedSnakeBeta` (`log_alpha`, `log_beta`, one `fir` for
+both directions), and the `Activation1d` layout of NVIDIA's BigVGAN (the PyPI
 `bigvgan` package and the copy vendored in GPT-SoVITS): `upsample` (UpSample1d), `act` (Snake or SnakeBeta),
 `downsample.lowpass` (LowPassFilter1d). A module is swapped only when every assumption of the fused function
 holds (2x resampling, equal even filter lengths, replicate padding with the standard offsets, no hooks); anything
@@ -19,7 +20,7 @@ from torch import nn
 from torch.fx.experimental import _config as fx_config
 
 from ..kernels import anti_aliased_snake, anti_aliased_snake_polyphase, downsampler_band
-from ..models.bigvgan import AntiAliasedSnakeBeta
+from . import swap_
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +76,14 @@ def _regional() -> Callable[..., torch.Tensor]:
     """The polyphase function compiled by inductor on its own, for a module that runs outside a compiled graph
     (`compile_mode="cudagraphs"`): one compile for every batch, channel count and length, shared by all
     activations. The caller compiles with sizes treated as size-oblivious, so batch 1 gets no graph of its own
-    (H200 run 57: ~38 s per compile)."""
+    (H200: ~38 s per compile)."""
     return torch.compile(anti_aliased_snake_polyphase, dynamic=True)
 
 
 def recognise(module: nn.Module) -> ActivationSpec | str:
     """The spec of a fusable anti-aliased activation, or the reason `module` is not one."""
-    ours = isinstance(module, AntiAliasedSnakeBeta)
+    ours = type(module).__name__ == "AntiAliasedSnakeBeta" and all(
+        hasattr(module, a) for a in ("log_alpha", "log_beta", "fir"))
     if not ours and not all(hasattr(module, a) for a in ("upsample", "downsample", "act")):
         return "not an anti-aliased activation"
     if module._forward_pre_hooks or module._forward_hooks:  # only an activation's hooks are worth a log line
@@ -122,14 +124,11 @@ def _taps(fir: torch.Tensor) -> tuple[float, ...]:
 def fuse_activations_(model: nn.Module, inline: bool = False) -> int:
     """Swap every recognised activation in `model` for `FusedAntiAliasedActivation` (`inline`: traced torch ops
     instead of the op); returns how many."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            spec = recognise(child)
-            if isinstance(spec, ActivationSpec):
-                setattr(parent, name, FusedAntiAliasedActivation(spec, inline))
-                swapped += 1
-            elif "assumptions" in spec or "hooks" in spec:
-                logger.info("fused activation: left %s (%s) alone: %s", name, type(child).__name__, spec)
-    logger.debug("fused activations: %d swapped", swapped)
-    return swapped
+    return swap_(model, functools.partial(_fused, inline=inline), "fused activation")
+
+
+def _fused(module: nn.Module, inline: bool) -> nn.Module | str | None:
+    spec = recognise(module)
+    if isinstance(spec, ActivationSpec):
+        return FusedAntiAliasedActivation(spec, inline)
+    return spec if "assumptions" in spec or "hooks" in spec else None

@@ -2,7 +2,7 @@
 
 Per dilation an AMP block computes `x + conv2(act2(conv1(act1(x))))`. With the activation and layout passes applied,
 each convolution's bias is one more pass over its output (230 of them in BigVGAN-24k, 1.9 of 17 ms at 1000 frames
-on an H200, benchmarks/NOTES.md run 49). Here conv1's bias is added by act2's kernel as it loads its input, and
+on an H200, docs/lab-log.md). Here conv1's bias is added by act2's kernel as it loads its input, and
 conv2's bias and the residual are one pointwise pass. Same values, rounded as torch rounds each add.
 
 Recognised by structure after the other two passes: our `AMPBlock` and `AMPBlock1` of NVIDIA's `bigvgan` package and
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..kernels.decoder_pointwise import pointwise
+from . import swap_
 from .activations import FusedAntiAliasedActivation
 from .layout import ChannelsLastConv1d
 
@@ -61,14 +62,11 @@ def fusable_block(module: nn.Module) -> tuple[nn.ModuleList, nn.ModuleList, nn.M
 def fold_amp_blocks_(model: nn.Module) -> int:
     """Swap every recognised AMP block of `model` (after the activation and layout passes) for `FusedAMPBlock`;
     returns how many."""
-    folded = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            parts = fusable_block(child)
-            if parts is not None:
-                setattr(parent, name, FusedAMPBlock(*parts))
-                folded += 1
-            elif type(child).__name__ in BLOCK_CLASSES:
-                logger.info("AMP block fold: left %s (%s) alone", name, type(child).__name__)
-    logger.debug("AMP blocks folded: %d", folded)
-    return folded
+    return swap_(model, _folded, "AMP block fold")
+
+
+def _folded(module: nn.Module) -> nn.Module | str | None:
+    parts = fusable_block(module)
+    if parts is not None:
+        return FusedAMPBlock(*parts)
+    return "not the structure the fold assumes" if type(module).__name__ in BLOCK_CLASSES else None

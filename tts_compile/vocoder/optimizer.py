@@ -1,0 +1,313 @@
+"""`VocoderOptimizer`: the engine behind every form of `optimize_vocoder`.
+
+A call plans windows for each item (`core.buckets`), runs them bucket by bucket through the runner and writes each
+window's kept part into the output. The result equals the eager, unchunked call to floating-point tolerance; every
+set-up (first use, a rebuild after a weight change, a degrade) is verified against the eager module before it
+serves, and anything that goes wrong in the optimized path is served by the eager module (`core.guard`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence, TypeVar
+
+import torch
+from torch import nn
+
+from ..core import verify
+from ..core.buckets import Bucket, Window, group, plan
+from ..core.config import OptimizeConfig
+from ..core.guard import CALLER_ERRORS, Guard
+from ..core.progress import ProgressBar
+from ..core.runner import Execution, uses_inductor
+from ..core.weights import structural_copy
+from . import setup as setup_
+from .conditioning import Conditioning, Signature
+from .inputs import check_finite, check_layout, check_lengths, check_mel, check_piece
+from .setup import EagerCall, Setup
+
+logger = logging.getLogger(__name__)
+
+COUNTERS = ("windows", "rebuilds", "degraded")
+T = TypeVar("T")
+
+
+class VocoderOptimizer:
+    """Windows, buckets, captures and verification for one vocoder module or function."""
+
+    def __init__(self, eager: EagerCall, module: nn.Module | None, config: OptimizeConfig, name: str) -> None:
+        self._eager = eager
+        self._module = module
+        self.config = config
+        self.name = name
+        self.guard = Guard(name, config, COUNTERS)
+        self.mode = config.compile_mode  # "cudagraphs" after an inductor failure
+        self._setup: Setup | None = None
+        self._lock = threading.RLock()
+        if config.dtype != "auto" and module is not None:
+            module.to(getattr(torch, config.dtype))
+
+    # ----------------------------------------------------------------------------------------- public verbs
+    def __call__(self, mel: torch.Tensor, *args: Any, lengths: Any = None, **kwargs: Any) -> torch.Tensor:
+        check_layout(mel)  # input errors first, in both paths: a bad request raises and changes nothing
+        item_lengths = check_lengths(lengths, mel)
+        cond = Conditioning.of(args, kwargs, mel.shape[0])
+        return self.guard.call("a call", lambda: self._degrading(self._optimized_call, mel, item_lengths, cond),
+                               lambda: self._eager_call(mel, item_lengths, cond))
+
+    def eager(self, mel: torch.Tensor, *args: Any, lengths: Any = None, **kwargs: Any) -> torch.Tensor:
+        """The eager module's own output; per item when `lengths` is given (zero after each item's end)."""
+        check_layout(mel)
+        return self._eager_call(mel, check_lengths(lengths, mel), Conditioning.of(args, kwargs, mel.shape[0]))
+
+    def warmup(self, example: torch.Tensor | None = None, **example_kwargs: Any) -> None:
+        """Set up, compile, capture every bucket and verify now (for calls made with `example_kwargs`)."""
+        if self.guard.active:
+            self.guard.attempt("warm-up", lambda: self._degrading(self._warmup, example, example_kwargs))
+
+    def stream(self, pieces: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
+        """Audio for mel `pieces` as they arrive: each frame is emitted once enough frames after it exist to
+        compute it exactly. The concatenation equals the one-shot output of the concatenated pieces."""
+        buffer, offset, done = None, 0, 0  # mel not yet dropped, its first frame's index, frames emitted
+        for piece in pieces:
+            buffer = piece if buffer is None else torch.cat([buffer, check_piece(piece, buffer)], dim=-1)
+            if buffer.shape[-1] and self.guard.active:
+                audio, done = self._stream_step(buffer, offset, done, None, args, kwargs)
+                if audio is not None:
+                    yield audio
+                setup = self._setup
+                if self.guard.active and setup is not None:
+                    keep_from = max(offset, done - setup.buckets.lengths[-1])
+                    buffer, offset = buffer[..., keep_from - offset :], keep_from
+        if buffer is None:
+            return
+        end = offset + buffer.shape[-1]
+        audio = self._stream_step(buffer, offset, done, end, args, kwargs)[0] if self.guard.active else None
+        if audio is None and done < end:  # disabled, or failed along the way: finish with the eager module
+            full = self.eager(buffer, *args, **kwargs)
+            audio = full[..., (done - offset) * (full.shape[-1] // buffer.shape[-1]) :]
+        if audio is not None:
+            yield audio
+
+    def optimization_stats(self) -> dict[str, Any]:
+        """Counters (calls, optimized, eager, fallbacks, windows, rebuilds, degraded; once set up: captures,
+        replays, runs, direct) and the setup (context, buckets, hop, receptive field, compile mode, failure)."""
+        stats = self.guard.counters()
+        setup = self._setup
+        if setup is not None:
+            stats.update(setup.runner.counters)
+            stats.update(context=setup.buckets.context, buckets=setup.buckets.lengths, hop=setup.field.hop,
+                         receptive_field=(setup.field.left, setup.field.right))
+        stats["compile_mode"] = self.mode
+        return stats
+
+    # ------------------------------------------------------------------------------------------- setup
+    def _setup_for(self, mel: torch.Tensor, cond: Conditioning) -> Setup:
+        """The setup for the module's current state: built, captured (warmup="startup") and verified on first use,
+        and again when its weights moved, were cast or were loaded in place."""
+        with self._lock:
+            setup = self._setup
+            if setup is None or setup.fingerprint != setup_.fingerprint(self._module):
+                if setup is not None:
+                    self.guard.count("rebuilds")
+                    logger.info("%s: weights changed (moved, cast or loaded in place): optimizing again", self.name)
+                self._setup = None
+                with _own_rng(mel.device):
+                    setup = setup_.build(self.name, self._eager, self._module, self.config,
+                                         Execution.of(self.mode, setup_.device_dtype(self._module, mel)[0]), mel,
+                                         cond.first_item())
+                if self.config.warmup == "startup":
+                    self._capture_all(setup, cond)
+                if self.config.verify:
+                    self._verify(setup, cond)
+                self._setup = setup
+            return setup
+
+    def _warmup(self, example: torch.Tensor | None, example_kwargs: Mapping[str, Any]) -> None:
+        mel = example if example is not None else setup_.example_mel(self.name, self._module, self.config)
+        cond = Conditioning.of((), example_kwargs, mel.shape[0])
+        self._capture_all(self._setup_for(mel, cond), cond)
+
+    def _degrading(self, run: Callable[..., T], *args: Any) -> T:
+        """`run(*args)`; after an inductor failure, once more without inductor (CUDA graphs of the rewritten
+        module)."""
+        try:
+            return run(*args)
+        except CALLER_ERRORS:
+            raise
+        except Exception as exc:
+            if not uses_inductor(self.mode) or self.config.fallback == "raise":
+                raise
+            logger.warning("%s: compile_mode=%r failed (%s: %s); continuing with 'cudagraphs' (no inductor)",
+                           self.name, self.mode, type(exc).__name__, exc)
+            with self._lock:
+                self.mode, self._setup = "cudagraphs", None
+                self.guard.count("degraded")
+            return run(*args)
+
+    # ------------------------------------------------------------------------------------------- capture
+    def _capture_all(self, setup: Setup, cond: Conditioning) -> None:
+        with self._lock:
+            todo = [b for b in setup.buckets.buckets() if not setup.runner.has(_key(cond, b))]
+            if not todo:
+                return
+            started, memory = time.perf_counter(), _reserved(setup.device)
+            with ProgressBar(len(todo), f"tts_compile: capturing {self.name}", self.config.progress) as bar:
+                for bucket in todo:
+                    self._capture(setup, cond, bucket)
+                    bar.advance(f"{bucket.batch}x{bucket.length}")
+            logger.info("%s: %d buckets ready in %.1f s, %+.0f MiB on %s", self.name, len(todo),
+                        time.perf_counter() - started, (_reserved(setup.device) - memory) / 2**20, setup.device)
+
+    def _capture(self, setup: Setup, cond: Conditioning, bucket: Bucket) -> None:
+        with self._lock, _own_rng(setup.device):
+            key = _key(cond, bucket)
+            if setup.runner.has(key):
+                return
+            example = torch.randn(bucket.batch, setup.n_mels, bucket.length, device=setup.device, dtype=setup.dtype)
+            inputs = [example, *cond.for_items([0] * bucket.batch)]
+            seconds = setup.runner.prepare(key, self._call(setup, cond.signature), inputs)
+            logger.info("%s: bucket %dx%d ready in %.2f s", self.name, bucket.batch, bucket.length, seconds)
+
+    def _call(self, setup: Setup, signature: Signature) -> Callable[..., torch.Tensor]:
+        """The (compiled) function of one conditioning signature: `call(mel, *tensors) -> audio`."""
+        key = signature.key()
+        if key not in setup.calls:
+            eager, module = self._eager, setup.target
+
+            def call(mel: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+                args, kwargs = signature.rebuild(tensors)
+                return eager(module, mel, *args, **kwargs)
+
+            setup.calls[key] = setup.runner.compiled(key, call)
+        return setup.calls[key]
+
+    def _verify(self, setup: Setup, cond: Conditioning) -> None:
+        """Compare with the eager module on a random mel that needs several windows, of uneven spacing, with the
+        first item's conditioning."""
+        frames = 2 * setup.buckets.lengths[-1] + setup.buckets.lengths[0] // 2 + 1
+        with _own_rng(setup.device):
+            mel = torch.randn(1, setup.n_mels, frames, device=setup.device, dtype=setup.dtype)
+        one = Conditioning(cond.signature, tuple(t[:1] for t in cond.tensors))
+        args, kwargs = one.call_args([0])
+        with torch.inference_mode():
+            expected = self._eager(self._module, mel, *args, **kwargs)
+            got = self._vocode(setup, mel, [frames], one)
+        try:
+            error = verify.compare(f"{self.name} on {frames} frames", got, expected, setup.device,
+                                   lambda dtype: self._wider(dtype, mel, args, kwargs))
+        except verify.VerificationError as exc:
+            raise verify.VerificationError(f"{exc}; is context={setup.buckets.context} below the receptive "
+                                           "field?") from None
+        logger.info("%s: verified on %d frames: max |optimized - eager| = %.1e of peak", self.name, frames, error)
+
+    def _wider(self, dtype: torch.dtype, mel: torch.Tensor, args: Sequence[Any],
+               kwargs: Mapping[str, Any]) -> torch.Tensor:
+        """The eager output of a `dtype` copy of the module (verification's second opinion)."""
+        if self._module is None:
+            raise TypeError("a plain function has no module to copy")
+        module = structural_copy(self._module, share_weights=False).to(dtype)
+        return self._eager(module, mel.to(dtype), *_cast(args, dtype), **dict(zip(kwargs, _cast(kwargs.values(),
+                                                                                                 dtype))))
+
+    # ------------------------------------------------------------------------------------------- execution
+    def _optimized_call(self, mel: torch.Tensor, lengths: list[int], cond: Conditioning) -> torch.Tensor:
+        setup = self._setup_for(mel, cond)
+        check_mel(mel, setup.n_mels, setup.field.hop, setup.dtype, setup.device)
+        check_finite("mel", mel)
+        started = time.perf_counter()
+        out = self._vocode(setup, mel, lengths, cond)
+        logger.debug("%s: %s frames in %.1f ms", self.name, lengths, 1e3 * (time.perf_counter() - started))
+        return out
+
+    def _eager_call(self, mel: torch.Tensor, lengths: list[int], cond: Conditioning) -> torch.Tensor:
+        check_finite("mel", mel)
+        if lengths == [mel.shape[-1]] * mel.shape[0]:
+            args, kwargs = cond.signature.rebuild(cond.tensors)
+            return self._eager(self._module, mel, *args, **kwargs)
+        out = None
+        for i, n in enumerate(lengths):
+            c_args, c_kwargs = cond.call_args([i])
+            audio = self._eager(self._module, mel[i : i + 1, :, :n], *c_args, **c_kwargs)
+            if out is None:
+                hop = audio.shape[-1] // n
+                out = audio.new_zeros(mel.shape[0], *audio.shape[1:-1], mel.shape[-1] * hop)
+            out[i, ..., : audio.shape[-1]] = audio[0]
+        return out
+
+    def _vocode(self, setup: Setup, mel: torch.Tensor, lengths: list[int], cond: Conditioning) -> torch.Tensor:
+        out = mel.new_zeros(mel.shape[0], *setup.field.out_dims, mel.shape[-1] * setup.field.hop)
+        windows, short = [], []
+        for item, n in enumerate(lengths):
+            planned = plan(setup.buckets, keep=(0, n), span=(0, n), total=n, item=item)
+            (short.append(item) if planned is None else windows.extend(planned))
+        self._execute(setup, mel, 0, windows, out, 0, cond)
+        for item in short:  # shorter than every window: run unchunked, at its own length, never padded
+            inputs = [mel[item : item + 1, :, : lengths[item]], *cond.for_items([item])]
+            audio = setup.runner.direct(self._call(setup, cond.signature), inputs)
+            out[item, ..., : audio.shape[-1]] = audio[0]
+        return out
+
+    def _execute(self, setup: Setup, mel: torch.Tensor, offset: int, windows: Sequence[Window],
+                 out: torch.Tensor, out_offset: int, cond: Conditioning) -> None:
+        """Run `windows` (absolute frames; `mel` starts at frame `offset`) and write their kept parts into `out`
+        (which starts at frame `out_offset`)."""
+        hop = setup.field.hop
+        self.guard.count("windows", len(windows))
+        for bucket, batch in group(windows, setup.buckets):
+            key = _key(cond, bucket)
+            if not setup.runner.has(key):
+                self._capture(setup, cond, bucket)
+            x = torch.stack([mel[w.item, :, w.start - offset : w.stop - offset] for w in batch])
+            y = setup.runner.run(key, [x, *cond.for_items([w.item for w in batch])])
+            for j, w in enumerate(batch):
+                kept = y[j, ..., (w.keep_start - w.start) * hop : (w.keep_stop - w.start) * hop]
+                out[w.item, ..., (w.keep_start - out_offset) * hop : (w.keep_stop - out_offset) * hop] = kept
+
+    def _stream_step(self, buffer: torch.Tensor, offset: int, done: int, total: int | None, args: Sequence[Any],
+                     kwargs: Mapping[str, Any]) -> tuple[torch.Tensor | None, int]:
+        """Audio for the frames of `buffer` that are final now (all of them once `total` is known); (None, done)
+        when none are, or after a logged failure."""
+        check_layout(buffer)
+        cond = Conditioning.of(args, kwargs, buffer.shape[0])
+        step = self.guard.attempt("a stream step", lambda: self._degrading(self._stream_window, buffer, offset, done,
+                                                                           total, cond))
+        return step or (None, done)
+
+    def _stream_window(self, buffer: torch.Tensor, offset: int, done: int, total: int | None,
+                       cond: Conditioning) -> tuple[torch.Tensor | None, int]:
+        setup = self._setup_for(buffer, cond)
+        check_mel(buffer, setup.n_mels, setup.field.hop, setup.dtype, setup.device)
+        check_finite("mel", buffer)
+        end = offset + buffer.shape[-1]
+        keep_stop = end if total is not None else end - setup.buckets.context
+        if keep_stop <= done:
+            return None, done
+        windows = [plan(setup.buckets, keep=(done, keep_stop), span=(offset, end), total=total, item=i)
+                   for i in range(buffer.shape[0])]
+        if windows[0] is None:  # no window fits yet; at the end, the whole (short) input runs unchunked
+            return (None, done) if total is None else (self._vocode(setup, buffer, [end] * len(windows), cond), end)
+        out = buffer.new_zeros(buffer.shape[0], *setup.field.out_dims, (keep_stop - done) * setup.field.hop)
+        self._execute(setup, buffer, offset, [w for ws in windows for w in ws], out, done, cond)
+        return out, keep_stop
+
+
+def _key(cond: Conditioning, bucket: Bucket) -> Hashable:
+    return cond.signature.key(), bucket.batch, bucket.length
+
+
+def _cast(values: Iterable[Any], dtype: torch.dtype) -> list[Any]:
+    return [v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in values]
+
+
+def _own_rng(device: torch.device) -> contextlib.AbstractContextManager:
+    """Random draws of set-up (probes, capture examples, verification) leave the caller's generators where they
+    were: a seeded request draws the same numbers whether or not this call happened to set something up."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def _reserved(device: torch.device) -> int:
+    return torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
