@@ -26,8 +26,9 @@ from ..core.runner import Execution, uses_inductor
 from ..core.weights import structural_copy
 from . import setup as setup_
 from .conditioning import Conditioning, Signature
-from .inputs import check_finite, check_layout, check_lengths, check_mel, check_piece
+from .inputs import check_finite, check_layout, check_lengths, check_mel
 from .setup import EagerCall, Setup
+from .stream import stream
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class VocoderOptimizer:
         check_layout(mel)  # input errors first, in both paths: a bad request raises and changes nothing
         item_lengths = check_lengths(lengths, mel)
         cond = Conditioning.of(args, kwargs, mel.shape[0])
-        return self.guard.call("a call", lambda: self._degrading(self._optimized_call, mel, item_lengths, cond),
+        return self.guard.call("a call", lambda: self.degrading(self._optimized_call, mel, item_lengths, cond),
                                lambda: self._eager_call(mel, item_lengths, cond))
 
     def eager(self, mel: torch.Tensor, *args: Any, lengths: Any = None, **kwargs: Any) -> torch.Tensor:
@@ -66,31 +67,11 @@ class VocoderOptimizer:
     def warmup(self, example: torch.Tensor | None = None, **example_kwargs: Any) -> None:
         """Set up, compile, capture every bucket and verify now (for calls made with `example_kwargs`)."""
         if self.guard.active:
-            self.guard.attempt("warm-up", lambda: self._degrading(self._warmup, example, example_kwargs))
+            self.guard.attempt("warm-up", lambda: self.degrading(self._warmup, example, example_kwargs))
 
     def stream(self, pieces: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
-        """Audio for mel `pieces` as they arrive: each frame is emitted once enough frames after it exist to
-        compute it exactly. The concatenation equals the one-shot output of the concatenated pieces."""
-        buffer, offset, done = None, 0, 0  # mel not yet dropped, its first frame's index, frames emitted
-        for piece in pieces:
-            buffer = piece if buffer is None else torch.cat([buffer, check_piece(piece, buffer)], dim=-1)
-            if buffer.shape[-1] and self.guard.active:
-                audio, done = self._stream_step(buffer, offset, done, None, args, kwargs)
-                if audio is not None:
-                    yield audio
-                setup = self._setup
-                if self.guard.active and setup is not None:
-                    keep_from = max(offset, done - setup.buckets.lengths[-1])
-                    buffer, offset = buffer[..., keep_from - offset :], keep_from
-        if buffer is None:
-            return
-        end = offset + buffer.shape[-1]
-        audio = self._stream_step(buffer, offset, done, end, args, kwargs)[0] if self.guard.active else None
-        if audio is None and done < end:  # disabled, or failed along the way: finish with the eager module
-            full = self.eager(buffer, *args, **kwargs)
-            audio = full[..., (done - offset) * (full.shape[-1] // buffer.shape[-1]) :]
-        if audio is not None:
-            yield audio
+        """Audio for mel `pieces` as they arrive (`stream.stream`)."""
+        return stream(self, pieces, args, kwargs)
 
     def optimization_stats(self) -> dict[str, Any]:
         """Counters (calls, optimized, eager, fallbacks, windows, rebuilds, degraded; once set up: captures,
@@ -131,7 +112,7 @@ class VocoderOptimizer:
         cond = Conditioning.of((), example_kwargs, mel.shape[0])
         self._capture_all(self._setup_for(mel, cond), cond)
 
-    def _degrading(self, run: Callable[..., T], *args: Any) -> T:
+    def degrading(self, run: Callable[..., T], *args: Any) -> T:
         """`run(*args)`; after an inductor failure, once more without inductor (CUDA graphs of the rewritten
         module)."""
         try:
@@ -267,18 +248,10 @@ class VocoderOptimizer:
                 kept = y[j, ..., (w.keep_start - w.start) * hop : (w.keep_stop - w.start) * hop]
                 out[w.item, ..., (w.keep_start - out_offset) * hop : (w.keep_stop - out_offset) * hop] = kept
 
-    def _stream_step(self, buffer: torch.Tensor, offset: int, done: int, total: int | None, args: Sequence[Any],
-                     kwargs: Mapping[str, Any]) -> tuple[torch.Tensor | None, int]:
-        """Audio for the frames of `buffer` that are final now (all of them once `total` is known); (None, done)
-        when none are, or after a logged failure."""
-        check_layout(buffer)
-        cond = Conditioning.of(args, kwargs, buffer.shape[0])
-        step = self.guard.attempt("a stream step", lambda: self._degrading(self._stream_window, buffer, offset, done,
-                                                                           total, cond))
-        return step or (None, done)
-
-    def _stream_window(self, buffer: torch.Tensor, offset: int, done: int, total: int | None,
-                       cond: Conditioning) -> tuple[torch.Tensor | None, int]:
+    def stream_step(self, buffer: torch.Tensor, offset: int, done: int, total: int | None,
+                    cond: Conditioning) -> tuple[torch.Tensor | None, int]:
+        """Audio for the frames of `buffer` (which starts at frame `offset`) past `done` that are final now (all of
+        them once the item's length `total` is known), and the new `done`."""
         setup = self._setup_for(buffer, cond)
         check_mel(buffer, setup.n_mels, setup.field.hop, setup.dtype, setup.device)
         check_finite("mel", buffer)
