@@ -1,29 +1,25 @@
-"""Issue 8: one GPT-SoVITS request end to end, upstream as is vs after `optimize_pipeline`, on the GPU.
+"""A whole GPT-SoVITS request, upstream as is vs after `optimize_pipeline`, one process.
 
-Drives upstream's own modules (from GPT_SOVITS_HOME, random weights in upstream's configs) the way `TTS.run` serves an
-api_v2 request at its defaults (fp16, batch_size 1, parallel_infer, cut5 segments, top_k 15, repetition_penalty 1.35,
-sample_steps 32): per segment one T2S `infer_panel_batch_infer` (TTS.run's parallel_infer call, with `max_len`;
-until 2026-11-30: `infer_panel`) on prompt + segment phones and BERT features; then
-* v2ProPlus: one `SynthesizerTrn.decode` of all segments' tokens and phones (upstream's parallel path);
+Drives upstream's own modules (random weights in upstream's configs) the way `TTS.run` serves an api_v2 request at
+its defaults (fp16, batch_size 1, parallel_infer, cut5 segments, top_k 15, repetition_penalty 1.35, sample_steps
+32): per segment one T2S `infer_panel_batch_infer` on prompt + segment phones and BERT features; then
+* v1-v2ProPlus: one `SynthesizerTrn.decode` of all segments' tokens and phones (upstream's parallel path);
 * v3 / v4: `decode_encp` of the prompt and of every segment, the windows of `using_vocoder_synthesis_batched_infer`
   (12 frames of overlap) in one batched `cfm.inference`, one vocoder call on the whole mel.
-Skipped, the same cost before and after, because their pretrained models cannot be had here: the text frontend
-(G2P, BERT), the reference encoders (cnhubert, spectrogram and mel of the reference audio: random tensors of their
-shapes), SOLA cross-fading and WAV encoding. Token counts are fixed (EOS logit zeroed, `early_stop_num`): 5 tokens
-per character (25 Hz at 5 characters/s), 2 phones per character plus one per punctuation mark.
+Left out, the same cost before and after: the text frontend (G2P, BERT), the reference encoders (random tensors of
+their shapes), SOLA cross-fading and WAV encoding. Token counts are fixed: 5 tokens per character (25 Hz at 5
+characters/s), 2 phones per character plus one per punctuation mark. Per text: the median latency of `--repeats`
+requests after two warm-ups; requests/s sequential and with threads calling at once; the greedy audio before and
+after (the same tokens and noise).
 
-Usage (repo root, GPU): GPT_SOVITS_HOME=upstream python benchmarks/pipeline.py --versions v2ProPlus --json out.json
-CPU smoke test of the driver (tiny models): GPT_SOVITS_HOME=upstream python benchmarks/pipeline.py --smoke
+Usage (repo root, GPU): GPT_SOVITS_HOME=upstream python benchmarks/pipeline.py --versions v2ProPlus,v4 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import statistics
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,12 +29,12 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-import yaml
 
-from tts_compile.client import TEXTS
-from tts_compile.gpt_sovits import optimize_pipeline
+from common import setup, synthesizer, t2s_model, vocoder, write
+from tts_compile.gpt_sovits import VERSIONS, optimize_pipeline
+from tts_compile.tools.client import TEXTS
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger("benchmarks.pipeline")
 PUNCTUATION = set(",.;?!、，。？！：…")
 TOKENS_PER_CHAR, PHONES_PER_CHAR = 5, 2
 PROMPT_TOKENS, PROMPT_PHONES, REFER_FRAMES = 75, 30, 250  # a 3 s prompt; its 5 s reference spectrogram
@@ -87,36 +83,11 @@ def make_request(text: str, device: str, dtype: torch.dtype, seed: int) -> list[
     return out
 
 
-def build(root: Path, version: str, device: str, dtype: torch.dtype, smoke: bool) -> Models:
+def build(root: Path, version: str, device: torch.device, dtype: torch.dtype, smoke: bool) -> "Models":
     """Upstream's T2S, SoVITS model and vocoder for `version`, random weights, as `TTS` holds them."""
-    from AR.models.t2s_model import Text2SemanticDecoder
-    from module import models
-
-    config = yaml.safe_load((root / "GPT_SoVITS/configs/s1longer-v2.yaml").read_text())
-    if smoke:
-        config["model"].update(n_layer=2, hidden_dim=64, embedding_dim=64, head=4)
-    torch.manual_seed(0)
-    t2s = Text2SemanticDecoder(config=config, top_k=3).eval()
-    with torch.no_grad():  # an EOS logit of 0 never wins: early_stop_num fixes the token count
-        t2s.ar_predict_layer.weight[t2s.EOS].zero_()
-    hps = json.loads((root / "GPT_SoVITS/configs" / ("s2v2ProPlus.json" if version == "v2ProPlus" else "s2.json"))
-                     .read_text())
-    spec, segment = hps["data"]["filter_length"] // 2 + 1, hps["train"]["segment_size"] // hps["data"]["hop_length"]
-    kwargs = {**hps["model"], "semantic_frame_rate": "25hz", "version": version}
-    vocoder = None
-    if version == "v2ProPlus":
-        vits = models.SynthesizerTrn(spec, segment, n_speakers=hps["data"]["n_speakers"], **kwargs)
-    else:
-        vits = models.SynthesizerTrnV3(spec, segment, n_speakers=hps["data"]["n_speakers"], **kwargs)
-        if smoke:
-            from f5_tts.model import DiT
-
-            vits.cfm = models.CFM(100, DiT(dim=64, depth=2, heads=4, ff_mult=2, text_dim=512, conv_layers=4))
-        vocoder = _vocoder(version, smoke)
-    modules = [m for m in (t2s, vits, vocoder) if m is not None]
-    for module in modules:
-        module.to(device, dtype).eval()
-    return Models(version, t2s, vits, vocoder)
+    renders = VERSIONS[version].renderer == "cfm"
+    return Models(version, t2s_model(root, device, dtype, smoke), synthesizer(root, version, device, dtype, smoke),
+                  vocoder(version, device, dtype, smoke) if renders else None)
 
 
 class Models:
@@ -128,34 +99,10 @@ class Models:
         self.t2s_model, self.vits_model, self.vocoder = SimpleNamespace(model=t2s), vits, vocoder
 
 
-def _vocoder(version: str, smoke: bool) -> torch.nn.Module:
-    if version == "v3":  # BigVGAN v2 24 kHz 100-band 256x, upstream's vendored class
-        from BigVGAN.bigvgan import BigVGAN
-        from BigVGAN.env import AttrDict
-
-        size = dict(upsample_rates=[4, 4, 2, 2, 2, 2], upsample_kernel_sizes=[8, 8, 4, 4, 4, 4],
-                    upsample_initial_channel=1536, resblock_kernel_sizes=[3, 7, 11],
-                    resblock_dilation_sizes=[[1, 3, 5]] * 3)
-        if smoke:
-            size = dict(upsample_rates=[4, 4], upsample_kernel_sizes=[8, 8], upsample_initial_channel=32,
-                        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]])
-        vocoder = BigVGAN(AttrDict(num_mels=100, resblock="1", activation="snakebeta", snake_logscale=True,
-                                   use_tanh_at_final=False, use_bias_at_final=False, **size))
-    else:
-        from module.models import Generator
-
-        vocoder = Generator(initial_channel=100, resblock="1", resblock_kernel_sizes=[3, 7, 11],
-                            resblock_dilation_sizes=[[1, 3, 5]] * 3, upsample_rates=[10, 6, 2, 2, 2],
-                            upsample_initial_channel=32 if smoke else 512, upsample_kernel_sizes=[20, 12, 4, 4, 4],
-                            gin_channels=0, is_bias=True)
-    vocoder.remove_weight_norm()
-    return vocoder
-
-
 class Pipeline:
     """One request through the stages as `TTS.run` calls them; per-stage seconds of the last request."""
 
-    def __init__(self, tts: Models, device: str, dtype: torch.dtype, steps: int) -> None:
+    def __init__(self, tts: Models, device: torch.device, dtype: torch.dtype, steps: int) -> None:
         self.tts, self.device, self.steps = tts, device, steps
         self.sampling = SAMPLING
         self.version = tts.configs.version
@@ -173,7 +120,7 @@ class Pipeline:
             tokens = [self._t2s(seg) for seg in request]
             times["t2s"] = self._mark() - start
             phones = [seg.phones[:, PROMPT_PHONES:] for seg in request]
-            if self.version == "v2ProPlus":
+            if VERSIONS[self.version].renderer == "decode":
                 audio = self.tts.vits_model.decode(torch.cat(tokens).view(1, 1, -1), torch.cat(phones, 1),
                                                    [self.refer], speed=1.0, sv_emb=[self.sv_emb])
                 times["sovits"] = self._mark() - start - times["t2s"]
@@ -217,7 +164,7 @@ class Pipeline:
         return audio
 
     def _mark(self) -> float:
-        if self.device == "cuda":
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter()
 
@@ -272,8 +219,8 @@ def greedy(pipeline: Pipeline, requests: dict[str, list[Segment]]) -> dict[str, 
     return audio
 
 
-def run_version(root: Path, version: str, args: argparse.Namespace) -> dict:
-    device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.float16)
+def run_version(version: str, args: argparse.Namespace) -> dict:
+    root, device, dtype = setup(args.smoke)
     texts = {"short": TEXTS["short"]} if args.smoke else dict(TEXTS)
     requests = {label: make_request(text, device, dtype, seed=i) for i, (label, text) in enumerate(texts.items())}
     tts = build(root, version, device, dtype, args.smoke)
@@ -282,7 +229,7 @@ def run_version(root: Path, version: str, args: argparse.Namespace) -> dict:
     before = measure(pipeline, requests, args.repeats, args.concurrency)
     reference = greedy(pipeline, requests)
     start = time.perf_counter()
-    handle = optimize_pipeline(tts, compile_mode=args.mode)
+    handle = optimize_pipeline(tts, compile_mode="eager" if args.smoke else args.mode)
     startup = time.perf_counter() - start
     log.info("%s, after optimize_pipeline (%s, ready in %.1f s; stages %s):", version, args.mode, startup,
              ", ".join(handle.stages))
@@ -295,32 +242,25 @@ def run_version(root: Path, version: str, args: argparse.Namespace) -> dict:
     speedup = {label: before["texts"][label]["latency"] / after["texts"][label]["latency"] for label in requests}
     log.info("  speed-up: %s", "  ".join(f"{k} {v:.2f}x" for k, v in speedup.items()))
     return {"version": version, "segments": {label: [s.tokens for s in r] for label, r in requests.items()},
-            "before": before, "after": after, "speedup": speedup, "greedy_parity": parity, "startup_s": startup, "stats": handle.stats()}
+            "before": before, "after": after, "speedup": speedup, "greedy_parity": parity, "startup_s": startup,
+            "stats": handle.stats()}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--versions", default="v2ProPlus,v3,v4")
-    parser.add_argument("--mode", default="reduce-overhead")
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--concurrency", default="4,16")
+    parser.add_argument("--mode", default="reduce-overhead", help="compile_mode of optimize_pipeline")
+    parser.add_argument("--steps", type=int, default=32, help="CFM steps (v3/v4)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed requests per text (median)")
+    parser.add_argument("--concurrency", default="4,16", help="comma-separated callers at once (threads)")
     parser.add_argument("--json", default="pipeline.json")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the driver only")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     if args.smoke:
-        args.mode, args.repeats, args.concurrency = "eager", 1, [2]
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("tts_compile",):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    root = Path(os.environ["GPT_SOVITS_HOME"]).resolve()
-    sys.path[:0] = [str(root), str(root / "GPT_SoVITS")]
-    log.info("skipped (same cost before and after): text frontend, BERT, reference encoders, SOLA, WAV encoding")
-    results = [run_version(root, version, args) for version in args.versions.split(",")]
-    device = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name()
-    with open(args.json, "w") as f:
-        json.dump({"device": device, "torch": torch.__version__, "args": vars(args), "results": results}, f, indent=1)
+        args.repeats, args.concurrency = 1, [2]
+    results = [run_version(version, args) for version in args.versions.split(",")]
+    write(args.json, {"args": vars(args), "results": results}, torch.device("cpu" if args.smoke else "cuda"))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
-"""Issue 4: a GPT-SoVITS service for `python -m tts_compile client` to load, on the GPU, as is or optimized.
+"""An api_v2-style GPT-SoVITS service for `python -m tts_compile client` to load, as is or optimized.
 
 api_v2's `/tts` endpoint (GET query or POST JSON, api_v2's parameter names; `text` required, the rest accepted)
 answering with a 16-bit PCM WAV. Like api_v2, whose handler runs `TTS.run` on its event loop's one thread, every
 request runs on one long-lived worker thread, one at a time: a new thread per request would pay torch's per-thread
 warm-up each time (H200: upstream's T2S 3.5-4.3 s on a fresh thread, 0.34 s on a warm one). Each request goes through
-`benchmarks/pipeline.py`'s driver of upstream's own stages (random weights, fp16; its docstring lists what it skips):
-T2S per segment, then SoVITS decode (v2ProPlus) or decode_encp + CFM + vocoder (v3/v4). The text sets the segments
-and token counts, the same for the same text. `--optimize` runs `optimize_pipeline` before the port opens.
-Usage (repo root, GPU machine): GPT_SOVITS_HOME=upstream python benchmarks/service.py --version v2ProPlus --optimize
-CPU smoke test (tiny models, float32): add --smoke.
+`pipeline.py`'s driver of upstream's own stages (random weights, fp16; its docstring lists what it leaves out). The
+text sets the segments and token counts, the same for the same text. `--optimize` runs `optimize_pipeline` before
+the port opens.
+
+Usage (repo root, GPU): GPT_SOVITS_HOME=upstream python benchmarks/service.py --version v2ProPlus --optimize
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import argparse
 import io
 import json
 import logging
-import os
-import sys
 import time
 import urllib.parse
 import wave
@@ -29,13 +27,11 @@ from pathlib import Path
 
 import torch
 
-from tts_compile.gpt_sovits import optimize_pipeline
-
-sys.path.insert(0, str(Path(__file__).parent))
+from common import setup
 from pipeline import Pipeline, build, make_request
+from tts_compile.gpt_sovits import VERSIONS, optimize_pipeline
 
-log = logging.getLogger("service")
-SAMPLE_RATE = {"v2ProPlus": 32000, "v3": 24000, "v4": 48000}
+log = logging.getLogger("benchmarks.service")
 
 
 def wav(audio: torch.Tensor, rate: int) -> bytes:
@@ -103,26 +99,22 @@ class Service(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--version", default="v2ProPlus", choices=sorted(SAMPLE_RATE))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", default="v2ProPlus", choices=sorted(VERSIONS))
     parser.add_argument("--optimize", action="store_true", help="optimize_pipeline before serving")
     parser.add_argument("--mode", default="reduce-overhead", help="compile_mode for optimize_pipeline")
     parser.add_argument("--port", type=int, default=9880)
     parser.add_argument("--ready-file", default=None, help="written once the port is open")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the service only")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("tts_compile").setLevel(logging.WARNING)
-    root = Path(os.environ["GPT_SOVITS_HOME"]).resolve()
-    sys.path[:0] = [str(root), str(root / "GPT_SoVITS")]
-    device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.float16)
+    root, device, dtype = setup(args.smoke)
     tts = build(root, args.version, device, dtype, args.smoke)
     if args.optimize:
         start = time.perf_counter()
         optimize_pipeline(tts, compile_mode="eager" if args.smoke else args.mode)
         log.info("optimize_pipeline ready in %.1f s", time.perf_counter() - start)
     Service.pipeline = Pipeline(tts, device, dtype, steps=2 if args.smoke else 32)
-    Service.dtype, Service.rate = dtype, SAMPLE_RATE[args.version]
+    Service.dtype, Service.rate = dtype, VERSIONS[args.version].sample_rate
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Service)
     log.info("%s %s serving on port %d", args.version, "optimized" if args.optimize else "as is", args.port)
     if args.ready_file:

@@ -166,7 +166,7 @@ def test_restore_gives_decode_encp_back() -> None:
 
 
 def test_the_decoder_times_cudnns_algorithms_even_when_the_config_says_not_to(monkeypatch) -> None:
-    """cuDNN's heuristics choose a 22 ms kernel for one v2ProPlus decoder convolution (H200, run 31): the SoVITS
+    """cuDNN's heuristics choose a 22 ms kernel for one v2ProPlus decoder convolution (H200): the SoVITS
     decode times algorithms at capture and on uncaptured runs alike; decode_encp follows the config."""
     model = optimize_sovits(build_vits(), **{**FAST, "cudnn_benchmark": False})
     seen = []

@@ -125,7 +125,7 @@ def test_decode_encp_matches_upstream(upstream, device, version, tokens, phones,
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["eager", "reduce-overhead"])
 def test_cfm_inference_matches_upstream(upstream, mode, device) -> None:
-    """Upstream's CFM with a small DiT (the real one on a GPU: benchmarks/cfm_gpu.py), windows as TTS.py sends
+    """Upstream's CFM with a small DiT (the real one on a GPU: benchmarks/cfm.py), windows as TTS.py sends
     them (x_lens = [T], half prompt); three calls so that a GPU captures the bucket and replays it."""
     from f5_tts.model.backbones.dit import DiT
 

@@ -125,7 +125,7 @@ def _spill_report(dtype: str, channels_last: bool, tiles) -> dict[str, str]:
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 def test_every_tile_compiles_for_hopper_without_spills(channels_last: bool, dtype: str) -> None:
-    """A spilling tile ran ~20x slower on an H100 (benchmarks/NOTES.md): keep every tile the launcher picks clean."""
+    """A spilling tile ran ~20x slower on an H100 (docs/lab-log.md): keep every tile the launcher picks clean."""
     from tts_compile.kernels.antialias_triton import tile
 
     tiles = sorted({tile(c) for c in (2, 3, 24, 48, 96, 768)})

@@ -1,7 +1,7 @@
 """Anti-aliased SnakeBeta (upsample x2 -> SnakeBeta -> low-pass downsample x2) as shifted-slice arithmetic.
 
 The usual form runs two depthwise convolutions (a transposed one upsamples) and a replicate pad around each; on
-an H100 those are most of BigVGAN's eager time (benchmarks/NOTES.md). Written polyphase, the same function is sums
+an H100 those are most of BigVGAN's eager time (docs/lab-log.md). Written polyphase, the same function is sums
 of shifted slices plus pointwise math, which inductor fuses into a couple of kernels, and the 2x-upsampled signal
 is never stored: its even and odd samples feed the downsampler directly. Only the order of additions differs.
 """

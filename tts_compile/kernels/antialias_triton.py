@@ -7,7 +7,7 @@ is two banded (Toeplitz) matrix products on tensor cores, `out^T = D0^T s0^T + D
 Hopper's warpgroup MMA applies); the band is K/2 + 1 wide, so each program writes `BLOCK_T - HALO` outputs.
 Float16 input multiplies float16 hi/lo parts (three products, the band prebuilt by `downsampler_band`); float32
 and bfloat16 input, whose SnakeBeta may leave float16's range, use `tf32x3` on a band gathered from the taps.
-Both keep float32 accuracy; the output is rounded once. The run-47 sweep (benchmarks/NOTES.md) measured this form
+Both keep float32 accuracy; the output is rounded once. A sweep on an H200 (docs/lab-log.md) measured this form
 2.6x faster than gathering the band in float32 with libdevice's sine: fewer registers, more programs per SM.
 
 Replicate padding clamps the upsampled index to [0, 2T - 1]: before the start every phase reads s[0] (even), after

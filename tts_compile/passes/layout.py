@@ -2,7 +2,7 @@
 
 cuDNN's fast fp16/bf16 convolution kernels work on NHWC data. Given `[B, C, T]` (NCL) tensors, every Conv1d first
 transposes its input to NHWC and its output back (a third of the v4 vocoder's eager GPU time on an H100, see
-benchmarks/NOTES.md). Viewed as `[B, C, 1, T]` with channels-last strides, the data stays NHWC from one convolution
+docs/lab-log.md). Viewed as `[B, C, 1, T]` with channels-last strides, the data stays NHWC from one convolution
 to the next: the pointwise ops in between keep their input's strides. Same arithmetic, other kernels.
 """
 
