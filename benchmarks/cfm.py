@@ -13,8 +13,8 @@ import argparse
 import logging
 
 import torch
-
 from common import setup, synthesizer, timed, write
+
 from tts_compile.gpt_sovits import optimize_cfm, restore_cfm
 
 log = logging.getLogger("benchmarks.cfm")

@@ -23,6 +23,7 @@ import yaml
 from tts_compile.gpt_sovits.upstream import use_upstream
 from tts_compile.tools.bench import timed  # noqa: F401 - the one timing helper: median after warm-up, synced
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # upstream's T2S draws a progress bar per decode
 log = logging.getLogger("benchmarks")
 CONFIGS = {"v1": "s2.json", "v2": "s2.json", "v2Pro": "s2v2Pro.json", "v2ProPlus": "s2v2ProPlus.json",
            "v3": "s2.json", "v4": "s2.json"}
@@ -33,7 +34,6 @@ def setup(argv_smoke: bool) -> tuple[Path, torch.device, torch.dtype]:
     """Logging, upstream on the import path; (upstream's GPT_SoVITS folder, device, dtype) for a run."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("tts_compile").setLevel(logging.WARNING)
-    os.environ.setdefault("TQDM_DISABLE", "1")
     root = use_upstream()
     if argv_smoke:
         return root, torch.device("cpu"), torch.float32

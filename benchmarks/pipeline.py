@@ -29,8 +29,8 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-
 from common import setup, synthesizer, t2s_model, vocoder, write
+
 from tts_compile.gpt_sovits import VERSIONS, optimize_pipeline
 from tts_compile.tools.client import TEXTS
 

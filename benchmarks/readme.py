@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
-
 import cfm
 import pipeline
 import sovits
 import t2s
+import torch
 from common import device_name, write
+
 from tts_compile.tools import bench
 
 log = logging.getLogger("benchmarks.readme")

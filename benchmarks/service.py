@@ -26,9 +26,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
-
 from common import setup
 from pipeline import Pipeline, build, make_request
+
 from tts_compile.gpt_sovits import VERSIONS, optimize_pipeline
 
 log = logging.getLogger("benchmarks.service")

@@ -13,8 +13,8 @@ import functools
 import logging
 
 import torch
-
 from common import setup, synthesizer, timed, write
+
 from tts_compile.gpt_sovits import optimize_sovits, restore_sovits
 
 log = logging.getLogger("benchmarks.sovits")

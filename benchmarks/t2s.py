@@ -15,8 +15,8 @@ import argparse
 import logging
 
 import torch
-
 from common import agreement, setup, t2s_model, timed, write
+
 from tts_compile.gpt_sovits import optimize_t2s, restore_t2s
 
 log = logging.getLogger("benchmarks.t2s")

@@ -1,4 +1,5 @@
-"""`python -m tts_compile bench | probe | client`: the command-line entry points."""
+"""`python -m tts_compile bench | probe | client | options`: the command-line entry points. Bad flags are answered by
+argparse with one line naming the flag (exit status 2), before anything starts."""
 
 from __future__ import annotations
 
@@ -20,26 +21,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tts_compile", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every bucket and call (DEBUG)")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_bench(commands.add_parser("bench", help="eager vs optimized on a built-in vocoder, side by side"))
-    _add_probe(commands.add_parser("probe", help="receptive field and hop of a vocoder"))
-    _add_client(commands.add_parser("client", help="latency and throughput of a running GPT-SoVITS service"))
+    for name, add, text in (("bench", _add_bench, "eager vs optimized on a built-in vocoder, side by side"),
+                            ("probe", _add_probe, "receptive field and hop of a vocoder"),
+                            ("client", _add_client, "latency and throughput of a running GPT-SoVITS service"),
+                            ("options", _add_options, "every option of the tts_compile: section, as Markdown")):
+        add(commands.add_parser(name, help=text, description=text,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     return args.run(args)
 
 
+def positive(text: str) -> int:
+    """An int >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
+def lengths(text: str) -> list[int]:
+    """Comma-separated ints >= 1 (argparse type)."""
+    values = [positive(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} names no length")
+    return values
+
+
+def device(text: str) -> str:
+    """cpu, or cuda[:N] on a machine that has that GPU (argparse type)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: expected cpu or cuda[:N]") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu or cuda[:N]")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return text
+
+
 def _add_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="bigvgan-tiny", choices=sorted(MODELS))
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--device", default="cpu", type=device, help="cpu or cuda[:N]")
     parser.add_argument("--dtype", default="float32", choices=[d for d in DTYPES if d != "auto"])
-    parser.add_argument("--lengths", default=",".join(map(str, bench.DEFAULT_LENGTHS)),
+    parser.add_argument("--lengths", default=list(bench.DEFAULT_LENGTHS), type=lengths,
                         help="comma-separated mel lengths in frames")
     parser.add_argument("--mode", default="reduce-overhead", choices=COMPILE_MODES, help="compile_mode")
-    parser.add_argument("--chunk-size", type=int, default=500)
-    parser.add_argument("--max-batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per length (median reported)")
-    parser.add_argument("--max-eager-frames", type=int, default=20000, help="skip the eager baseline above this")
+    parser.add_argument("--chunk-size", type=positive, default=500, help="chunk_size")
+    parser.add_argument("--max-batch", type=positive, default=4, help="max_batch")
+    parser.add_argument("--repeats", type=positive, default=5, help="timed calls per length (median reported)")
+    parser.add_argument("--max-eager-frames", type=positive, default=20000, help="skip the eager baseline above this")
     parser.add_argument("--cache-dir", default=None, help="persistent compile cache directory")
     parser.add_argument("--no-tf32", action="store_true", help="float32 without TF32 (eager and optimized)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true", help="skip cuDNN's algorithm timing")
@@ -53,8 +91,7 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
-    report = bench.run(args.model, device=args.device, dtype=args.dtype, lengths=lengths, repeats=args.repeats,
+    report = bench.run(args.model, device=args.device, dtype=args.dtype, lengths=args.lengths, repeats=args.repeats,
                        max_eager_frames=args.max_eager_frames, compile_mode=args.mode, chunk_size=args.chunk_size,
                        max_batch=args.max_batch, cache_dir=args.cache_dir, progress=sys.stderr.isatty(),
                        tf32=not args.no_tf32, cudnn_benchmark=not args.no_cudnn_benchmark,
@@ -69,9 +106,9 @@ def _add_probe(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="?", default="bigvgan-tiny",
                         help=f"a built-in model ({', '.join(sorted(MODELS))}) or module:attribute naming an "
                              "nn.Module instance or a zero-argument factory")
-    parser.add_argument("--n-mels", type=int, default=None, help="mel bins, if not detectable from the module")
-    parser.add_argument("--device", default="cpu")
-    parser.set_defaults(run=_run_probe)
+    parser.add_argument("--n-mels", type=positive, default=None, help="mel bins, if not detectable from the module")
+    parser.add_argument("--device", default="cpu", type=device, help="cpu or cuda[:N]")
+    parser.set_defaults(run=_run_probe, parser=parser)
 
 
 def _run_probe(args: argparse.Namespace) -> int:
@@ -79,7 +116,7 @@ def _run_probe(args: argparse.Namespace) -> int:
 
     from ..core.receptive import detect_n_mels, probe_module
 
-    module = _load_target(args.target).to(args.device)
+    module = _load_target(args.target, args.parser).to(args.device)
     n_mels = args.n_mels or detect_n_mels(module)
     if n_mels is None:
         logger.error("cannot tell the mel bins of %s: pass --n-mels", args.target)
@@ -102,10 +139,10 @@ def _add_client(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a request parameter (repeatable; VALUE parsed as JSON when it is JSON), e.g. "
                              "ref_audio_path=/srv/ref.wav, prompt_text=..., voice_name=alice")
-    parser.add_argument("--requests", type=int, default=3, help="requests per text")
+    parser.add_argument("--requests", type=positive, default=3, help="requests per text")
     parser.add_argument("--warmup", type=int, default=0,
                         help="untimed requests per text first (a service compiles or captures on first requests)")
-    parser.add_argument("--concurrency", type=int, default=1, help="callers at once")
+    parser.add_argument("--concurrency", type=positive, default=1, help="callers at once")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--method", default="post", choices=("get", "post"))
     parser.add_argument("--json", default=None, help="write every request and the summary to this JSON file")
@@ -152,7 +189,44 @@ def _json_or_text(value: str):
         return value
 
 
-def _load_target(target: str):
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(run=_run_options)
+
+
+def _run_options(args: argparse.Namespace) -> int:
+    sys.stdout.write(options_markdown())
+    return 0
+
+
+def options_markdown() -> str:
+    """docs/configuration.md: every option of the `tts_compile:` section, its default and its documentation."""
+    from dataclasses import fields
+
+    from ..core.config import SECTION, SEED_KEYS, OptimizeConfig
+    from ..gpt_sovits.config import PipelineConfig
+
+    seeds = {name: key for key, name in SEED_KEYS.items()}
+    shared = {f.name for f in fields(OptimizeConfig)}
+    lines = ["# Configuration", "",
+             "Generated by `python -m tts_compile options` from the options' own documentation. Keyword arguments of "
+             "`optimize_vocoder` / `optimize_pipeline` override `tts_infer.yaml`, which overrides these defaults. "
+             f"In `tts_infer.yaml` every option goes in a top-level `{SECTION}:` section, except the two seed keys "
+             f"({', '.join(f'`{k}`' for k in SEED_KEYS)}), which stay at the top level "
+             "(`configs/tts_infer.yaml` is a complete example). `TTS_COMPILE_DISABLE=1` in the environment forces "
+             "every stage eager. A bad value raises a `ConfigError` naming the option, the value and what is allowed.",
+             ""]
+    for title, options in (("Every stage (`OptimizeConfig`)", fields(OptimizeConfig)),
+                           ("GPT-SoVITS stages (`gpt_sovits.PipelineConfig`)",
+                            [f for f in fields(PipelineConfig) if f.name not in shared])):
+        lines += [f"## {title}", "", "| option | default | meaning and cost |", "|---|---|---|"]
+        for f in options:
+            name = f"`{f.name}`" + (f" (seed key `{seeds[f.name]}`)" if f.name in seeds else "")
+            lines.append(f"| {name} | `{f.default!r}` | {f.metadata['doc']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _load_target(target: str, parser: argparse.ArgumentParser):
     from torch import nn
 
     from ..models import build_model
@@ -161,9 +235,13 @@ def _load_target(target: str):
         return build_model(target)
     module_name, _, attribute = target.partition(":")
     if not attribute:
-        raise SystemExit(f"{target!r} is neither a built-in model nor module:attribute")
-    obj = getattr(importlib.import_module(module_name), attribute)
-    obj = obj if isinstance(obj, nn.Module) else obj()
+        parser.error(f"target {target!r} is neither a built-in model ({', '.join(sorted(MODELS))}) nor "
+                     "module:attribute")
+    try:
+        obj = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        parser.error(f"target {target!r}: {exc}")
+    obj = obj if isinstance(obj, nn.Module) else obj() if callable(obj) else obj
     if not isinstance(obj, nn.Module):
-        raise SystemExit(f"{target} is not an nn.Module (nor a factory returning one)")
+        parser.error(f"target {target!r} is not an nn.Module (nor a factory returning one)")
     return obj.eval()
