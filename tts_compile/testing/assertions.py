@@ -1,4 +1,5 @@
-"""`assert_matches_eager`: the optimized vocoder's output equals the eager module's, within a measured tolerance."""
+"""`assert_matches_eager`: the optimized vocoder's output equals the eager module's, within the tolerance the
+run-time verification uses (`core.verify`)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,9 @@ from typing import Any
 
 import torch
 
-# Largest max|optimized - eager| relative to the eager output's peak, per dtype. Chunking is exact in real arithmetic;
-# these bound rounding only. float32/float64: measured <= 2e-6 / 1e-15 on the built-in models (CPU); float16/bfloat16:
-# different kernels per window shape round differently, measured on an H100 (benchmarks/results).
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+from ..core.verify import TOLERANCE, relative_error
 
-
-def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    """max|got - expected| divided by max|expected| (or by 1e-6 for an all-zero `expected`)."""
-    peak = max(float(expected.double().abs().max()), 1e-6)
-    return float((got.double() - expected.double()).abs().max()) / peak
+__all__ = ["TOLERANCE", "assert_matches_eager", "relative_error"]
 
 
 def assert_matches_eager(vocoder: Any, mel: torch.Tensor, *args: Any, lengths: Any = None,
@@ -33,7 +27,7 @@ def assert_matches_eager(vocoder: Any, mel: torch.Tensor, *args: Any, lengths: A
     if not torch.isfinite(got).all():
         raise AssertionError("optimized output contains NaN or Inf")
     error = relative_error(got, expected)
-    limit = TOLERANCE.get(mel.dtype, 1e-2) if tolerance is None else tolerance
+    limit = TOLERANCE.get(mel.dtype, TOLERANCE[torch.float16]) if tolerance is None else tolerance
     if not error <= limit:
         worst = int((got.double() - expected.double()).abs().flatten().argmax())
         raise AssertionError(f"optimized output differs from eager by {error:.2e} of its peak (tolerance {limit:.0e}); "

@@ -51,6 +51,11 @@ class VocoderOptimizer:
         if config.dtype != "auto" and module is not None:
             module.to(getattr(torch, config.dtype))
 
+    @property
+    def setup(self) -> Setup | None:
+        """The optimized path in force (None before the first set-up and after a degrade)."""
+        return self._setup
+
     # ----------------------------------------------------------------------------------------- public verbs
     def __call__(self, mel: torch.Tensor, *args: Any, lengths: Any = None, **kwargs: Any) -> torch.Tensor:
         check_layout(mel)  # input errors first, in both paths: a bad request raises and changes nothing
