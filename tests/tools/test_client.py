@@ -30,6 +30,7 @@ def _wav(seconds: float, rate: int = 32000, channels: int = 1) -> bytes:
 
 class _Service(BaseHTTPRequestHandler):
     """Answers by text: 'fail' -> 500, 'slow' -> sleeps, 'cut' -> truncated WAV, 'stream' -> streamed header,
+    'badline' -> not HTTP, 'short' -> a body shorter than its Content-Length, 'empty' -> a WAV without samples,
     anything else -> a WAV of len(text) / 10 seconds. Records what it received."""
 
     received: list[tuple[str, str, dict]] = []
@@ -49,6 +50,19 @@ class _Service(BaseHTTPRequestHandler):
             return self._send(500, b'{"message": "tts failed"}', "application/json")
         if text == "slow":
             time.sleep(1.5)
+        if text == "badline":
+            self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+            self.close_connection = True
+            return None
+        if text == "short":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(_wav(0.1)[:100])
+            self.close_connection = True
+            return None
+        if text == "empty":
+            return self._send(200, _wav(0), "audio/wav")
         data = _wav(len(text) / 10)
         if text == "cut":
             data = data[: len(data) // 2]
@@ -148,3 +162,14 @@ def test_wav_duration_of_any_pcm_wav(seconds, rate, channels) -> None:
 def test_bad_wavs_are_named(data, message) -> None:
     with pytest.raises(WavError, match=message):
         wav_duration(data)
+
+
+def test_protocol_errors_and_empty_audio_are_counted_not_raised(service) -> None:
+    config = ClientConfig(url=service, texts={"badline": "badline", "short": "short", "empty": "empty",
+                                              "ok": "hello"}, requests=1, concurrency=2)
+    report = run(config, progress=False)
+    errors = {r["text"]: r["error"] for r in report["results"]}
+    assert errors["badline"].startswith("protocol: BadStatusLine")
+    assert errors["short"].startswith("protocol: IncompleteRead")
+    assert errors["empty"] == "bad wav: no audio" and errors["ok"] is None
+    assert report["summary"]["ok"] == 1

@@ -8,6 +8,7 @@ never raised. Standard library only.
 
 from __future__ import annotations
 
+import http.client
 import json
 import statistics
 import struct
@@ -129,11 +130,14 @@ def send(config: ClientConfig, label: str, text: str) -> Result:
         reason = getattr(exc, "reason", exc)
         kind = "timeout" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else "connection"
         return Result(label, None, time.perf_counter() - start, error=f"{kind}: {reason}")
+    except http.client.HTTPException as exc:  # not HTTP (BadStatusLine), a body cut short (IncompleteRead)
+        return Result(label, None, time.perf_counter() - start, error=f"protocol: {type(exc).__name__}: {exc}")
     latency = time.perf_counter() - start
     try:
-        return Result(label, status, latency, audio_s=wav_duration(data))
+        seconds = wav_duration(data)
     except WavError as exc:
         return Result(label, status, latency, error=f"bad wav: {exc}")
+    return Result(label, status, latency, audio_s=seconds, error=None if seconds > 0 else "bad wav: no audio")
 
 
 def run(config: ClientConfig, progress: bool = True) -> dict[str, Any]:
