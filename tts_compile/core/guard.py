@@ -5,7 +5,9 @@ Every stage (a vocoder, the T2S decode, the CFM loop, a SoVITS decode) has one: 
 fallback policy and the counters. The rule for a failed call is the same everywhere (`Guard.call`): the original
 module answers it; if the original fails too, the input was bad and its own error propagates with the stage left
 on; only when the original succeeds where the optimized path failed is the stage turned off (or an
-`OptimizationError` raised, with `fallback="raise"`).
+`OptimizationError` raised, with `fallback="raise"`), unless the stage `recover`s (the vocoder drops inductor once).
+A call the optimized path does not cover (an input outside its buckets, a bucket that failed verification) is
+answered by the original and counted as `uncovered`; the stage stays on.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .config import DISABLE_ENV, ConfigError, OptimizeConfig, disabled_by_enviro
 
 logger = logging.getLogger(__name__)
 
-COUNTERS = ("calls", "optimized", "eager", "fallbacks")
+COUNTERS = ("calls", "optimized", "eager", "uncovered", "fallbacks")
 T = TypeVar("T")
 
 
@@ -35,6 +37,11 @@ class InputTypeError(TypeError):
     """A call's input has the wrong type or dtype; raised for that call only."""
 
 
+class Uncovered(Exception):
+    """Raised inside an optimized path for a call it does not cover (outside its buckets, a rejected bucket): the
+    guard serves that call from the original and leaves the stage on."""
+
+
 CALLER_ERRORS = (InputError, InputTypeError, ConfigError)  # the caller's mistakes: never a reason to fall back
 
 
@@ -45,11 +52,13 @@ def _always_on() -> bool:
 class Guard:
     """On/off state, failure, fallback policy and counters of one stage. Thread-safe."""
 
-    def __init__(self, name: str, config: OptimizeConfig, counters: Iterable[str] = ()) -> None:
+    def __init__(self, name: str, config: OptimizeConfig, counters: Iterable[str] = (),
+                 recover: Callable[[str, BaseException], bool] | None = None) -> None:
         self.name = name
         self.config = config
         self.failure: str | None = None
         self.switch: Callable[[], bool] = _always_on  # a runtime switch an integration reads per call
+        self.recover = recover  # called on a failure of the optimized path; True: try again instead of turning off
         self._counters: Counter[str] = Counter(dict.fromkeys((*COUNTERS, *counters), 0))
         self._lock = threading.Lock()
         if config.enabled and disabled_by_environment():
@@ -75,17 +84,27 @@ class Guard:
         cover (`why_not` says why) and after a failure of the optimized path (see the module docstring)."""
         self.count("calls")
         if why_not or not self.active:
+            if why_not:
+                self.uncovered(what, why_not)
             return self.original(original)
         try:
             result = optimized()
         except CALLER_ERRORS:
             raise
+        except Uncovered as exc:
+            self.uncovered(what, str(exc))
+            return self.original(original)
         except Exception as exc:  # noqa: BLE001 - any failure of the optimized path falls back
             result = self.original(original)  # raises the original's own error for a bad input: the stage stays on
             self.fail(what, exc)
             return result
         self.count("optimized")
         return result
+
+    def uncovered(self, what: str, why: str) -> None:
+        """Count a call the optimized path does not cover; logged at DEBUG with the reason."""
+        self.count("uncovered")
+        logger.debug("%s: %s served by the original module: %s", self.name, what, why)
 
     def original(self, original: Callable[[], T]) -> T:
         """`original()`, counted."""
@@ -97,6 +116,8 @@ class Guard:
         reason = f"{what} failed: {type(exc).__name__}: {exc}"
         if self.config.fallback == "raise":
             raise OptimizationError(f"{self.name}: {reason}") from exc
+        if self.recover is not None and self.recover(what, exc):
+            return
         with self._lock:
             first = self.failure is None
             if first:
@@ -106,11 +127,12 @@ class Guard:
             logger.warning("%s: %s; serving from the eager module from now on", self.name, reason)
 
     def attempt(self, what: str, run: Callable[[], T]) -> T | None:
-        """`run()` of a step with no original to answer instead (warm-up, a stream step): None after a failure."""
+        """`run()` of a step with no original to answer instead (warm-up, a stream step): once more after the stage
+        recovered from a failure, None after a failure that turned it off."""
         try:
             return run()
         except CALLER_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of the optimized path falls back
             self.fail(what, exc)
-            return None
+            return self.attempt(what, run) if self.active else None

@@ -32,8 +32,9 @@ class VerificationError(RuntimeError):
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     """max|got - expected| divided by max|expected| (or by 1e-6 for an all-zero `expected`)."""
-    peak = max(float(expected.double().abs().max()), 1e-6)
-    return float((got.double() - expected.double()).abs().max()) / peak
+    got, expected = got.detach().double(), expected.detach().double()
+    peak = max(float(expected.abs().max()), 1e-6)
+    return float((got - expected).abs().max()) / peak
 
 
 def effective_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:

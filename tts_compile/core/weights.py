@@ -1,4 +1,13 @@
-"""Copies of a user's module (the one way tts_compile duplicates one) and the fingerprint of its weights."""
+"""Copies of a user's module (the one way tts_compile duplicates one) and fingerprints of its weights.
+
+Two fingerprints, for two kinds of dependents:
+* `storage_fingerprint`: where each weight lives. A captured graph reads weights where they were at capture, so it
+  must be dropped when a weight moves (`.to()`, `param.data = ...`, `load_state_dict(assign=True)`); an in-place
+  load keeps the storage and the graph reads the new values.
+* `weights_fingerprint`: where each weight lives and what it holds. A derived copy (a channels-last weight) must be
+  rebuilt after an in-place load too. Tensors track in-place writes in a version counter, except inference tensors
+  (made under `torch.inference_mode()`), which have none: for those, a content digest.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +31,24 @@ def structural_copy(module: nn.Module, *, share_weights: bool) -> nn.Module:
     return copy.deepcopy(module, memo=shared)
 
 
+def storage_fingerprint(module: nn.Module) -> tuple[Any, ...]:
+    """Storage, dtype and device of every parameter and buffer: changes when a weight moves or is replaced."""
+    return tuple((t.data_ptr(), t.dtype, t.device) for t in [*module.parameters(), *module.buffers()])
+
+
 def weights_fingerprint(module: nn.Module) -> tuple[Any, ...]:
-    """Storage, in-place write counter, dtype and device of every parameter and buffer: it changes when the weights
-    move, are cast or are loaded in place (`load_state_dict`), which copies derived from them must follow."""
+    """`storage_fingerprint` plus each tensor's in-place writes: its version counter, or for inference tensors
+    (which have none) a content digest, read from the device in one transfer."""
     tensors = [*module.parameters(), *module.buffers()]
-    return tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
+    marks = tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device) for t in tensors)
+    frozen = [t for t in tensors if t.is_inference() and t.is_floating_point() and t.numel() > 1]
+    return marks + content_digest(frozen) if frozen else marks
 
 
-def _version(tensor: torch.Tensor) -> int:
-    """In-place write counter; inference-mode tensors have none (and cannot be written in place later)."""
-    return 0 if tensor.is_inference() else tensor._version
+def content_digest(tensors: list[torch.Tensor]) -> tuple[float, ...]:
+    """Per tensor, the norms of the whole and of its first half (so moving values between halves shows too)."""
+    with torch.no_grad():
+        flat = [t.detach().reshape(-1) for t in tensors]
+        halves = [f[: f.numel() // 2] for f in flat]
+        norms = torch._foreach_norm(flat + halves)
+        return tuple(torch.stack([n.float() for n in norms]).tolist())
