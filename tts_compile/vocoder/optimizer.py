@@ -1,9 +1,11 @@
 """`VocoderOptimizer`: the engine behind every form of `optimize_vocoder`.
 
 A call plans windows for each item (`core.buckets`), runs them bucket by bucket through the runner and writes each
-window's kept part into the output. The result equals the eager, unchunked call to floating-point tolerance; every
-set-up (first use, a rebuild after a weight change, a degrade) is verified against the eager module before it
-serves, and anything that goes wrong in the optimized path is served by the eager module (`core.guard`).
+window's kept part into the output. The result equals the eager, unchunked call to floating-point tolerance. Before
+it serves, every set-up (first use in any form, a rebuild after a weight change, a degrade) is verified against the
+eager module on a mel spanning several windows, and every bucket on its capture example; anything that goes wrong
+in the optimized path is served by the eager module (`core.guard`), and after an inductor failure the optimizer
+continues once without inductor.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -20,20 +22,19 @@ from torch import nn
 from ..core import verify
 from ..core.buckets import Bucket, Window, group, plan
 from ..core.config import OptimizeConfig
-from ..core.guard import CALLER_ERRORS, Guard
+from ..core.guard import Guard, InputError
 from ..core.progress import ProgressBar
 from ..core.runner import Execution, uses_inductor
 from ..core.weights import structural_copy
 from . import setup as setup_
-from .conditioning import Conditioning, Signature
+from .conditioning import Conditioning
 from .inputs import check_finite, check_layout, check_lengths, check_mel
 from .setup import EagerCall, Setup
 from .stream import stream
 
 logger = logging.getLogger(__name__)
 
-COUNTERS = ("windows", "rebuilds", "degraded")
-T = TypeVar("T")
+COUNTERS = ("windows", "rebuilds", "degraded", "verifications", "verify_ms")
 
 
 class VocoderOptimizer:
@@ -44,7 +45,7 @@ class VocoderOptimizer:
         self._module = module
         self.config = config
         self.name = name
-        self.guard = Guard(name, config, COUNTERS)
+        self.guard = Guard(name, config, COUNTERS, recover=self._degrade)
         self.mode = config.compile_mode  # "cudagraphs" after an inductor failure
         self._setup: Setup | None = None
         self._lock = threading.RLock()
@@ -61,7 +62,7 @@ class VocoderOptimizer:
         check_layout(mel)  # input errors first, in both paths: a bad request raises and changes nothing
         item_lengths = check_lengths(lengths, mel)
         cond = Conditioning.of(args, kwargs, mel.shape[0])
-        return self.guard.call("a call", lambda: self.degrading(self._optimized_call, mel, item_lengths, cond),
+        return self.guard.call("a call", lambda: self._optimized_call(mel, item_lengths, cond),
                                lambda: self._eager_call(mel, item_lengths, cond))
 
     def eager(self, mel: torch.Tensor, *args: Any, lengths: Any = None, **kwargs: Any) -> torch.Tensor:
@@ -72,15 +73,16 @@ class VocoderOptimizer:
     def warmup(self, example: torch.Tensor | None = None, **example_kwargs: Any) -> None:
         """Set up, compile, capture every bucket and verify now (for calls made with `example_kwargs`)."""
         if self.guard.active:
-            self.guard.attempt("warm-up", lambda: self.degrading(self._warmup, example, example_kwargs))
+            self.guard.attempt("warm-up", lambda: self._warmup(example, example_kwargs))
 
     def stream(self, pieces: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
         """Audio for mel `pieces` as they arrive (`stream.stream`)."""
         return stream(self, pieces, args, kwargs)
 
     def optimization_stats(self) -> dict[str, Any]:
-        """Counters (calls, optimized, eager, fallbacks, windows, rebuilds, degraded; once set up: captures,
-        replays, runs, direct) and the setup (context, buckets, hop, receptive field, compile mode, failure)."""
+        """Counters (calls, optimized, eager, uncovered, fallbacks, windows, rebuilds, degraded, verifications and
+        their milliseconds; once set up: captures, replays, runs, direct) and the setup (context, buckets, hop,
+        receptive field, compile mode, failure)."""
         stats = self.guard.counters()
         setup = self._setup
         if setup is not None:
@@ -109,6 +111,7 @@ class VocoderOptimizer:
                     self._capture_all(setup, cond)
                 if self.config.verify:
                     self._verify(setup, cond)
+                setup.wider.clear()  # copies made for verification's second opinion
                 self._setup = setup
             return setup
 
@@ -117,22 +120,17 @@ class VocoderOptimizer:
         cond = Conditioning.of((), example_kwargs, mel.shape[0])
         self._capture_all(self._setup_for(mel, cond), cond)
 
-    def degrading(self, run: Callable[..., T], *args: Any) -> T:
-        """`run(*args)`; after an inductor failure, once more without inductor (CUDA graphs of the rewritten
-        module)."""
-        try:
-            return run(*args)
-        except CALLER_ERRORS:
-            raise
-        except Exception as exc:
-            if not uses_inductor(self.mode) or self.config.fallback == "raise":
-                raise
-            logger.warning("%s: compile_mode=%r failed (%s: %s); continuing with 'cudagraphs' (no inductor)",
-                           self.name, self.mode, type(exc).__name__, exc)
-            with self._lock:
-                self.mode, self._setup = "cudagraphs", None
-                self.guard.count("degraded")
-            return run(*args)
+    def _degrade(self, what: str, exc: BaseException) -> bool:
+        """After an inductor failure (the eager module having answered the same call), continue without inductor:
+        CUDA graphs of the rewritten module. Once."""
+        if not uses_inductor(self.mode):
+            return False
+        logger.warning("%s: %s failed with compile_mode=%r (%s: %s); continuing with 'cudagraphs' (no inductor)",
+                       self.name, what, self.mode, type(exc).__name__, exc)
+        with self._lock:
+            self.mode, self._setup = "cudagraphs", None
+            self.guard.count("degraded")
+        return True
 
     # ------------------------------------------------------------------------------------------- capture
     def _capture_all(self, setup: Setup, cond: Conditioning) -> None:
@@ -155,13 +153,22 @@ class VocoderOptimizer:
                 return
             example = torch.randn(bucket.batch, setup.n_mels, bucket.length, device=setup.device, dtype=setup.dtype)
             inputs = [example, *cond.for_items([0] * bucket.batch)]
-            seconds = setup.runner.prepare(key, self._call(setup, cond.signature), inputs)
+            seconds = setup.runner.prepare(key, self._call(setup, cond), inputs)
+            if self.config.verify:
+                args, kwargs = cond.signature.rebuild(inputs[1:])
+                with torch.inference_mode():
+                    expected = self._eager(self._module, example, *args, **kwargs)
+                self._compare(setup, f"bucket {bucket.batch}x{bucket.length}", setup.runner.run(key, inputs),
+                              expected, example, args, kwargs)
             logger.info("%s: bucket %dx%d ready in %.2f s", self.name, bucket.batch, bucket.length, seconds)
 
-    def _call(self, setup: Setup, signature: Signature) -> Callable[..., torch.Tensor]:
-        """The (compiled) function of one conditioning signature: `call(mel, *tensors) -> audio`."""
+    def _call(self, setup: Setup, cond: Conditioning) -> Callable[..., torch.Tensor]:
+        """The (compiled) function of one conditioning signature: `call(mel, *tensors) -> audio`. A new signature is
+        first tried on the eager module: arguments it rejects are the caller's mistake, not a reason to compile."""
+        signature = cond.signature
         key = signature.key()
         if key not in setup.calls:
+            self._check_signature(setup, cond)
             eager, module = self._eager, setup.target
 
             def call(mel: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
@@ -170,6 +177,18 @@ class VocoderOptimizer:
 
             setup.calls[key] = setup.runner.compiled(key, call)
         return setup.calls[key]
+
+    def _check_signature(self, setup: Setup, cond: Conditioning) -> None:
+        mel = torch.zeros(1, setup.n_mels, setup.buckets.lengths[0], device=setup.device, dtype=setup.dtype)
+        args, kwargs = cond.call_args([0])
+        try:
+            with torch.inference_mode():
+                self._eager(self._module, mel, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - whatever the module raises for these arguments
+            slots = [f"argument {s}" if isinstance(s, int) else s for s in (*cond.signature.slots,
+                                                                             *dict(cond.signature.constants))]
+            raise InputError(f"{self.name} rejects this call's extra arguments {slots or '(none)'}: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
     def _verify(self, setup: Setup, cond: Conditioning) -> None:
         """Compare with the eager module on a random mel that needs several windows, of uneven spacing, with the
@@ -183,21 +202,33 @@ class VocoderOptimizer:
             expected = self._eager(self._module, mel, *args, **kwargs)
             got = self._vocode(setup, mel, [frames], one)
         try:
-            error = verify.compare(f"{self.name} on {frames} frames", got, expected, setup.device,
-                                   lambda dtype: self._wider(dtype, mel, args, kwargs))
+            error = self._compare(setup, f"{frames} frames", got, expected, mel, args, kwargs)
         except verify.VerificationError as exc:
             raise verify.VerificationError(f"{exc}; is context={setup.buckets.context} below the receptive "
                                            "field?") from None
         logger.info("%s: verified on %d frames: max |optimized - eager| = %.1e of peak", self.name, frames, error)
 
-    def _wider(self, dtype: torch.dtype, mel: torch.Tensor, args: Sequence[Any],
+    def _compare(self, setup: Setup, what: str, got: torch.Tensor, expected: torch.Tensor, mel: torch.Tensor,
+                 args: Sequence[Any], kwargs: Mapping[str, Any]) -> float:
+        """`core.verify.compare` of an optimized output with the eager one, counted and timed; past the tolerance a
+        wider copy of the module (kept for the set-up) gives the second opinion."""
+        started = time.perf_counter()
+        try:
+            return verify.compare(f"{self.name}: {what}", got, expected, setup.device,
+                                  lambda dtype: self._wider(setup, dtype, mel, args, kwargs))
+        finally:
+            self.guard.count("verifications")
+            self.guard.count("verify_ms", round(1e3 * (time.perf_counter() - started)))
+
+    def _wider(self, setup: Setup, dtype: torch.dtype, mel: torch.Tensor, args: Sequence[Any],
                kwargs: Mapping[str, Any]) -> torch.Tensor:
         """The eager output of a `dtype` copy of the module (verification's second opinion)."""
         if self._module is None:
             raise TypeError("a plain function has no module to copy")
-        module = structural_copy(self._module, share_weights=False).to(dtype)
-        return self._eager(module, mel.to(dtype), *_cast(args, dtype), **dict(zip(kwargs, _cast(kwargs.values(),
-                                                                                                 dtype))))
+        if dtype not in setup.wider:
+            setup.wider[dtype] = structural_copy(self._module, share_weights=False).to(dtype)
+        return self._eager(setup.wider[dtype], mel.to(dtype), *_cast(args, dtype),
+                           **dict(zip(kwargs, _cast(kwargs.values(), dtype))))
 
     # ------------------------------------------------------------------------------------------- execution
     def _optimized_call(self, mel: torch.Tensor, lengths: list[int], cond: Conditioning) -> torch.Tensor:
@@ -233,7 +264,7 @@ class VocoderOptimizer:
         self._execute(setup, mel, 0, windows, out, 0, cond)
         for item in short:  # shorter than every window: run unchunked, at its own length, never padded
             inputs = [mel[item : item + 1, :, : lengths[item]], *cond.for_items([item])]
-            audio = setup.runner.direct(self._call(setup, cond.signature), inputs)
+            audio = setup.runner.direct(self._call(setup, cond), inputs)
             out[item, ..., : audio.shape[-1]] = audio[0]
         return out
 

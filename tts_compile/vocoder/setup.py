@@ -40,6 +40,7 @@ class Setup:
     target: nn.Module | None
     fingerprint: tuple[Any, ...]
     calls: dict[Hashable, Callable[..., torch.Tensor]] = field(default_factory=dict)
+    wider: dict[torch.dtype, nn.Module] = field(default_factory=dict)  # verification's second opinion, while set up
 
 
 def fingerprint(module: nn.Module | None) -> tuple[Any, ...]:

@@ -49,6 +49,5 @@ def _step(optimizer: "VocoderOptimizer", buffer: torch.Tensor, offset: int, done
     """One step of the optimized stream; (None, done) when no frame is final yet, or after a logged failure."""
     check_layout(buffer)
     cond = Conditioning.of(args, kwargs, buffer.shape[0])
-    step = optimizer.guard.attempt("a stream step", lambda: optimizer.degrading(
-        optimizer.stream_step, buffer, offset, done, total, cond))
+    step = optimizer.guard.attempt("a stream step", lambda: optimizer.stream_step(buffer, offset, done, total, cond))
     return step or (None, done)
