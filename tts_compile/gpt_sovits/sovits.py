@@ -242,6 +242,9 @@ class OptimizedSoVITS(SoVITSStage):
                                f"flow and decoder at {size} frames")
         return audio[..., :sizes[-1]]
 
+    def rebuild(self) -> None:
+        self.decoder = None  # its channels-last weights are copies of the replaced ones
+
     def _padded_decoder(self) -> PaddedDecoder | None:
         """The decoder for `dec`'s current weights: built again, and its graphs dropped, when they moved or were
         loaded in place (its channels-last weights are copies); None for a decoder it cannot run."""

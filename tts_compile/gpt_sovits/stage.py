@@ -5,6 +5,13 @@ keep their signatures and results.
 A call the stage cannot serve (an input outside its buckets, a parameter it does not cover) goes to upstream's own
 method and the stage stays on; a failure of the optimized path rewinds the random generator, so upstream's method
 draws what it would have drawn, and then follows the guard's rule.
+
+Verified before it serves: the first call that uses a bucket (a captured or uncaptured shape) is also answered by
+upstream's method on the same inputs and random state, and the two outputs compared (`core.verify`). A mismatch
+rejects those buckets (one warning naming the stage, the buckets and the error): calls that need them are served by
+upstream from then on, the stage's other buckets keep their speed. Graphs read weights where they were captured,
+so a weight that moved or was replaced (`.to()`, `param.data = ...`, `load_state_dict(assign=True)`) drops every
+graph and verification, checked at every call; an in-place load needs nothing (the graphs read the new values).
 """
 
 from __future__ import annotations
@@ -19,15 +26,18 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
+from ..core import verify
 from ..core.config import OptimizeConfig
-from ..core.guard import Guard
+from ..core.guard import Guard, Uncovered
 from ..core.runner import Execution, Runner
+from ..core.weights import storage_fingerprint
 from .config import PipelineConfig, pipeline_config
 from .rng import RngState
 
 logger = logging.getLogger(__name__)
 
 HANDLE = "tts_compile"  # attribute on the patched upstream module holding its stage
+COUNTERS = ("verifications", "verify_ms", "rejected", "rebuilds")  # every stage's, beside the guard's
 S = TypeVar("S", bound="Stage")
 
 
@@ -46,14 +56,19 @@ class Stage:
 
     def __init__(self, module: nn.Module, config: PipelineConfig) -> None:
         self.original = {name: getattr(type(module), name).__get__(module) for name in self.methods}
+        self.module = module
         self.config = config
-        self.guard = Guard(self.name, config, self.counters)
+        self.guard = Guard(self.name, config, (*COUNTERS, *self.counters))
         self.device = next(module.parameters()).device
         self.execution = Execution.of(config.compile_mode, self.device)
         benchmark = self.cudnn_heuristics_unsafe or self.cudnn_benchmark and config.cudnn_benchmark
         self.runner = Runner(self.execution, self.device, benchmark, benchmark_direct=self.cudnn_heuristics_unsafe)
-        self._lock = threading.Lock()  # capture decisions: one capture per key, even from concurrent callers
+        self._lock = threading.RLock()  # capture decisions and bucket verdicts, even from concurrent callers
         self._seen: Counter[Hashable] = Counter()
+        self._storage = storage_fingerprint(module)
+        self._verified: set[Hashable] = set()
+        self._rejected: dict[Hashable, str] = {}
+        self._used = threading.local()  # the buckets the current call of this thread ran
 
     @classmethod
     def lacks(cls, module: nn.Module) -> list[str]:
@@ -78,8 +93,9 @@ class Stage:
         self.guard.switch = value
 
     def optimization_stats(self) -> dict[str, Any]:
-        """The guard's counters (calls, optimized, eager, fallbacks, failure), the runner's (captures, replays,
-        direct) and the stage's own."""
+        """The guard's counters (calls, optimized, eager, uncovered, fallbacks, failure), verification's
+        (verifications, verify_ms, rejected buckets), weight changes followed (rebuilds), the runner's (captures,
+        replays, direct) and the stage's own."""
         runner = self.runner.counters
         return {**self.guard.counters(), "captures": runner["captures"], "replays": runner["replays"],
                 "direct": runner["direct"]}
@@ -95,14 +111,65 @@ class Stage:
 
         def optimized() -> Any:
             rng = RngState(self.device)
+            self.follow_weights()
+            self._used.keys = []
             try:
                 with grad_mode():
-                    return staged(*args)
+                    result = staged(*args)
             except Exception:
                 rng.restore()
                 raise
+            new = [key for key in dict.fromkeys(self._used.keys) if key not in self._verified]
+            if new and self.config.verify:
+                return self._verify(method, args, result, rng, new, grad_mode)
+            return result
 
         return self.guard.call(method, optimized, upstream)
+
+    def follow_weights(self) -> None:
+        """Drop every graph and verdict when a weight moved or was replaced since they were made."""
+        storage = storage_fingerprint(self.module)
+        if storage == self._storage:
+            return
+        with self._lock:
+            dropped = self.runner.discard(lambda key: True)
+            self._verified.clear()
+            self._rejected.clear()
+            self._storage = storage
+            self.rebuild()
+            self.guard.count("rebuilds")
+        logger.info("%s: weights moved or were replaced: %d graphs dropped, buckets verified again", self.name,
+                    dropped)
+
+    def rebuild(self) -> None:
+        """What a stage derives from its module's weights, made again (`follow_weights`); nothing by default."""
+
+    def _verify(self, method: str, args: tuple[Any, ...], result: Any, rng: RngState, keys: list[Hashable],
+                grad_mode: Callable[[], Any]) -> Any:
+        """Upstream's `method` on the same inputs and random state as the optimized `result`, which then serves
+        (upstream draws what the optimized path drew: the generator ends where upstream leaves it). On a mismatch
+        the buckets are rejected and the call is served by upstream, from the same random state."""
+        started = time.perf_counter()
+        rng.restore()
+        with grad_mode():
+            expected = self.original[method](*args)
+        try:
+            for got, want in zip(_tensors(result), _tensors(expected), strict=True):
+                verify.compare(f"{self.name}: {method}", got, want, self.device)
+        except (verify.VerificationError, ValueError) as exc:
+            with self._lock:
+                self._rejected.update(dict.fromkeys(keys, str(exc)))
+            self.guard.count("rejected", len(keys))
+            logger.warning("%s: %s on %s; upstream's module serves calls that need them", self.name, exc,
+                           ", ".join(map(str, keys)))
+            rng.restore()
+            raise Uncovered(f"{', '.join(map(str, keys))} failed verification") from exc
+        finally:
+            self.guard.count("verifications")
+            self.guard.count("verify_ms", round(1e3 * (time.perf_counter() - started)))
+        with self._lock:
+            self._verified.update(keys)
+        return result
 
     def due(self, key: Hashable) -> bool:
         """Count one call of bucket `key`: whether it is seen often enough (`capture_after`) to be captured."""
@@ -113,7 +180,10 @@ class Stage:
     def run_graph(self, key: Hashable, call: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
                   label: str, capture: bool = True) -> torch.Tensor:
         """`call` on `inputs` through the graph of `key`, capturing it first when `capture` (at most `max_graphs`);
-        without a graph when `key` has none."""
+        without a graph when `key` has none. A bucket that failed verification raises `Uncovered`."""
+        if key in self._rejected:
+            raise Uncovered(f"bucket {key} failed verification: {self._rejected[key]}")
+        getattr(self._used, "keys", []).append(key)
         with self._lock:
             if capture and self.runner.graphs and not self.runner.has(key):
                 if self.runner.counters["captures"] < self.max_graphs:
@@ -126,6 +196,11 @@ class Stage:
             return self.runner.run(key, inputs)
         except KeyError:  # not captured, or dropped since: run without a graph
             return self.runner.direct(call, inputs)
+
+
+def _tensors(result: Any) -> list[torch.Tensor]:
+    """The tensors of a method's result: itself, or the items of a tuple (decode_encp's (features, ge))."""
+    return [t for t in (result if isinstance(result, tuple) else (result,)) if isinstance(t, torch.Tensor)]
 
 
 def attach(stage: type[S], module: nn.Module, config: OptimizeConfig | None, options: dict[str, Any]) -> S:

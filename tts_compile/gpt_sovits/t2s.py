@@ -27,7 +27,13 @@ go on, the chunk is replayed from its start up to the stop (buffers and generato
 without it, so every draw has upstream's shape.
 
 Scope: api_v2's requests of any `batch_size`, with a prompt or without (upstream decodes prompt-free rows one by
-one through `infer_panel_naive`); streaming calls go to upstream's own methods.
+one through `infer_panel_naive`); streaming calls, and a request whose prefix and steps outgrow the largest KV
+capacity or the audio position table, go to upstream's own methods (the accelerator stays on).
+
+Verified before it serves: the first call of each rows bucket runs a probe first, a greedy decode of a random request
+of that many rows by upstream's own method and by the static-cache step, and compares the logits of every step
+(upstream's read from its `ar_predict_layer`) while the two agree on the tokens; a mismatch (a fork whose layers are
+not what the step computes, a broken kernel) sends that rows bucket to upstream's methods for good.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import importlib.util
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Iterator
 
@@ -43,8 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import verify
 from ..core.buckets import Ladder
 from ..core.config import OptimizeConfig
+from ..core.guard import Uncovered
 from .config import PipelineConfig
 from .kernels.t2s_decode import flatten, stack, t2s_decode_step, visible_columns
 from .kernels.t2s_sample import Embedding, Sampling, sample
@@ -62,6 +71,7 @@ ROWS = Ladder.powers_of_two(1, 16)  # batch rows of the caches and graphs; a bat
 MAX_ROWS = ROWS.largest
 CACHE_BUDGET = 2 << 30  # bytes of KV caches kept across calls; older buckets beyond it are dropped (LRU), graphs too
 SNAPSHOT = ("logits", "seen", "step", "x", "position")  # what a replayed chunk restores (the caches are rewritten)
+PROBE = {"phones": 7, "prompt": 9, "steps": 2 * CHECK_EVERY}  # the verification probe's request
 
 
 class _State:
@@ -115,15 +125,19 @@ class T2SAccelerator(Stage):
     def __init__(self, model: nn.Module, config: PipelineConfig) -> None:
         super().__init__(model, config)
         self.model = model
-        self.layers = [_layer_weights(layer) for layer in model.h.layers]
         self.heads = model.num_head
-        self.flat = flatten(self.layers)
-        self.predict = model.ar_predict_layer
         self.kernels = config.t2s_kernels and importlib.util.find_spec("triton") is not None
         if config.t2s_kernels and not self.kernels:
             logger.info("optimize_t2s: Triton is not installed; the decode step runs torch ops")
+        self._decode_lock = threading.RLock()
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """The layers' weights as the step reads them, from the model's current parameters; no KV caches yet."""
+        self.layers = [_layer_weights(layer) for layer in self.model.h.layers]
+        self.flat = flatten(self.layers)
+        self.predict = self.model.ar_predict_layer
         self._states: dict[tuple, _State] = {}  # least recently used first
-        self._decode_lock = threading.Lock()
 
     @classmethod
     def lacks(cls, module: nn.Module) -> list[str]:
@@ -143,7 +157,7 @@ class T2SAccelerator(Stage):
             return
         single = x.dim() == 2 and x.shape[0] == 1 and bert_feature.dim() == 3 and bert_feature.shape[0] == 1
         problem = None if single else "not one row of phones and BERT features"
-        problem = problem or self._problem([x[0]], prompts, [bert_feature[0]], x.shape[1], top_k)
+        problem = problem or self._problem([x[0]], prompts, [bert_feature[0]], x.shape[1], top_k, early_stop_num)
         yield from self.guard.call("infer_panel_naive", lambda: self._naive(x, prompts, bert_feature, *args[4:]),
                                    lambda: list(upstream(*args, chunk_length=chunk_length, **kwargs)), problem)
 
@@ -160,7 +174,7 @@ class T2SAccelerator(Stage):
         width = int(kwargs.get("max_len", max(lengths, default=0)))
         problem = "not a list of phone rows" if not lengths else "no prompts" if prompts is None else \
             "x_lens differ from the rows" if x_lens is not None and [int(n) for n in x_lens] != lengths else \
-            self._problem(x, prompts, bert_feature, width, top_k)
+            self._problem(x, prompts, bert_feature, width, top_k, early_stop_num)
         return self.guard.call("infer_panel_batch_infer", lambda: self._batch(x, prompts, bert_feature, width,
                                                                               *args[4:]),
                                lambda: self.original["infer_panel_batch_infer"](*args, **kwargs), problem)
@@ -183,9 +197,10 @@ class T2SAccelerator(Stage):
 
     # --- the decode ----------------------------------------------------------------------------------------------
 
-    def _problem(self, x, prompts: torch.Tensor | None, bert, width: int, top_k: Any) -> str | None:
+    def _problem(self, x, prompts: torch.Tensor | None, bert, width: int, top_k: Any, early_stop_num: Any) -> str | None:
         """Why a call is not for the static-cache decode: it takes rows of phones (L_i,) with BERT features
-        (1024, L_i), one prompt row each or none at all, at most `MAX_ROWS`, padded to `width`, a top-k sampler."""
+        (1024, L_i), one prompt row each or none at all, at most `MAX_ROWS`, padded to `width`, a top-k sampler, a
+        prefix and steps within the largest KV capacity and the audio position table, a verified rows bucket."""
         if not (prompts is None or (prompts.dim() == 2 and prompts.shape[0] == len(x))):
             return "not one prompt row per row"
         if not 0 < len(x) == len(bert) <= MAX_ROWS:
@@ -195,6 +210,18 @@ class T2SAccelerator(Stage):
         if not all(row.dim() == 1 and feature.dim() == 2 and feature.shape[1] == len(row) <= width
                    for row, feature in zip(x, bert)):
             return f"rows that are not (phones,) with BERT features (1024, phones) within max_len={width}"
+        if not isinstance(early_stop_num, int) or early_stop_num < -1:
+            return f"early_stop_num={early_stop_num!r}: expected an int >= -1"
+        return self._size_problem(width, 0 if prompts is None else prompts.shape[1], _steps(early_stop_num)) or (
+            f"rows bucket {ROWS.fit(len(x))} failed verification" if ROWS.fit(len(x)) in self._rejected else None)
+
+    def _size_problem(self, width: int, n_prompt: int, steps: int) -> str | None:
+        if CAPACITIES.fit(width + n_prompt + steps) is None:
+            return (f"{width} phones + {n_prompt} prompt tokens + {steps} steps exceed the largest KV capacity "
+                    f"{CAPACITIES.largest}")
+        if n_prompt + steps > self.model.ar_audio_position.pe.shape[1]:
+            return (f"{n_prompt} prompt tokens + {steps} steps exceed the "
+                    f"{self.model.ar_audio_position.pe.shape[1]} audio positions of ar_audio_position.pe")
         return None
 
     def _run(self, x, prompts, bert, width, top_k, top_p, early_stop_num, temperature,
@@ -205,20 +232,76 @@ class T2SAccelerator(Stage):
         generator = RngState(x[0].device)
         try:
             with self._decode_lock, torch.inference_mode():
+                self.follow_weights()
+                self._verify_rows(ROWS.fit(len(x)), bert[0].dtype)
                 return self._decode(x, prompts, bert, int(width), sampling, int(early_stop_num))
         except Exception:
             generator.restore()
             raise
 
-    def _decode(self, x, prompts, bert, width: int, sampling: Sampling,
-                early_stop_num: int) -> list[tuple[torch.Tensor, int, bool]]:
-        # upstream stops once (generated tokens) > early_stop_num, unless it is -1
-        last = MAX_STEPS - 1 if early_stop_num == -1 else min(MAX_STEPS - 1, max(early_stop_num, 0))
+    def _verify_rows(self, rows: int, dtype: torch.dtype) -> None:
+        """The probe of a rows bucket on its first call (`config.verify`); Uncovered once it failed."""
+        if rows in self._rejected:
+            raise Uncovered(f"rows bucket {rows} failed verification: {self._rejected[rows]}")
+        if not self.config.verify or rows in self._verified:
+            return
+        started = time.perf_counter()
+        try:
+            compared = self._probe(rows, dtype)
+        except verify.VerificationError as exc:
+            self._rejected[rows] = str(exc)
+            self.guard.count("rejected")
+            logger.warning("optimize_t2s: %s; upstream's methods serve %d-row calls", exc, rows)
+            raise Uncovered(f"rows bucket {rows} failed verification") from exc
+        finally:
+            self.guard.count("verifications")
+            self.guard.count("verify_ms", round(1e3 * (time.perf_counter() - started)))
+        self._verified.add(rows)
+        logger.info("optimize_t2s: %d-row step verified against upstream's logits over %d steps in %.2f s", rows,
+                    compared, time.perf_counter() - started)
+
+    def _probe(self, rows: int, dtype: torch.dtype) -> int:
+        """A greedy decode of a random `rows`-row request by upstream's method and by the step, own random state;
+        raises VerificationError at the first step whose logits differ past the tolerance. Returns the steps
+        compared: until the first row stops, or the greedy tokens part at a near-tie."""
+        model, device = self.model, self.device
+        gen = torch.Generator().manual_seed(rows)
+        n, q, steps = PROBE["phones"], PROBE["prompt"], PROBE["steps"]
+        phones = model.ar_text_embedding.word_embeddings.num_embeddings
+        x = [torch.randint(0, phones, (n,), generator=gen).to(device) for _ in range(rows)]
+        bert = [(0.1 * torch.randn(1024, n, generator=gen)).to(device, dtype) for _ in range(rows)]
+        prompts = torch.randint(0, model.EOS, (rows, q), generator=gen).to(device)
+        greedy = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0,
+                  "early_stop_num": steps - 1}
+        ours, theirs = [], []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            self._decode(x, prompts, bert, n, Sampling(1, 1.0, 1.0, 1.0), steps - 1, record=ours)
+            hook = model.ar_predict_layer.register_forward_hook(lambda m, i, out: theirs.append(out.detach().clone()))
+            try:
+                if rows == 1:
+                    list(self.original["infer_panel_naive"](x[0][None], None, prompts, bert[0][None], **greedy))
+                else:
+                    self.original["infer_panel_batch_infer"](x, torch.tensor([n] * rows), prompts, bert, max_len=n,
+                                                             **greedy)
+            except Exception as exc:  # noqa: BLE001 - a probe upstream cannot run verifies nothing
+                raise verify.VerificationError(f"upstream's decode could not run the {rows}-row probe: "
+                                               f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                hook.remove()
+        return _compare_logits(ours, theirs, rows, device)
+
+    def _decode(self, x, prompts, bert, width: int, sampling: Sampling, early_stop_num: int,
+                record: list[torch.Tensor] | None = None) -> list[tuple[torch.Tensor, int, bool]]:
+        """Per row (tokens, idx, stopped on EOS); with `record`, the logits before every step are appended to it (the
+        probe: one host sync per step)."""
+        last = _steps(early_stop_num) - 1
         state = self._prefill(x, prompts, bert, width, last + 1)
         alive, ends, step = list(range(len(x))), {}, 0
         while alive:
             rng, start, saved = RngState(x[0].device), step, state.snapshot() if len(alive) > 1 else None
             for _ in range(min(CHECK_EVERY, last + 1 - step)):
+                if record is not None:
+                    record.append(state.logits[: len(x)].clone())
                 self._step(state, sampling, step, len(alive))
                 step += 1
             self.guard.count("steps", step - start)
@@ -340,6 +423,28 @@ class T2SAccelerator(Stage):
         rng.restore()
         for step in range(start, stop + 1):
             _noise(state, _vocab(state, step), alive)
+
+
+def _compare_logits(ours: list[torch.Tensor], theirs: list[torch.Tensor], rows: int, device: torch.device) -> int:
+    """Step by step while every row decodes: the logits within `core.verify`'s tolerance, until the greedy tokens
+    part (a near-tie: the logits agreed). Returns the steps compared."""
+    compared = 0
+    for step, (mine, upstream) in enumerate(zip(ours, theirs)):
+        if upstream.shape[0] != rows:
+            break
+        verify.compare(f"optimize_t2s: logits at step {step} of a {rows}-row probe", mine, upstream, device)
+        compared += 1
+        if not torch.equal(mine.argmax(dim=-1), upstream.argmax(dim=-1)):
+            break
+    if not compared:
+        raise verify.VerificationError(f"optimize_t2s: a {rows}-row probe compared no step (upstream's logits: "
+                                       f"{[tuple(t.shape) for t in theirs[:3]]})")
+    return compared
+
+
+def _steps(early_stop_num: int) -> int:
+    """Decode steps at most: upstream stops once (generated tokens) > early_stop_num, unless it is -1."""
+    return MAX_STEPS if early_stop_num == -1 else min(MAX_STEPS, max(early_stop_num, 0) + 1)
 
 
 def _vocab(state: _State, step: int) -> int:
