@@ -95,6 +95,7 @@ class _State:
         self.step = torch.zeros(rows, dtype=torch.long, device=device)
         self.start = torch.zeros(rows, dtype=torch.long, device=device)  # each row's first column (its padding)
         self.alive = torch.arange(rows, device=device)  # the rows a step samples: the first `n` entries
+        self.slots = torch.arange(rows, device=device)  # row r's cache row: its own
         self.prefix = torch.zeros(1, dtype=torch.long, device=device)  # text + prompt tokens
         self.prompt = torch.zeros(1, dtype=torch.long, device=device)  # prompt tokens (audio position offset)
         self.columns = torch.arange(capacity, device=device)
@@ -394,11 +395,12 @@ class T2SAccelerator(Stage):
         q = _noise(state, vocab, alive)
         sample(state.logits, state.seen, q, state.alive[:alive], state.tokens, state.eos, state.step, state.prefix,
                state.prompt, state.position, state.x, state.embedding, self.model.EOS, sampling, fused=self.kernels)
+        positions = state.position.expand(state.x.shape[0])  # every row of a left-padded batch writes one column
         if self.kernels:  # Triton on CUDA, the torch layers elsewhere
-            logits = t2s_decode_step(state.x, state.k, state.v, state.position, state.start, *self.flat,
-                                     self.predict.weight, self.predict.bias)
+            logits = t2s_decode_step(state.x, state.k, state.v, positions.contiguous(), state.start, state.slots,
+                                     *self.flat, self.predict.weight, self.predict.bias)
         else:
-            visible = visible_columns(state.columns, state.position, state.start)
+            visible = visible_columns(state.columns, positions, state.start)
             out = stack(self.layers, self.heads, state.x[:, None], state.k, state.v, state.position, visible)
             logits = self.predict(out[:, -1])
         state.logits.copy_(logits)

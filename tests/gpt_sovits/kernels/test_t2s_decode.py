@@ -42,11 +42,16 @@ def _cast(weights, dtype, device):
     return [tuple(t.to(device, dtype) if isinstance(t, torch.Tensor) else t for t in w) for w in weights]
 
 
-def _run(fn, weights, k, v, predict, x, pos, start, dtype, device):
+def _run(fn, weights, k, v, predict, x, pos, start, dtype, device, slot=None, **options):
+    """`fn` on the model in `dtype` on `device`: pos one column for every row (an int) or one per row; slot: each
+    row's cache row (default: its own)."""
     k, v = k.to(device, dtype), v.to(device, dtype)
     predict = [t.to(device, dtype) if t is not None else None for t in predict]
-    logits = fn(x.to(device, dtype), k, v, torch.tensor([pos], device=device), start.to(device),
-                _cast(weights, dtype, device), *predict)
+    rows = x.shape[0]
+    pos = torch.full((rows,), pos) if isinstance(pos, int) else pos
+    slot = torch.arange(rows) if slot is None else slot
+    logits = fn(x.to(device, dtype), k, v, pos.to(device), start.to(device), slot.to(device),
+                _cast(weights, dtype, device), *predict, **options)
     return logits.double().cpu(), k.double().cpu(), v.double().cpu()
 
 
@@ -88,23 +93,51 @@ def test_bad_shapes_are_rejected() -> None:
     from tts_compile.gpt_sovits.kernels.t2s_triton import ROWS, decode_step_triton
 
     weights, k, v, predict, x = _model(1, 16, 2, 32, 5, ROWS + 1, 4, False, 0)
-    with pytest.raises(ValueError, match="at most 16 rows"):
-        decode_step_triton(x, k, v, torch.tensor([0]), torch.zeros(ROWS + 1, dtype=torch.long), weights, *predict)
+    rows = torch.zeros(ROWS + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="one position, start and slot per row"):
+        decode_step_triton(x, k, v, torch.tensor([0]), rows, rows, weights, *predict)
 
 
 def test_flatten_round_trip_and_the_op_checks() -> None:
     weights, k, v, (w, b), x = _model(2, 16, 2, 32, 7, 2, 6, True, 1)
-    start = torch.tensor([0, 2])
+    start, pos, slot = torch.tensor([0, 2]), torch.tensor([3, 3]), torch.tensor([0, 1])
     assert unflatten(*flatten(weights)) == weights
-    torch.library.opcheck(t2s_decode_step, (x, k, v, torch.tensor([3]), start, *flatten(weights), w, b))
-    expected = decode_step_reference(x, k.clone(), v.clone(), torch.tensor([3]), start, weights, w, b)
-    assert torch.equal(t2s_decode_step(x, k, v, torch.tensor([3]), start, *flatten(weights), w, b), expected)
+    torch.library.opcheck(t2s_decode_step, (x, k, v, pos, start, slot, *flatten(weights), w, b))
+    expected = decode_step_reference(x, k.clone(), v.clone(), pos, start, slot, weights, w, b)
+    assert torch.equal(t2s_decode_step(x, k, v, pos, start, slot, *flatten(weights), w, b), expected)
 
 
 def test_a_row_never_reads_the_columns_before_its_start() -> None:
     """Whatever the cache holds before start[r] (a batch row's left padding) leaves row r's logits unchanged."""
     weights, k, v, (w, b), x = _model(2, 16, 2, 32, 7, 2, 6, True, 2)
-    start, pos = torch.tensor([0, 3]), torch.tensor([4])
-    expected = decode_step_reference(x, k.clone(), v.clone(), pos, start, weights, w, b)
+    start, pos, slot = torch.tensor([0, 3]), torch.tensor([4, 4]), torch.tensor([0, 1])
+    expected = decode_step_reference(x, k.clone(), v.clone(), pos, start, slot, weights, w, b)
     k[:, 1, :, :3], v[:, 1, :, :3] = 1e4, -1e4
-    assert torch.equal(decode_step_reference(x, k, v, pos, start, weights, w, b)[1], expected[1])
+    assert torch.equal(decode_step_reference(x, k, v, pos, start, slot, weights, w, b)[1], expected[1])
+
+
+@settings(max_examples=10, deadline=None)
+@given(rows=st.integers(1, 40), pool=st.integers(0, 8), capacity=st.integers(2, 60), seed=st.integers(0, 99),
+       dtype=st.sampled_from([torch.float32, torch.float16]), data=st.data())
+def test_rows_with_their_own_slots_and_positions(rows, pool, capacity, seed, dtype, data) -> None:
+    """Rows in any cache rows of a larger pool, each at its own column, more rows than one tile: each row's logits
+    and K/V are what it gets alone (the tensor-core form, `invariant`), bit for bit; nothing else is written."""
+    from tts_compile.gpt_sovits.kernels.t2s_triton import decode_step_triton
+
+    weights, k, v, predict, x = _model(2, 32, 2, 64, 11, rows + pool, capacity, True, seed)
+    x = x[:rows]
+    slot = torch.randperm(rows + pool, generator=torch.Generator().manual_seed(seed))[:rows]
+    pos = torch.tensor(data.draw(st.lists(st.integers(0, capacity - 1), min_size=rows, max_size=rows)))
+    start = torch.zeros(rows, dtype=torch.long)
+    got = _run(decode_step_triton, weights, k, v, predict, x, pos, start, dtype, DEVICE, slot, invariant=True)
+    exact = _run(decode_step_reference, weights, k, v, predict, x, pos, start, torch.float64, "cpu", slot)
+    tolerance = FLOAT32_TOLERANCE if dtype == torch.float32 else 2e-2
+    assert float((got[0] - exact[0]).abs().max()) <= tolerance * float(exact[0].abs().max())
+    written = torch.zeros(k.shape[1:4], dtype=torch.bool)
+    written[slot, :, pos] = True
+    for mine, before in zip(got[1:], (k, v)):
+        assert torch.equal(mine[:, ~written], before.to(dtype).double()[:, ~written])
+    for r in data.draw(st.lists(st.integers(0, rows - 1), min_size=1, max_size=3, unique=True)):
+        alone = _run(decode_step_triton, weights, k, v, predict, x[r : r + 1], pos[r : r + 1], start[r : r + 1],
+                     dtype, DEVICE, slot[r : r + 1], invariant=True)
+        assert torch.equal(alone[0][0], got[0][r]), f"row {r} of {rows} differs from the row alone"
