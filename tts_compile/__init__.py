@@ -9,7 +9,7 @@ import logging
 
 from .core.config import ConfigError, OptimizeConfig, load_config
 from .core.guard import OptimizationError
-from .gpt_sovits import config as _pipeline_config  # noqa: F401 - its keys share the YAML section (core.config)
+from .engine import config as _engine_config  # noqa: F401 - every config class shares the YAML section (core.config)
 from .vocoder import OptimizedVocoder, optimize_vocoder
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

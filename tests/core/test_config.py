@@ -8,6 +8,7 @@ import pytest
 
 from tts_compile import ConfigError, OptimizeConfig, load_config, optimize_vocoder
 from tts_compile.core.config import disabled_by_environment, field_docs
+from tts_compile.engine import EngineConfig
 from tts_compile.gpt_sovits import PipelineConfig
 
 from ..conftest import tiny
@@ -17,8 +18,9 @@ def test_defaults_are_valid_and_documented() -> None:
     config = OptimizeConfig()
     assert config.chunk_size == 500 and config.compile_mode == "reduce-overhead" and config.context == "auto"
     docs = field_docs()
-    # the section's options: the shared ones and those PipelineConfig adds
-    assert set(docs) == set(PipelineConfig.__dataclass_fields__) > set(OptimizeConfig.__dataclass_fields__)
+    # the section's options: the shared ones, those PipelineConfig adds and those EngineConfig adds to them
+    assert set(docs) == set(EngineConfig.__dataclass_fields__) > set(PipelineConfig.__dataclass_fields__) > \
+        set(OptimizeConfig.__dataclass_fields__)
     assert all(len(d) > 30 for d in docs.values())
 
 

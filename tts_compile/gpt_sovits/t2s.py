@@ -135,7 +135,7 @@ class T2SAccelerator(Stage):
 
     def rebuild(self) -> None:
         """The layers' weights as the step reads them, from the model's current parameters; no KV caches yet."""
-        self.layers = [_layer_weights(layer) for layer in self.model.h.layers]
+        self.layers = [layer_weights(layer) for layer in self.model.h.layers]
         self.flat = flatten(self.layers)
         self.predict = self.model.ar_predict_layer
         self._states: dict[tuple, _State] = {}  # least recently used first
@@ -460,7 +460,7 @@ def _noise(state: _State, vocab: int, alive: int) -> torch.Tensor:
     return torch.empty(alive, vocab, dtype=state.logits.dtype, device=state.logits.device).exponential_(1)
 
 
-def _layer_weights(layer: nn.Module) -> tuple:
+def layer_weights(layer: nn.Module) -> tuple:
     """(qkv w, b, out w, b, norm1 w, b, eps, ffn1 w, b, ffn2 w, b, norm2 w, b, eps) of a TransformerEncoderLayer."""
     if getattr(layer, "norm_first", False):
         raise TypeError("optimize_t2s: pre-norm layers (norm_first=True) are not GPT-SoVITS's T2S")

@@ -18,6 +18,7 @@ class Version:
     renderer: str
     sample_rate: int
     cfm_window: int | None = None  # frames of one CFM window (upstream's T_chunk)
+    cfm_prompt: int | None = None  # prompt mel frames at most in a window (upstream's T_ref)
     upsample: float | None = None  # decode_encp: encoder frames -> CFM frames (nearest, upstream's scale factor)
     masked_per_token: float | None = None  # decode_encp: frames of the WN stack's mask per token (before speed)
 
@@ -33,8 +34,9 @@ VERSIONS = {v.name: v for v in (
     Version("v2", "SynthesizerTrn", "decode", 32000),
     Version("v2Pro", "SynthesizerTrn", "decode", 32000),
     Version("v2ProPlus", "SynthesizerTrn", "decode", 32000),
-    Version("v3", "SynthesizerTrnV3", "cfm", 24000, cfm_window=934, upsample=1.875, masked_per_token=3.875),
-    Version("v4", "SynthesizerTrnV3", "cfm", 48000, cfm_window=1000, upsample=2, masked_per_token=4),
+    Version("v3", "SynthesizerTrnV3", "cfm", 24000, cfm_window=934, cfm_prompt=468, upsample=1.875,
+            masked_per_token=3.875),
+    Version("v4", "SynthesizerTrnV3", "cfm", 48000, cfm_window=1000, cfm_prompt=500, upsample=2, masked_per_token=4),
 )}
 
 

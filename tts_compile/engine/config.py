@@ -1,0 +1,39 @@
+"""`EngineConfig`: the engine's options, on top of the GPT-SoVITS stages' (`PipelineConfig`); the same YAML section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.config import ConfigError, check_int, doc
+from ..gpt_sovits.config import PipelineConfig
+
+
+@dataclass(frozen=True)
+class EngineConfig(PipelineConfig):
+    """Options of the serving engine. Each field documents its meaning, default, valid values and cost."""
+
+    queue_size: int = field(default=256, metadata=doc(
+        "Requests the engine holds at most, waiting or in progress (>= 1); a submission beyond it is rejected at "
+        "once with QueueFull (a server answers 503). Memory: the requests' inputs only."))
+    max_rows: int = field(default=64, metadata=doc(
+        "T2S rows (text segments) decoded at once (>= 1), each with its own KV cache row; a step is captured per "
+        "rows bucket (1, 2, 4, ... up to this). More rows: more throughput under load, more KV memory (see "
+        "kv_budget_gib) and more captures at start-up."))
+    kv_capacity: int = field(default=2048, metadata=doc(
+        "Positions of one row's KV cache (>= 64): its prefix (phones and prompt tokens) plus the tokens it may "
+        "decode; a row stops at it as at upstream's 1500-token cap. The 24-layer fp16 model takes 48 KiB per "
+        "position and row (96 MiB per row at 2048)."))
+    kv_budget_gib: float = field(default=4.0, metadata=doc(
+        "GiB of KV caches at most (> 0): the rows are min(max_rows, budget / one row's cache), so memory stays "
+        "bounded whatever the load (about 40 rows of 2048 positions in 4 GiB for the full-size model)."))
+    render_workers: int = field(default=1, metadata=doc(
+        "Threads that turn finished requests' tokens into audio (SoVITS decode, or CFM and vocoder), each on its "
+        "own CUDA stream beside the T2S loop's (>= 1)."))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self, "queue_size", "max_rows", "render_workers", minimum=1)
+        check_int(self, "kv_capacity", minimum=64)
+        if not isinstance(self.kv_budget_gib, (int, float)) or isinstance(self.kv_budget_gib, bool) or \
+                not self.kv_budget_gib > 0:
+            raise ConfigError(f"kv_budget_gib={self.kv_budget_gib!r} is invalid: expected a number > 0")

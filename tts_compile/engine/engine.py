@@ -1,0 +1,268 @@
+"""`Engine`: many GPT-SoVITS requests at once on one GPU.
+
+One scheduler thread owns the T2S decode: it admits waiting segments into free rows (a prefill each), runs
+`CHECK_EVERY` steps over every running row, reads their stop flags once, and hands each request whose segments are
+all done to the render workers, which turn tokens into audio (SoVITS decode, or CFM and vocoder) on their own CUDA
+streams while the loop goes on. Requests enter through a bounded queue (full: `QueueFull` at once), carry a
+deadline and a cancel flag (checked at every scheduling round), and fail alone: a request's error reaches its own
+handle and the engine goes on. Every T2S rows bucket is captured before the engine reports ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..core.progress import ProgressBar
+from ..core.runner import Execution, Runner
+from ..gpt_sovits.versions import Version
+from ..gpt_sovits.versions import version as version_of
+from .config import EngineConfig
+from .render import render_cfm, render_decode
+from .request import Cancelled, EngineClosed, Handle, Params, QueueFull, Request, Segment, Status, Voice, new_request
+from .sampling import row_seed
+from .scheduler import schedule
+from .t2s import CHECK_EVERY, BatchedT2S, slot_bytes
+
+logger = logging.getLogger(__name__)
+
+Render = Callable[[Request, list[list[int]]], torch.Tensor]
+COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "prefills", "steps", "syncs", "renders")
+
+
+class Engine:
+    """Submit requests from any thread (`submit`, or `await engine.submit(...)`'s handle in asyncio); `close()` ends
+    it. Build it from an upstream pipeline (`from_pipeline`) or from the stand-in models (`from_stand_ins`)."""
+
+    def __init__(self, t2s_model: nn.Module, render: Render, version: Version, config: EngineConfig | None = None,
+                 **options: Any) -> None:
+        config = (config or EngineConfig()).replace(**options) if options else (config or EngineConfig())
+        self.config, self.version, self._render = config, version, render
+        param = next(t2s_model.parameters())
+        self.device = param.device
+        rows = min(config.max_rows, max(1, int(config.kv_budget_gib * 2**30 // slot_bytes(
+            t2s_model, config.kv_capacity, param.dtype))))
+        execution = Execution.of("cudagraphs" if config.compile_mode != "eager" else "eager", self.device)
+        kernels = self.device.type == "cuda" and config.t2s_kernels
+        self.t2s = BatchedT2S(t2s_model, rows, config.kv_capacity, Runner(execution, self.device), kernels)
+        self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
+        self._queued: deque[Request] = deque()  # requests with segments waiting for rows
+        self._rows: dict[int, tuple[Request, int]] = {}  # slot -> (request, segment)
+        self._handles: dict[int, Handle] = {}  # request id -> its handle, until it finishes
+        self._cv = threading.Condition()
+        self._closing = False
+        self._renders: queue.Queue[Request | None] = queue.Queue()
+        started = time.perf_counter()
+        self._warm_up()
+        self.startup_s = time.perf_counter() - started
+        self._threads = [threading.Thread(target=self._loop, name="tts_compile-engine", daemon=True)]
+        self._threads += [threading.Thread(target=self._render_loop, name=f"tts_compile-render-{i}", daemon=True)
+                          for i in range(config.render_workers)]
+        for thread in self._threads:
+            thread.start()
+        logger.info("engine: GPT-SoVITS %s, %d rows of %d positions (%.0f MiB of KV caches), ready in %.1f s",
+                    version.name, rows, config.kv_capacity, self.t2s.pool.bytes / 2**20, self.startup_s)
+
+    # ------------------------------------------------------------------------------------------------ callers
+    def submit(self, voice: Voice, segments: Sequence[Segment], params: Params | None = None) -> Handle:
+        """Queue a request; its `Handle` gives the audio. Raises `QueueFull` when `queue_size` requests are held,
+        `EngineClosed` after `close()`, and `InputError` (a ValueError) for a bad request, naming what is wrong."""
+        request = new_request(voice, tuple(segments), params or Params())
+        handle = Handle(request)
+        with self._cv:
+            if self._closing:
+                raise EngineClosed("the engine is closed")
+            if len(self._handles) >= self.config.queue_size:
+                self.counters["rejected"] += 1
+                raise QueueFull(f"the engine holds {self.config.queue_size} requests (queue_size); try again later")
+            self._handles[request.id] = handle
+            self._queued.append(request)
+            self.counters["submitted"] += 1
+            self._cv.notify()
+        return handle
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (submitted, rejected, finished, failed, cancelled, prefills, steps, syncs, renders), what is
+        held now (requests, queued, rows), the rows and KV memory, and the start-up time."""
+        with self._cv:
+            held = {"requests": len(self._handles), "queued": len(self._queued), "rows": len(self._rows)}
+        return {**self.counters, **held, "max_rows": self.t2s.pool.rows, "kv_mib": self.t2s.pool.bytes / 2**20,
+                "startup_s": self.startup_s, "captures": self.t2s.runner.counters["captures"]}
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop taking requests, fail those held with `EngineClosed`, and stop the threads."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        for _ in range(self.config.render_workers):
+            self._renders.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+        for handle in list(self._handles.values()):
+            self._finish(handle.request, error=EngineClosed("the engine closed before the request finished"))
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def _warm_up(self) -> None:
+        """Capture the step of every rows bucket (on CUDA), largest first."""
+        if not self.t2s.runner.graphs:
+            return
+        buckets = sorted(self.t2s.buckets.sizes, reverse=True)
+        with torch.inference_mode(), ProgressBar(len(buckets), "tts_compile: engine", self.config.progress) as bar:
+            for bucket in buckets:
+                self.t2s.capture(bucket)
+                bar.advance(f"{bucket} rows")
+
+    def _loop(self) -> None:
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+            while self._wait():
+                try:
+                    self._round()
+                except Exception:  # noqa: BLE001 - the engine goes on; the rows of this round fail
+                    logger.exception("engine: a decode round failed; its running requests fail")
+                    for request in {request for request, _ in self._rows.values()}:
+                        self._drop(request, RuntimeError("the T2S decode failed (see the log)"))
+
+    def _wait(self) -> bool:
+        """Block until there is work; False once closing."""
+        with self._cv:
+            while not self._closing and not self._queued and not self._rows:
+                self._cv.wait(0.5)
+            return not self._closing
+
+    def _round(self) -> None:
+        """Leave, admit, `CHECK_EVERY` steps over the running rows, then retire the rows that stopped."""
+        with self._cv:
+            queued = list(self._queued)
+        running = list({request.id: request for request, _ in self._rows.values()}.values())
+        plan = schedule(queued, running, len(self.t2s.free), time.monotonic())
+        for request in plan.leave:
+            self._drop(request, Cancelled(f"request {request.id} was cancelled or passed its deadline"))
+        changed = bool(plan.leave)
+        for request, index in plan.admit:
+            if request.status in (Status.FAILED, Status.CANCELLED):
+                continue
+            changed |= self._admit(request, index)
+        if not self._rows:
+            return
+        if changed:
+            self.t2s.arrange(list(self._rows))
+        self.t2s.steps(CHECK_EVERY)
+        self.counters["steps"] += CHECK_EVERY
+        self.counters["syncs"] += 1
+        finished = self.t2s.stopped(list(self._rows))
+        for slot, tokens in finished.items():
+            request, index = self._rows.pop(slot)
+            self.t2s.release(slot)
+            request.tokens[index] = tokens
+            if len(request.tokens) == len(request.segments) and request.status == Status.DECODING:
+                request.status = Status.RENDERING
+                self._renders.put(request)
+        if finished and self._rows:
+            self.t2s.arrange(list(self._rows))
+
+    def _admit(self, request: Request, index: int) -> bool:
+        """Prefill segment `index` of `request` into a free row; a failure fails the request alone."""
+        voice, segment = request.voice, request.segments[index]
+        try:
+            device = self.device
+            phones = torch.cat([voice.prompt_phones, segment.phones]).to(device)
+            bert = torch.cat([voice.prompt_bert, segment.bert], 1).to(device, self.t2s.pool.logits.dtype)
+            slot = self.t2s.prefill(phones, bert, voice.prompt_tokens.to(device), request.params,
+                                    row_seed(request.seed, index))
+        except Exception as exc:  # noqa: BLE001 - this request's inputs or this request's prefill
+            logger.warning("engine: request %d failed at its segment %d's prefill: %s", request.id, index, exc)
+            self._drop(request, exc)
+            return False
+        self.counters["prefills"] += 1
+        self._rows[slot] = (request, index)
+        request.status = Status.DECODING
+        request.next_segment = index + 1
+        if request.pending == 0:
+            with self._cv:
+                self._queued.remove(request)
+        return True
+
+    def _drop(self, request: Request, error: BaseException) -> None:
+        """Take `request` out of the queue and the batch (its rows freed) and fail its handle with `error`."""
+        for slot in [s for s, (r, _) in self._rows.items() if r is request]:
+            del self._rows[slot]
+            self.t2s.release(slot)
+        with self._cv:
+            if request in self._queued:
+                self._queued.remove(request)
+        self._finish(request, error=error)
+
+    def _render_loop(self) -> None:
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+            while (request := self._renders.get()) is not None:
+                if request.expired(time.monotonic()):
+                    self._finish(request, error=Cancelled(f"request {request.id} was cancelled or passed its "
+                                                          "deadline"))
+                    continue
+                try:
+                    tokens = [request.tokens[i] for i in range(len(request.segments))]
+                    audio = self._render(request, tokens).float().cpu()
+                except Exception as exc:  # noqa: BLE001 - this request fails, the engine goes on
+                    logger.warning("engine: request %d failed while rendering: %s: %s", request.id,
+                                   type(exc).__name__, exc)
+                    self._finish(request, error=exc)
+                    continue
+                self.counters["renders"] += 1
+                self._finish(request, result=(audio, self.version.sample_rate))
+
+    def _finish(self, request: Request, result: tuple[torch.Tensor, int] | None = None,
+                error: BaseException | None = None) -> None:
+        with self._cv:
+            handle = self._handles.pop(request.id, None)
+        if handle is None:
+            return
+        if error is None:
+            request.status, counter = Status.DONE, "finished"
+        else:
+            cancelled = isinstance(error, Cancelled)
+            request.status, counter = (Status.CANCELLED, "cancelled") if cancelled else (Status.FAILED, "failed")
+        self.counters[counter] += 1
+        handle.finish(result, error)
+
+    # ------------------------------------------------------------------------------------------------ builders
+    @classmethod
+    def from_models(cls, version: str, t2s_model: nn.Module, vits: nn.Module, vocoder: nn.Module | None = None,
+                    config: EngineConfig | None = None, **options: Any) -> "Engine":
+        """An engine over GPT-SoVITS models of `version`: T2S decoded by the engine, the audio rendered by `vits`
+        (and `vocoder`, v3/v4), optimized as `optimize_pipeline` optimizes them."""
+        from ..gpt_sovits import optimize_cfm, optimize_sovits
+        from ..vocoder import optimize_vocoder
+
+        config = (config or EngineConfig()).replace(**options) if options else (config or EngineConfig())
+        shape = version_of(version)
+        if config.sovits:
+            optimize_sovits(vits, config)
+        if shape.renderer == "decode":
+            return cls(t2s_model, lambda request, tokens: render_decode(vits, request, tokens), shape, config)
+        if config.cfm:
+            optimize_cfm(vits.cfm, config)
+        vocoder = optimize_vocoder(vocoder, config=config)
+        return cls(t2s_model, lambda request, tokens: render_cfm(vits, vocoder, shape, request, tokens), shape,
+                   config)
+
+    @classmethod
+    def from_pipeline(cls, tts: Any, config: EngineConfig | None = None, **options: Any) -> "Engine":
+        """An engine over an upstream `TTS` pipeline's models (`t2s_model.model`, `vits_model`, `vocoder`)."""
+        return cls.from_models(tts.configs.version, tts.t2s_model.model, tts.vits_model,
+                               getattr(tts, "vocoder", None), config, **options)

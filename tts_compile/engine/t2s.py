@@ -1,0 +1,182 @@
+"""The engine's T2S decode: the segments of many requests as rows of one batch that changes every few steps.
+
+A pool of rows, each with its own KV cache row (a slot), position, step, sampling parameters and seed, all device
+tensors. A segment joins by a prefill of its prefix (prompt phones and segment phones with their BERT features, then
+the prompt's semantic tokens) into a free slot; a step decodes one token for every running row, whichever slot it
+holds: the step's rows are a list of slots (`order`), padded to a rows bucket with a scratch slot, and one CUDA graph
+per rows bucket serves every mix of rows and parameters. Nothing moves when rows join or leave.
+
+Batch invariance: a row's prefill runs alone at its own length; its step arithmetic does not depend on the other
+rows (`t2s_decode_step(..., invariant=True)`: per-row tensor-core tiles, per-row attention, per-row sampling) and
+its noise is a function of its own seed and step (`sampling`). So a request's tokens are the same alone or amid any
+others; tested bit for bit on the CPU in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.buckets import Ladder
+from ..core.runner import Runner
+from ..gpt_sovits.kernels.t2s_decode import decode_step_reference, flatten, stack, t2s_decode_step
+from ..gpt_sovits.kernels.t2s_sample import Embedding
+from ..gpt_sovits.t2s import MAX_STEPS, layer_weights
+from .request import Params
+from .sampling import counter_exponential, sample_rows
+
+logger = logging.getLogger(__name__)
+
+CHECK_EVERY = 16  # steps between two reads of the rows' stop flags (one host sync each)
+
+
+class RowPool:
+    """Device state of `rows` decoding rows, one KV cache row (`capacity` positions) each, plus a scratch row that
+    the padding of a rows bucket writes to."""
+
+    def __init__(self, model: nn.Module, rows: int, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
+        layers, dim, heads = len(model.h.layers), model.model_dim, model.num_head
+        vocab = model.ar_predict_layer.out_features
+        n = rows + 1
+        self.rows, self.capacity, self.scratch = rows, capacity, rows
+        self.k = torch.zeros(layers, n, heads, capacity, dim // heads, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.logits = torch.zeros(n, vocab, dtype=dtype, device=device)
+        self.seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)
+        self.tokens = torch.zeros(n, MAX_STEPS, dtype=torch.long, device=device)
+        zeros = torch.zeros(n, dtype=torch.long, device=device)
+        self.step, self.prefix, self.prompt, self.seed, self.stop_at = (zeros.clone() for _ in range(5))
+        self.max_steps = torch.ones_like(zeros)
+        self.done = torch.zeros(n, dtype=torch.bool, device=device)
+        self.top_k = torch.ones_like(zeros)
+        self.top_p, self.temperature, self.penalty = (torch.ones(n, device=device) for _ in range(3))
+        self.order = torch.full((rows,), self.scratch, dtype=torch.long, device=device)  # the step's rows' slots
+        self.start = torch.zeros(rows, dtype=torch.long, device=device)  # every row attends from its column 0
+        position = model.ar_audio_position
+        self.embedding = Embedding(model.ar_audio_embedding.word_embeddings.weight,
+                                   position.pe.to(device=device, dtype=dtype).clone(), position.alpha,
+                                   position.x_scale)
+
+    @property
+    def bytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+def slot_bytes(model: nn.Module, capacity: int, dtype: torch.dtype) -> int:
+    """Bytes of one row's KV cache."""
+    return 2 * len(model.h.layers) * model.model_dim * capacity * torch.empty(0, dtype=dtype).element_size()
+
+
+class BatchedT2S:
+    """Prefill into slots, steps over the running rows (captured per rows bucket on CUDA), stop flags."""
+
+    def __init__(self, model: nn.Module, rows: int, capacity: int, runner: Runner, kernels: bool) -> None:
+        param = next(model.parameters())
+        self.model, self.runner, self.kernels = model, runner, kernels
+        self.layers = [layer_weights(layer) for layer in model.h.layers]
+        self.flat = flatten(self.layers)
+        self.heads = model.num_head
+        self.pool = RowPool(model, rows, capacity, param.dtype, param.device)
+        self.buckets = Ladder.powers_of_two(1, rows) if rows & (rows - 1) == 0 else \
+            Ladder((*Ladder.powers_of_two(1, rows).sizes, rows))
+        self.free = list(range(rows))
+        self.bucket = 0  # the rows bucket of the current `order`
+
+    @property
+    def eos(self) -> int:
+        return self.model.EOS
+
+    def prefill(self, phones: torch.Tensor, bert: torch.Tensor, prompt: torch.Tensor, params: Params,
+                seed: int) -> int:
+        """Start a row: its prefix into a free slot (which it returns); phones (L,), bert (1024, L), prompt (Q,)."""
+        m, pool = self.model, self.pool
+        n_text, n = phones.shape[0], phones.shape[0] + prompt.shape[0]
+        if n >= pool.capacity:
+            raise ValueError(f"the prefix of {n} positions ({n_text} phones, {prompt.shape[0]} prompt tokens) does "
+                             f"not fit a row's KV cache of {pool.capacity}")
+        slot = self.free.pop(0)
+        with torch.inference_mode():
+            text = m.ar_text_position(m.ar_text_embedding(phones[None]) + m.bert_proj(bert.transpose(0, 1)[None]))
+            xy = torch.cat((text, m.ar_audio_position(m.ar_audio_embedding(prompt[None]))), dim=1)
+            k = pool.k.new_zeros(pool.k.shape[0], 1, *pool.k.shape[2:3], n, pool.k.shape[4])
+            v = torch.zeros_like(k)
+            positions = torch.arange(n, device=xy.device)
+            columns, rows = positions[None], positions[:, None]
+            visible = (columns < n_text) | ((columns >= n_text) & (columns <= rows) & (rows >= n_text))
+            out = stack(self.layers, self.heads, xy, k, v, positions, visible[None, None])
+            pool.k[:, slot, :, :n], pool.v[:, slot, :, :n] = k[:, 0], v[:, 0]
+            pool.logits[slot] = m.ar_predict_layer(out[0, -1])
+            pool.seen[slot] = False
+            pool.seen[slot, prompt] = True
+            values = {"step": 0, "prefix": n, "prompt": prompt.shape[0], "seed": seed, "stop_at": 0,
+                      "max_steps": min(params.max_tokens, MAX_STEPS, pool.capacity - n), "done": False,
+                      "top_k": params.top_k, "top_p": params.top_p, "temperature": params.temperature,
+                      "penalty": params.repetition_penalty}
+            for name, value in values.items():
+                getattr(pool, name)[slot] = value
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def arrange(self, slots: list[int]) -> None:
+        """The running rows of the next steps, in this order, padded to their rows bucket with the scratch slot."""
+        self.bucket = self.buckets.fit(len(slots))
+        order = slots + [self.pool.scratch] * (self.bucket - len(slots))
+        self.pool.order[: self.bucket].copy_(torch.tensor(order, device=self.pool.order.device))
+
+    def steps(self, count: int) -> None:
+        """`count` decode steps of the arranged rows: graph replays where the runner captures."""
+        for _ in range(count):
+            if self.runner.graphs:
+                if not self.runner.has(self.bucket):
+                    self.capture(self.bucket)
+                self.runner.replay(self.bucket)
+            else:
+                self._step(self.bucket)
+
+    def capture(self, bucket: int) -> float:
+        """Capture the step of `bucket` rows (at start-up, every bucket): what it writes lands in the scratch slot
+        and in slots that a prefill resets. Returns seconds."""
+        order = self.pool.order[:bucket].clone()
+        self.pool.order[:bucket] = self.pool.scratch
+        seconds = self.runner.capture(bucket, lambda: self._step(bucket), lambda: None)
+        self.pool.order[:bucket] = order
+        return seconds
+
+    def stopped(self, slots: list[int]) -> dict[int, list[int]]:
+        """The rows of `slots` that stopped: their tokens before the stop (one host sync)."""
+        pool = self.pool
+        index = torch.tensor(slots, device=pool.done.device)
+        done, stop_at = (t.cpu().tolist() for t in (pool.done[index], pool.stop_at[index]))
+        return {slot: pool.tokens[slot, :at].cpu().tolist() for slot, flag, at in zip(slots, done, stop_at) if flag}
+
+    def _step(self, bucket: int) -> None:
+        """One token for every row of `order[:bucket]`: sample from its logits, record, embed, run the layers."""
+        pool, s = self.pool, self.pool.order[:bucket]
+        step = pool.step[s]
+        q = counter_exponential(pool.seed[s], step, pool.logits.shape[1])
+        token, stop = sample_rows(pool.logits[s], pool.seen[s], q, step, pool.top_k[s], pool.top_p[s],
+                                  pool.temperature[s], pool.penalty[s], self.eos)
+        stop = stop | (step + 1 >= pool.max_steps[s])
+        first = stop & ~pool.done[s]
+        pool.stop_at[s] = torch.where(first, step, pool.stop_at[s])
+        pool.done[s] = pool.done[s] | stop
+        pool.tokens[s, step.clamp(max=MAX_STEPS - 1)] = token
+        pool.seen[s, token] = True
+        emb = pool.embedding
+        audio_position = (pool.prompt[s] + step).clamp(max=emb.pe.shape[1] - 1)
+        x = F.embedding(token, emb.weight) * emb.x_scale + emb.alpha * emb.pe[0, audio_position]
+        pos = (pool.prefix[s] + step).clamp(max=pool.capacity - 1)
+        predict = self.model.ar_predict_layer
+        if self.kernels:
+            logits = t2s_decode_step(x, pool.k, pool.v, pos, pool.start[:bucket], s, *self.flat, predict.weight,
+                                     predict.bias, True)
+        else:
+            logits = decode_step_reference(x, pool.k, pool.v, pos, pool.start[:bucket], s, self.layers,
+                                           predict.weight, predict.bias)
+        pool.logits[s] = logits
+        pool.step[s] = step + 1
