@@ -80,7 +80,7 @@ def test_greedy_tokens_equal_upstreams_alone_and_amid_others(text) -> None:
 def _gate(engine) -> threading.Event:
     """Hold the engine's decode steps until the returned event is set: what a test sees cannot race the decode."""
     gate, steps = threading.Event(), engine.t2s.steps
-    engine.t2s.steps = lambda count: gate.wait() and steps(count)
+    engine.t2s.steps = lambda count, nucleus: gate.wait() and steps(count, nucleus)
     return gate
 
 
@@ -187,7 +187,7 @@ def test_closing_fails_what_is_held_and_refuses_more() -> None:
     held = engine.submit(voice, stand_ins.segments(TEXTS[3]), Params())
     closing = threading.Thread(target=engine.close)
     closing.start()
-    while engine._renders.qsize() < engine.config.render_workers:  # the render workers' stop signs are queued
+    while any(thread.is_alive() for thread in engine._threads[1:]):  # the render workers have stopped
         time.sleep(0.01)
     gate.set()  # the held round ends, and the loop sees the engine closing
     closing.join()

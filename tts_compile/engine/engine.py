@@ -21,7 +21,6 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..core.progress import ProgressBar
 from ..core.runner import Execution, Runner
 from ..gpt_sovits.versions import Version
 from ..gpt_sovits.versions import version as version_of
@@ -117,14 +116,12 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------------ the loop
     def _warm_up(self) -> None:
-        """Capture the step of every rows bucket (on CUDA), largest first."""
+        """Capture every T2S step and prefill graph (on CUDA), largest first."""
         if not self.t2s.runner.graphs:
             return
-        buckets = sorted(self.t2s.buckets.sizes, reverse=True)
-        with torch.inference_mode(), ProgressBar(len(buckets), "tts_compile: engine", self.config.progress) as bar:
-            for bucket in buckets:
-                self.t2s.capture(bucket)
-                bar.advance(f"{bucket} rows")
+        with torch.inference_mode():
+            captured = self.t2s.capture()
+        logger.info("engine: %d T2S graphs captured (%s ... %s)", len(captured), captured[0], captured[-1])
 
     def _loop(self) -> None:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -161,7 +158,7 @@ class Engine:
             return
         if changed:
             self.t2s.arrange(list(self._rows))
-        self.t2s.steps(CHECK_EVERY)
+        self.t2s.steps(CHECK_EVERY, nucleus=any(r.params.top_p < 1 for r, _ in self._rows.values()))
         self.counters["steps"] += CHECK_EVERY
         self.counters["syncs"] += 1
         finished = self.t2s.stopped(list(self._rows))

@@ -53,19 +53,22 @@ def row_seed(seed: int, index: int) -> int:
 
 
 def sample_rows(logits: torch.Tensor, seen: torch.Tensor, q: torch.Tensor, step: torch.Tensor, top_k: torch.Tensor,
-                top_p: torch.Tensor, temperature: torch.Tensor, penalty: torch.Tensor,
-                eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+                top_p: torch.Tensor, temperature: torch.Tensor, penalty: torch.Tensor, eos: int,
+                nucleus: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(token (rows,), stop (rows,)) from logits (rows, vocab) in the model dtype; seen (rows, vocab) the columns of
-    each row's prompt and tokens so far; q the rows' noise; per-row parameters as (rows,) tensors."""
+    each row's prompt and tokens so far; q the rows' noise; per-row parameters as (rows,) tensors. `nucleus` False
+    skips top-p, which changes nothing for rows whose top_p is 1 (a step without such rows saves two passes)."""
     dtype = logits.dtype
     early = (step < EARLY_STEPS)[:, None] & (torch.arange(logits.shape[1], device=logits.device) == eos)[None]
     logits = logits.masked_fill(early, -float("inf"))
     p = penalty[:, None]
     penalised = torch.where(seen, torch.where(logits < 0, logits.float() * p, logits.float() / p).to(dtype), logits)
-    ordered, order = torch.sort(penalised, dim=-1, descending=True)
-    drop = (torch.cumsum(F.softmax(ordered, dim=-1), dim=-1) > top_p[:, None]) & (top_p < 1.0)[:, None]
-    drop[:, 0] = False
-    scores = penalised.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    scores = penalised
+    if nucleus:
+        ordered, order = torch.sort(penalised, dim=-1, descending=True)
+        drop = (torch.cumsum(F.softmax(ordered, dim=-1), dim=-1) > top_p[:, None]) & (top_p < 1.0)[:, None]
+        drop[:, 0] = False
+        scores = penalised.masked_fill(drop.scatter(1, order, drop), -float("inf"))
     scores = (scores.float() / temperature.clamp(min=1e-5)[:, None]).to(dtype)
     k = top_k.clamp(1, scores.shape[1])[:, None] - 1
     pivot = torch.sort(scores, dim=-1, descending=True)[0].gather(1, k)

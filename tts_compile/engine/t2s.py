@@ -6,10 +6,14 @@ the prompt's semantic tokens) into a free slot; a step decodes one token for eve
 holds: the step's rows are a list of slots (`order`), padded to a rows bucket with a scratch slot, and one CUDA graph
 per rows bucket serves every mix of rows and parameters. Nothing moves when rows join or leave.
 
-Batch invariance: a row's prefill runs alone at its own length; its step arithmetic does not depend on the other
-rows (`t2s_decode_step(..., invariant=True)`: per-row tensor-core tiles, per-row attention, per-row sampling) and
-its noise is a function of its own seed and step (`sampling`). So a request's tokens are the same alone or amid any
-others; tested bit for bit on the CPU in float32.
+A prefill runs alone, padded to a length bucket (its padding masked: never attended, its logits read at the real
+last position), so one CUDA graph per length bucket serves every prefix; a step has two graphs per rows bucket, with
+and without the top-p pass (chosen per round: no running row with top_p < 1, no pass), which give the same tokens.
+
+Batch invariance: a row's prefill depends on its own prefix (and length bucket) only; its step arithmetic does not
+depend on the other rows (`t2s_decode_step(..., invariant=True)`: per-row tensor-core tiles, per-row attention,
+per-row sampling) and its noise is a function of its own seed and step (`sampling`). So a request's tokens are the
+same alone or amid any others; tested bit for bit on the CPU in float32.
 """
 
 from __future__ import annotations
@@ -70,8 +74,24 @@ def slot_bytes(model: nn.Module, capacity: int, dtype: torch.dtype) -> int:
     return 2 * len(model.h.layers) * model.model_dim * capacity * torch.empty(0, dtype=dtype).element_size()
 
 
+class PrefillInput:
+    """The static input of a prefill graph of `length` positions: a prefix written in front, its sizes and slot."""
+
+    def __init__(self, length: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.phones = torch.zeros(length, dtype=torch.long, device=device)
+        self.bert = torch.zeros(1024, length, dtype=dtype, device=device)
+        self.prompt = torch.zeros(length, dtype=torch.long, device=device)
+        self.sizes = torch.zeros(3, dtype=torch.long, device=device)  # phones, phones + prompt, slot
+
+    def load(self, phones: torch.Tensor, bert: torch.Tensor, prompt: torch.Tensor, slot: int) -> None:
+        self.phones[: len(phones)] = phones
+        self.bert[:, : len(phones)] = bert
+        self.prompt[: len(prompt)] = prompt
+        self.sizes.copy_(torch.tensor([len(phones), len(phones) + len(prompt), slot]))
+
+
 class BatchedT2S:
-    """Prefill into slots, steps over the running rows (captured per rows bucket on CUDA), stop flags."""
+    """Prefill into slots, steps over the running rows (captured per bucket on CUDA), stop flags."""
 
     def __init__(self, model: nn.Module, rows: int, capacity: int, runner: Runner, kernels: bool) -> None:
         param = next(model.parameters())
@@ -82,6 +102,8 @@ class BatchedT2S:
         self.pool = RowPool(model, rows, capacity, param.dtype, param.device)
         self.buckets = Ladder.powers_of_two(1, rows) if rows & (rows - 1) == 0 else \
             Ladder((*Ladder.powers_of_two(1, rows).sizes, rows))
+        self.lengths = Ladder((*(n for n in Ladder.half_octaves(32, capacity).sizes if n < capacity), capacity))
+        self.inputs = {n: PrefillInput(n, param.dtype, param.device) for n in self.lengths.sizes}
         self.free = list(range(rows))
         self.bucket = 0  # the rows bucket of the current `order`
 
@@ -92,31 +114,21 @@ class BatchedT2S:
     def prefill(self, phones: torch.Tensor, bert: torch.Tensor, prompt: torch.Tensor, params: Params,
                 seed: int) -> int:
         """Start a row: its prefix into a free slot (which it returns); phones (L,), bert (1024, L), prompt (Q,)."""
-        m, pool = self.model, self.pool
-        n_text, n = phones.shape[0], phones.shape[0] + prompt.shape[0]
+        pool, n = self.pool, phones.shape[0] + prompt.shape[0]
         if n >= pool.capacity:
-            raise ValueError(f"the prefix of {n} positions ({n_text} phones, {prompt.shape[0]} prompt tokens) does "
-                             f"not fit a row's KV cache of {pool.capacity}")
-        slot = self.free.pop(0)
-        with torch.inference_mode():
-            text = m.ar_text_position(m.ar_text_embedding(phones[None]) + m.bert_proj(bert.transpose(0, 1)[None]))
-            xy = torch.cat((text, m.ar_audio_position(m.ar_audio_embedding(prompt[None]))), dim=1)
-            k = pool.k.new_zeros(pool.k.shape[0], 1, *pool.k.shape[2:3], n, pool.k.shape[4])
-            v = torch.zeros_like(k)
-            positions = torch.arange(n, device=xy.device)
-            columns, rows = positions[None], positions[:, None]
-            visible = (columns < n_text) | ((columns >= n_text) & (columns <= rows) & (rows >= n_text))
-            out = stack(self.layers, self.heads, xy, k, v, positions, visible[None, None])
-            pool.k[:, slot, :, :n], pool.v[:, slot, :, :n] = k[:, 0], v[:, 0]
-            pool.logits[slot] = m.ar_predict_layer(out[0, -1])
-            pool.seen[slot] = False
-            pool.seen[slot, prompt] = True
-            values = {"step": 0, "prefix": n, "prompt": prompt.shape[0], "seed": seed, "stop_at": 0,
-                      "max_steps": min(params.max_tokens, MAX_STEPS, pool.capacity - n), "done": False,
-                      "top_k": params.top_k, "top_p": params.top_p, "temperature": params.temperature,
-                      "penalty": params.repetition_penalty}
-            for name, value in values.items():
-                getattr(pool, name)[slot] = value
+            raise ValueError(f"the prefix of {n} positions ({phones.shape[0]} phones, {prompt.shape[0]} prompt tokens) "
+                             f"does not fit a row's KV cache of {pool.capacity}")
+        slot, length = self.free.pop(0), self.lengths.fit(n)
+        self.inputs[length].load(phones, bert, prompt, slot)
+        self._run(("prefill", length), lambda: self._prefill(length))
+        values = {"step": 0, "prefix": n, "prompt": prompt.shape[0], "seed": seed, "stop_at": 0,
+                  "max_steps": min(params.max_tokens, MAX_STEPS, pool.capacity - n), "done": False,
+                  "top_k": params.top_k, "top_p": params.top_p, "temperature": params.temperature,
+                  "penalty": params.repetition_penalty}
+        for name, value in values.items():
+            getattr(pool, name)[slot] = value
+        pool.seen[slot] = False
+        pool.seen[slot, prompt] = True
         return slot
 
     def release(self, slot: int) -> None:
@@ -128,24 +140,37 @@ class BatchedT2S:
         order = slots + [self.pool.scratch] * (self.bucket - len(slots))
         self.pool.order[: self.bucket].copy_(torch.tensor(order, device=self.pool.order.device))
 
-    def steps(self, count: int) -> None:
-        """`count` decode steps of the arranged rows: graph replays where the runner captures."""
+    def steps(self, count: int, nucleus: bool) -> None:
+        """`count` decode steps of the arranged rows (`nucleus`: with the top-p pass)."""
         for _ in range(count):
-            if self.runner.graphs:
-                if not self.runner.has(self.bucket):
-                    self.capture(self.bucket)
-                self.runner.replay(self.bucket)
-            else:
-                self._step(self.bucket)
+            self._run(("step", self.bucket, nucleus), lambda: self._step(self.bucket, nucleus))
 
-    def capture(self, bucket: int) -> float:
-        """Capture the step of `bucket` rows (at start-up, every bucket): what it writes lands in the scratch slot
-        and in slots that a prefill resets. Returns seconds."""
-        order = self.pool.order[:bucket].clone()
-        self.pool.order[:bucket] = self.pool.scratch
-        seconds = self.runner.capture(bucket, lambda: self._step(bucket), lambda: None)
-        self.pool.order[:bucket] = order
-        return seconds
+    def capture(self) -> list[str]:
+        """Capture every step and prefill graph (at start-up, largest first) while no row runs: what they write
+        lands in the scratch slot, in free slots that a prefill resets, and in the prefill inputs. Returns the
+        labels captured."""
+        self.pool.order.fill_(self.pool.scratch)
+        self.inputs[self.lengths.largest].sizes.copy_(torch.tensor([1, 1, self.pool.scratch]))
+        done = []
+        for bucket in sorted(self.buckets.sizes, reverse=True):
+            for nucleus in (False, True):
+                self.runner.capture(("step", bucket, nucleus), lambda: self._step(bucket, nucleus), lambda: None)
+                done.append(f"step of {bucket} rows{' with top-p' if nucleus else ''}")
+        for length in sorted(self.lengths.sizes, reverse=True):
+            self.inputs[length].sizes.copy_(torch.tensor([1, 1, self.pool.scratch]))
+            self.runner.capture(("prefill", length), lambda: self._prefill(length), lambda: None)
+            done.append(f"prefill of {length}")
+        return done
+
+    def _run(self, key: tuple, run) -> None:
+        """`run()` as the graph of `key` where the runner captures (a missing graph is captured first), else
+        directly."""
+        if not self.runner.graphs:
+            run()
+            return
+        if not self.runner.has(key):
+            self.runner.capture(key, run, lambda: None)
+        self.runner.replay(key)
 
     def stopped(self, slots: list[int]) -> dict[int, list[int]]:
         """The rows of `slots` that stopped: their tokens before the stop (one host sync)."""
@@ -154,13 +179,30 @@ class BatchedT2S:
         done, stop_at = (t.cpu().tolist() for t in (pool.done[index], pool.stop_at[index]))
         return {slot: pool.tokens[slot, :at].cpu().tolist() for slot, flag, at in zip(slots, done, stop_at) if flag}
 
-    def _step(self, bucket: int) -> None:
+    def _prefill(self, length: int) -> None:
+        """The prefix in `inputs[length]` through the layers at `length` positions, its padding masked: K/V into its
+        slot's cache row, the logits of its last real position into the slot's logits."""
+        m, pool, given = self.model, self.pool, self.inputs[length]
+        n_text, n, slot = given.sizes[0], given.sizes[1], given.sizes[2:3]
+        index = torch.arange(length, device=given.phones.device)
+        text = m.ar_text_position(m.ar_text_embedding(given.phones[None]) + m.bert_proj(given.bert.transpose(0, 1)[None]))
+        audio = m.ar_audio_position(m.ar_audio_embedding(given.prompt[None]))
+        xy = torch.where((index < n_text)[:, None], text[0], audio[0, (index - n_text).clamp(min=0)])[None]
+        columns, rows = index[None], index[:, None]
+        visible = ((columns < n_text) | ((columns >= n_text) & (columns <= rows) & (rows >= n_text))) & (columns < n)
+        k = pool.k.new_zeros(pool.k.shape[0], 1, pool.k.shape[2], length, pool.k.shape[4])
+        v = torch.zeros_like(k)
+        out = stack(self.layers, self.heads, xy, k, v, index, visible[None, None])
+        pool.k[:, slot, :, :length], pool.v[:, slot, :, :length] = k, v
+        pool.logits[slot] = m.ar_predict_layer(out[0].index_select(0, n - 1))
+
+    def _step(self, bucket: int, nucleus: bool) -> None:
         """One token for every row of `order[:bucket]`: sample from its logits, record, embed, run the layers."""
         pool, s = self.pool, self.pool.order[:bucket]
         step = pool.step[s]
         q = counter_exponential(pool.seed[s], step, pool.logits.shape[1])
         token, stop = sample_rows(pool.logits[s], pool.seen[s], q, step, pool.top_k[s], pool.top_p[s],
-                                  pool.temperature[s], pool.penalty[s], self.eos)
+                                  pool.temperature[s], pool.penalty[s], self.eos, nucleus)
         stop = stop | (step + 1 >= pool.max_steps[s])
         first = stop & ~pool.done[s]
         pool.stop_at[s] = torch.where(first, step, pool.stop_at[s])
