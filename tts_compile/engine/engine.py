@@ -46,7 +46,7 @@ class Engine:
         config = (config or EngineConfig()).replace(**options) if options else (config or EngineConfig())
         self.config, self.version, self._render = config, version, render
         param = next(t2s_model.parameters())
-        self.device = param.device
+        self.device, self.dtype = param.device, param.dtype
         rows = min(config.max_rows, max(1, int(config.kv_budget_gib * 2**30 // slot_bytes(
             t2s_model, config.kv_capacity, param.dtype))))
         execution = Execution.of("cudagraphs" if config.compile_mode != "eager" else "eager", self.device)
@@ -75,6 +75,8 @@ class Engine:
         """Queue a request; its `Handle` gives the audio. Raises `QueueFull` when `queue_size` requests are held,
         `EngineClosed` after `close()`, and `InputError` (a ValueError) for a bad request, naming what is wrong."""
         request = new_request(voice, tuple(segments), params or Params())
+        if voice.prompt_bert.device != self.device or voice.prompt_bert.dtype != self.dtype:
+            request.voice = voice.to(self.device, self.dtype)
         handle = Handle(request)
         with self._cv:
             if self._closing:
@@ -178,7 +180,7 @@ class Engine:
         try:
             device = self.device
             phones = torch.cat([voice.prompt_phones, segment.phones]).to(device)
-            bert = torch.cat([voice.prompt_bert, segment.bert], 1).to(device, self.t2s.pool.logits.dtype)
+            bert = torch.cat([voice.prompt_bert, segment.bert.to(device, self.dtype)], 1)
             slot = self.t2s.prefill(phones, bert, voice.prompt_tokens.to(device), request.params,
                                     row_seed(request.seed, index))
         except Exception as exc:  # noqa: BLE001 - this request's inputs or this request's prefill
@@ -244,7 +246,7 @@ class Engine:
         """An engine over GPT-SoVITS models of `version`: T2S decoded by the engine, the audio rendered by `vits`
         (and `vocoder`, v3/v4), optimized as `optimize_pipeline` optimizes them."""
         from ..gpt_sovits import optimize_cfm, optimize_sovits
-        from ..vocoder import optimize_vocoder
+        from ..vocoder import OptimizedVocoder, optimize_vocoder
 
         config = (config or EngineConfig()).replace(**options) if options else (config or EngineConfig())
         shape = version_of(version)
@@ -254,7 +256,8 @@ class Engine:
             return cls(t2s_model, lambda request, tokens: render_decode(vits, request, tokens), shape, config)
         if config.cfm:
             optimize_cfm(vits.cfm, config)
-        vocoder = optimize_vocoder(vocoder, config=config)
+        if not isinstance(vocoder, OptimizedVocoder):
+            vocoder = optimize_vocoder(vocoder, config=config)
         return cls(t2s_model, lambda request, tokens: render_cfm(vits, vocoder, shape, request, tokens), shape,
                    config)
 

@@ -55,6 +55,15 @@ class Voice:
     sv_emb: tuple[torch.Tensor, ...] | None = None
     mel: torch.Tensor | None = None
 
+    def to(self, device: torch.device, dtype: torch.dtype) -> "Voice":
+        """The voice on `device`, its features in `dtype` (token and phone ids stay integers)."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, dtype) if t.is_floating_point() else t.to(device)
+
+        return Voice(move(self.prompt_tokens), move(self.prompt_phones), move(self.prompt_bert),
+                     tuple(map(move, self.refer)), None if self.sv_emb is None else tuple(map(move, self.sv_emb)),
+                     None if self.mel is None else move(self.mel))
+
 
 _RANGES = {  # name: (type, lowest, highest, lowest excluded)
     "top_k": (int, 1, None, False), "top_p": (float, 0.0, 1.0, True), "temperature": (float, 0.0, None, False),

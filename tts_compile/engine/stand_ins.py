@@ -22,20 +22,23 @@ MELS = 32  # the tiny vocoders' mel bins, and the stand-in CFM's
 PUNCTUATION = "。，、；：？！.,;:?!\n"
 
 
-def models(version: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module | None]:
-    """(T2S, synthesizer, vocoder or None) of `version`'s shapes, float32 on the CPU."""
+def models(version: str, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+           ) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module | None]:
+    """(T2S, synthesizer, vocoder or None) of `version`'s shapes, on `device` in `dtype`."""
     shape = version_of(version)
     t2s = build_t2s(seed=seed)
     vits = build_vits(VITSConfig(version=version, features=24), seed=seed + 1)
-    if shape.renderer == "decode":
-        return t2s, vits, None
-    vits.cfm = build_flow_matching(DiTConfig(mel_dim=MELS, text_dim=24), seed=seed + 2)
-    return t2s, vits, build_model("bigvgan-tiny" if version == "v3" else "hifigan-tiny", seed=seed + 3)
+    vocoder = None
+    if shape.renderer == "cfm":
+        vits.cfm = build_flow_matching(DiTConfig(mel_dim=MELS, text_dim=24), seed=seed + 2)
+        vocoder = build_model("bigvgan-tiny" if version == "v3" else "hifigan-tiny", seed=seed + 3)
+    return tuple(m if m is None else m.to(device, dtype) for m in (t2s, vits, vocoder))
 
 
-def engine(version: str = "v2ProPlus", seed: int = 0, config: EngineConfig | None = None, **options) -> Engine:
-    """An engine over the stand-ins of `version`."""
-    return Engine.from_models(version, *models(version, seed), config, **options)
+def engine(version: str = "v2ProPlus", seed: int = 0, config: EngineConfig | None = None,
+           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **options) -> Engine:
+    """An engine over the stand-ins of `version`, on `device` in `dtype`."""
+    return Engine.from_models(version, *models(version, seed, device, dtype), config, **options)
 
 
 def voice(version: str, seed: int = 0) -> Voice:

@@ -1,0 +1,200 @@
+"""Serving many callers: upstream and `optimize_pipeline` serialized as api_v2 runs them, and the engine, one process.
+
+The same upstream modules (random weights, fp16), voice and request mix (the client's short / medium / long texts,
+round robin; token counts fixed as in `pipeline.py`, each segment of a request capped at the request's mean so that
+every path decodes the same tokens). Serialized servers run requests one at a time on one worker thread (api_v2's
+one event loop); the engine batches them. Loads: closed-loop callers (each submits, waits, submits again) and
+open-loop Poisson arrivals, each for `--seconds`, after warm-up requests. Per point: requests/s, seconds of audio
+per second, p50 / p95 / p99 latency (submission to audio on the host), and per text p50 / p95.
+
+Usage (repo root, GPU): GPT_SOVITS_HOME=upstream python benchmarks/serving.py --version v2ProPlus --json serving.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import random
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Callable
+
+import torch
+from common import setup, write
+from pipeline import PROMPT_PHONES, Pipeline, build, make_request
+
+from tts_compile.engine import Engine, EngineConfig, Params, Segment, Voice
+from tts_compile.gpt_sovits import VERSIONS, optimize_pipeline
+from tts_compile.tools.client import TEXTS
+
+log = logging.getLogger("benchmarks.serving")
+Submit = Callable[[str], Future]  # text label -> a future of the audio (samples)
+
+
+class Serialized:
+    """A server that runs one request at a time on one worker thread, as api_v2 does."""
+
+    def __init__(self, pipeline: Pipeline, requests: dict) -> None:
+        self.pipeline, self.requests = pipeline, requests
+        self.jobs: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, daemon=True).start()
+
+    def submit(self, label: str) -> Future:
+        future: Future = Future()
+        self.jobs.put((label, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            label, future = self.jobs.get()
+            try:
+                future.set_result(self.pipeline(self.requests[label], {}).shape[-1])
+            except Exception as exc:  # noqa: BLE001 - counted as a failure by the load
+                future.set_exception(exc)
+
+
+def engine_submit(engine: Engine, voice: Voice, segments: dict, caps: dict) -> Submit:
+    def submit(label: str) -> Future:
+        future: Future = Future()
+        handle = engine.submit(voice, segments[label], Params(max_tokens=caps[label]))
+
+        def wait() -> None:
+            try:
+                future.set_result(handle.result()[0].shape[-1])
+            except Exception as exc:  # noqa: BLE001 - counted as a failure by the load
+                future.set_exception(exc)
+
+        threading.Thread(target=wait, daemon=True).start()
+        return future
+    return submit
+
+
+def closed_loop(submit: Submit, labels: list[str], callers: int, seconds: float) -> list[dict]:
+    """`callers` threads, each submitting the next text as soon as its last one returns, for `seconds`."""
+    records, lock, stop = [], threading.Lock(), time.perf_counter() + seconds
+
+    def caller(index: int) -> None:
+        i = index
+        while time.perf_counter() < stop:
+            label = labels[i % len(labels)]
+            i += callers
+            records_one(submit, label, records, lock)
+
+    threads = [threading.Thread(target=caller, args=(c,)) for c in range(callers)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return records
+
+
+def open_loop(submit: Submit, labels: list[str], rate: float, seconds: float) -> list[dict]:
+    """Poisson arrivals at `rate` per second for `seconds`, texts round robin; waits for every request."""
+    records, lock, threads = [], threading.Lock(), []
+    gen, start, i = random.Random(0), time.perf_counter(), 0
+    while (now := time.perf_counter()) - start < seconds:
+        threads.append(threading.Thread(target=records_one, args=(submit, labels[i % len(labels)], records, lock)))
+        threads[-1].start()
+        i += 1
+        time.sleep(max(0.0, gen.expovariate(rate) - (time.perf_counter() - now)))
+    [t.join() for t in threads]
+    return records
+
+
+def records_one(submit: Submit, label: str, records: list, lock: threading.Lock) -> None:
+    started = time.perf_counter()
+    try:
+        samples, error = submit(label).result(), None
+    except Exception as exc:  # noqa: BLE001
+        samples, error = 0, f"{type(exc).__name__}: {exc}"
+    with lock:
+        records.append({"text": label, "start": started, "end": time.perf_counter(), "samples": samples,
+                        "error": error})
+
+
+def summarize(records: list[dict], rate: int) -> dict:
+    ok = [r for r in records if r["error"] is None]
+    wall = max(r["end"] for r in records) - min(r["start"] for r in records) if records else 0.0
+    latency = sorted(r["end"] - r["start"] for r in ok)
+
+    def pct(values: list[float], q: float) -> float | None:
+        return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+    per_text = {t: sorted(r["end"] - r["start"] for r in ok if r["text"] == t) for t in {r["text"] for r in ok}}
+    return {"requests": len(records), "failures": len(records) - len(ok), "wall_s": wall,
+            "req_s": len(ok) / wall if wall else 0.0, "audio_s_per_s": sum(r["samples"] for r in ok) / rate / wall
+            if wall else 0.0, "p50": pct(latency, 0.5), "p95": pct(latency, 0.95), "p99": pct(latency, 0.99),
+            "per_text": {t: {"p50": pct(v, 0.5), "p95": pct(v, 0.95), "n": len(v)} for t, v in per_text.items()},
+            "errors": sorted({r["error"] for r in records if r["error"]})[:5]}
+
+
+def measure(name: str, submit: Submit, labels: list[str], loads: list[tuple[str, float]], seconds: float,
+            rate: int) -> dict:
+    for label in labels:  # warm-up: every text once, alone
+        submit(label).result()
+    points = {}
+    for kind, value in loads:
+        records = (closed_loop(submit, labels, int(value), seconds) if kind == "callers"
+                   else open_loop(submit, labels, value, seconds))
+        points[f"{kind}={value:g}"] = summary = summarize(records, rate)
+        log.info("%-18s %-13s %6.2f req/s %7.2f audio-s/s  p50 %6.3f  p95 %6.3f  p99 %6.3f s  failures %d", name,
+                 f"{kind}={value:g}", summary["req_s"], summary["audio_s_per_s"], summary["p50"] or 0,
+                 summary["p95"] or 0, summary["p99"] or 0, summary["failures"])
+    return points
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", default="v2ProPlus", choices=sorted(VERSIONS))
+    parser.add_argument("--callers", default="1,4,16,64", help="closed-loop caller counts for the engine")
+    parser.add_argument("--rates", default="5,15,30", help="Poisson arrival rates (req/s) for the engine")
+    parser.add_argument("--serialized-callers", default="1,16", help="closed-loop caller counts, serialized paths")
+    parser.add_argument("--upstream-callers", default="1", help="closed-loop caller counts for upstream as is")
+    parser.add_argument("--seconds", type=float, default=15.0, help="duration of each load point")
+    parser.add_argument("--max-rows", type=int, default=64)
+    parser.add_argument("--kv-budget-gib", type=float, default=8.0)
+    parser.add_argument("--json", default="serving.json")
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script")
+    args = parser.parse_args()
+    root, device, dtype = setup(args.smoke)
+    shape = VERSIONS[args.version]
+    tts = build(root, args.version, device, dtype, args.smoke)
+    driver = Pipeline(tts, device, dtype, 2 if args.smoke else 32)
+    requests = {label: make_request(text, device, dtype, seed=i) for i, (label, text) in enumerate(TEXTS.items())}
+    caps = {label: max(2, round(sum(s.tokens for s in r) / len(r))) for label, r in requests.items()}
+    requests = {label: [replace(s, tokens=caps[label]) for s in r] for label, r in requests.items()}
+    labels = list(requests)
+    gen = torch.Generator().manual_seed(9)
+    voice = Voice(prompt_tokens=driver.prompt[0], prompt_phones=driver.prompt_phones[0],
+                  prompt_bert=(0.1 * torch.randn(1024, PROMPT_PHONES, generator=gen)).to(device, dtype),
+                  refer=(driver.refer,), sv_emb=(driver.sv_emb,) if "Pro" in args.version else None,
+                  mel=driver.mel2 if shape.renderer == "cfm" else None)
+    segments = {label: [Segment(s.phones[0, PROMPT_PHONES:], s.bert[0, :, PROMPT_PHONES:]) for s in r]
+                for label, r in requests.items()}
+    numbers = lambda text: [float(v) for v in text.split(",") if v]  # noqa: E731
+    results = {}
+    with torch.inference_mode():
+        results["upstream"] = measure("upstream", Serialized(driver, requests).submit, labels,
+                                      [("callers", c) for c in numbers(args.upstream_callers)], args.seconds,
+                                      shape.sample_rate)
+        optimize_pipeline(tts, compile_mode="eager" if args.smoke else "reduce-overhead")
+        results["optimize_pipeline"] = measure("optimize_pipeline", Serialized(driver, requests).submit, labels,
+                                               [("callers", c) for c in numbers(args.serialized_callers)],
+                                               args.seconds, shape.sample_rate)
+        started = time.perf_counter()
+        config = EngineConfig(compile_mode="eager" if args.smoke else "cudagraphs", max_rows=args.max_rows,
+                              kv_budget_gib=args.kv_budget_gib, progress=False)
+        engine = Engine.from_models(args.version, tts.t2s_model.model, tts.vits_model, tts.vocoder, config)
+        ready = time.perf_counter() - started
+        log.info("engine ready in %.1f s: %s", ready, engine.stats())
+        loads = [("callers", c) for c in numbers(args.callers)] + [("rate", r) for r in numbers(args.rates)]
+        results["engine"] = measure("engine", engine_submit(engine, voice, segments, caps), labels, loads,
+                                    args.seconds, shape.sample_rate)
+        results["engine_stats"] = {**engine.stats(), "ready_s": ready}
+        engine.close()
+    write(args.json, {"version": args.version, "caps": caps, "args": vars(args), "results": results}, device)
+
+
+if __name__ == "__main__":
+    main()
