@@ -208,7 +208,7 @@ class BatchedT2S:
         pool.stop_at[s] = torch.where(first, step, pool.stop_at[s])
         pool.done[s] = pool.done[s] | stop
         pool.tokens[s, step.clamp(max=MAX_STEPS - 1)] = token
-        pool.seen[s, token] = True
+        pool.seen.index_put_((s, token), torch.ones_like(stop))  # a device value: capturable
         emb = pool.embedding
         audio_position = (pool.prompt[s] + step).clamp(max=emb.pe.shape[1] - 1)
         x = F.embedding(token, emb.weight) * emb.x_scale + emb.alpha * emb.pe[0, audio_position]
