@@ -178,10 +178,13 @@ def main() -> None:
         results["upstream"] = measure("upstream", Serialized(driver, requests).submit, labels,
                                       [("callers", c) for c in numbers(args.upstream_callers)], args.seconds,
                                       shape.sample_rate)
-        optimize_pipeline(tts, compile_mode="eager" if args.smoke else "reduce-overhead")
+        handle = optimize_pipeline(tts, compile_mode="eager" if args.smoke else "reduce-overhead")
         results["optimize_pipeline"] = measure("optimize_pipeline", Serialized(driver, requests).submit, labels,
                                                [("callers", c) for c in numbers(args.serialized_callers)],
                                                args.seconds, shape.sample_rate)
+        results["stages"] = handle.stats()  # counters, verification's cost (verifications, verify_ms) among them
+        log.info("stages: %s", {name: {k: v for k, v in stats.items() if k.startswith("verif") or k == "rejected"}
+                                for name, stats in results["stages"].items()})
         started = time.perf_counter()
         config = EngineConfig(compile_mode="eager" if args.smoke else "cudagraphs", max_rows=args.max_rows,
                               kv_budget_gib=args.kv_budget_gib, progress=False)
