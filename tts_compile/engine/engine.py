@@ -222,21 +222,25 @@ class Engine:
                                    type(exc).__name__, exc)
                     self._finish(request, error=exc)
                     continue
-                self.counters["renders"] += 1
+                with self._cv:
+                    self.counters["renders"] += 1
                 self._finish(request, result=(audio, self.version.sample_rate))
 
     def _finish(self, request: Request, result: tuple[torch.Tensor, int] | None = None,
                 error: BaseException | None = None) -> None:
+        """Settle `request`'s handle (once) with its result or error, and count it."""
+        if error is None:
+            status, counter = Status.DONE, "finished"
+        elif isinstance(error, Cancelled):
+            status, counter = Status.CANCELLED, "cancelled"
+        else:
+            status, counter = Status.FAILED, "failed"
         with self._cv:
             handle = self._handles.pop(request.id, None)
-        if handle is None:
-            return
-        if error is None:
-            request.status, counter = Status.DONE, "finished"
-        else:
-            cancelled = isinstance(error, Cancelled)
-            request.status, counter = (Status.CANCELLED, "cancelled") if cancelled else (Status.FAILED, "failed")
-        self.counters[counter] += 1
+            if handle is None:
+                return
+            request.status = status
+            self.counters[counter] += 1
         handle.finish(result, error)
 
     # ------------------------------------------------------------------------------------------------ builders
