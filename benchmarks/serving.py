@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--serialized-callers", default="1,16", help="closed-loop caller counts, serialized paths")
     parser.add_argument("--upstream-callers", default="1", help="closed-loop caller counts for upstream as is")
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each load point")
+    parser.add_argument("--paths", default="upstream,optimize_pipeline,engine", help="which servers to measure")
     parser.add_argument("--max-rows", type=int, default=64)
     parser.add_argument("--kv-budget-gib", type=float, default=8.0)
     parser.add_argument("--json", default="serving.json")
@@ -174,17 +175,20 @@ def main() -> None:
                 for label, r in requests.items()}
     numbers = lambda text: [float(v) for v in text.split(",") if v]  # noqa: E731
     results = {}
+    paths = args.paths.split(",")
     with torch.inference_mode():
-        results["upstream"] = measure("upstream", Serialized(driver, requests).submit, labels,
-                                      [("callers", c) for c in numbers(args.upstream_callers)], args.seconds,
-                                      shape.sample_rate)
+        if "upstream" in paths:
+            results["upstream"] = measure("upstream", Serialized(driver, requests).submit, labels,
+                                          [("callers", c) for c in numbers(args.upstream_callers)], args.seconds,
+                                          shape.sample_rate)
         handle = optimize_pipeline(tts, compile_mode="eager" if args.smoke else "reduce-overhead")
-        results["optimize_pipeline"] = measure("optimize_pipeline", Serialized(driver, requests).submit, labels,
-                                               [("callers", c) for c in numbers(args.serialized_callers)],
-                                               args.seconds, shape.sample_rate)
-        results["stages"] = handle.stats()  # counters, verification's cost (verifications, verify_ms) among them
-        log.info("stages: %s", {name: {k: v for k, v in stats.items() if k.startswith("verif") or k == "rejected"}
-                                for name, stats in results["stages"].items()})
+        if "optimize_pipeline" in paths:
+            results["optimize_pipeline"] = measure("optimize_pipeline", Serialized(driver, requests).submit, labels,
+                                                   [("callers", c) for c in numbers(args.serialized_callers)],
+                                                   args.seconds, shape.sample_rate)
+            results["stages"] = handle.stats()  # counters, verification's cost (verifications, verify_ms) among them
+            log.info("stages: %s", {name: {k: v for k, v in stats.items() if k.startswith("verif") or
+                                           k == "rejected"} for name, stats in results["stages"].items()})
         started = time.perf_counter()
         config = EngineConfig(compile_mode="eager" if args.smoke else "cudagraphs", max_rows=args.max_rows,
                               kv_budget_gib=args.kv_budget_gib, progress=False)

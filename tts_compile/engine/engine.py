@@ -178,11 +178,9 @@ class Engine:
         """Prefill segment `index` of `request` into a free row; a failure fails the request alone."""
         voice, segment = request.voice, request.segments[index]
         try:
-            device = self.device
-            phones = torch.cat([voice.prompt_phones, segment.phones]).to(device)
-            bert = torch.cat([voice.prompt_bert, segment.bert.to(device, self.dtype)], 1)
-            slot = self.t2s.prefill(phones, bert, voice.prompt_tokens.to(device), request.params,
-                                    row_seed(request.seed, index))
+            phones = torch.cat([voice.prompt_phones, self._on_device(segment.phones)])
+            bert = torch.cat([voice.prompt_bert, self._on_device(segment.bert).to(self.dtype)], 1)
+            slot = self.t2s.prefill(phones, bert, voice.prompt_tokens, request.params, row_seed(request.seed, index))
         except Exception as exc:  # noqa: BLE001 - this request's inputs or this request's prefill
             logger.warning("engine: request %d failed at its segment %d's prefill: %s", request.id, index, exc)
             self._drop(request, exc)
@@ -195,6 +193,13 @@ class Engine:
             with self._cv:
                 self._queued.remove(request)
         return True
+
+    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the engine's device, copied without waiting for the GPU's queued work (pinned host memory)."""
+        if tensor.device == self.device:
+            return tensor
+        pinned = tensor.pin_memory() if self.device.type == "cuda" else tensor
+        return pinned.to(self.device, non_blocking=True)
 
     def _drop(self, request: Request, error: BaseException) -> None:
         """Take `request` out of the queue and the batch (its rows freed) and fail its handle with `error`."""

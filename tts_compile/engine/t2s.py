@@ -87,7 +87,15 @@ class PrefillInput:
         self.phones[: len(phones)] = phones
         self.bert[:, : len(phones)] = bert
         self.prompt[: len(prompt)] = prompt
-        self.sizes.copy_(torch.tensor([len(phones), len(phones) + len(prompt), slot]))
+        self.sizes.copy_(to_device([len(phones), len(phones) + len(prompt), slot], self.sizes.device),
+                         non_blocking=True)
+
+
+def to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """Host integers for an asynchronous copy to `device`: pinned memory on CUDA, so the copy does not wait for
+    the work queued before it (the loop thread keeps queueing while the GPU runs)."""
+    host = torch.tensor(values, dtype=torch.long)
+    return host.pin_memory() if device.type == "cuda" else host
 
 
 class BatchedT2S:
@@ -128,7 +136,7 @@ class BatchedT2S:
         for name, value in values.items():
             getattr(pool, name)[slot] = value
         pool.seen[slot] = False
-        pool.seen[slot, prompt] = True
+        pool.seen[slot].index_fill_(0, prompt, True)
         return slot
 
     def release(self, slot: int) -> None:
@@ -138,7 +146,7 @@ class BatchedT2S:
         """The running rows of the next steps, in this order, padded to their rows bucket with the scratch slot."""
         self.bucket = self.buckets.fit(len(slots))
         order = slots + [self.pool.scratch] * (self.bucket - len(slots))
-        self.pool.order[: self.bucket].copy_(torch.tensor(order, device=self.pool.order.device))
+        self.pool.order[: self.bucket].copy_(to_device(order, self.pool.order.device), non_blocking=True)
 
     def steps(self, count: int, nucleus: bool) -> None:
         """`count` decode steps of the arranged rows (`nucleus`: with the top-p pass)."""
@@ -175,9 +183,13 @@ class BatchedT2S:
     def stopped(self, slots: list[int]) -> dict[int, list[int]]:
         """The rows of `slots` that stopped: their tokens before the stop (one host sync)."""
         pool = self.pool
-        index = torch.tensor(slots, device=pool.done.device)
-        done, stop_at = (t.cpu().tolist() for t in (pool.done[index], pool.stop_at[index]))
-        return {slot: pool.tokens[slot, :at].cpu().tolist() for slot, flag, at in zip(slots, done, stop_at) if flag}
+        index = to_device(slots, pool.done.device).to(pool.done.device, non_blocking=True)
+        flags = torch.stack([pool.done[index].long(), pool.stop_at[index]]).cpu().tolist()
+        finished = [(slot, at) for slot, flag, at in zip(slots, *flags) if flag]
+        if not finished:
+            return {}
+        rows = pool.tokens[torch.tensor([slot for slot, _ in finished]), : max(at for _, at in finished)].cpu()
+        return {slot: rows[i, :at].tolist() for i, (slot, at) in enumerate(finished)}
 
     def _prefill(self, length: int) -> None:
         """The prefix in `inputs[length]` through the layers at `length` positions, its padding masked: K/V into its
