@@ -28,6 +28,14 @@ CHECKED = {"compile_mode": "eager", "verify": True}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture(autouse=True)
+def _float32_means_float32(monkeypatch):
+    """On CUDA float32 convolutions and matmuls may run in TF32 (a 10-bit mantissa): the fp32 checks would measure
+    that, not the optimization."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
 def _scale(factor: float):
     """A forward hook scaling a module's output (the first item of a tuple output)."""
     def hook(module, inputs, output):
