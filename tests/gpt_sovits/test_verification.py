@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tts_compile.core.buckets import Ladder
+from tts_compile.core.verify import without_tf32
 from tts_compile.gpt_sovits import optimize_cfm, optimize_sovits, optimize_t2s
 from tts_compile.gpt_sovits import sovits as sovits_module
 from tts_compile.gpt_sovits import t2s as t2s_module
@@ -29,11 +30,11 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True)
-def _float32_means_float32(monkeypatch):
+def _float32_means_float32():
     """On CUDA float32 convolutions and matmuls may run in TF32 (a 10-bit mantissa): the fp32 checks would measure
     that, not the optimization."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    with without_tf32():
+        yield
 
 
 def _scale(factor: float):
