@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tts_compile.core.guard import InputError
-from tts_compile.engine import Cancelled, EngineClosed, Params, QueueFull, Segment, stand_ins
+from tts_compile.engine import Cancelled, Engine, EngineClosed, Params, QueueFull, Segment, stand_ins
 from tts_compile.engine.request import Status
 
 EAGER = {"compile_mode": "eager", "max_rows": 8}
@@ -214,3 +214,14 @@ def test_batch_invariance_natively_on_cuda(dtype) -> None:
         [h.result(120) for h in others]
         assert amid.request.tokens == alone.request.tokens and torch.equal(amid_audio, alone_audio)
         assert engine.stats()["captures"] > 0
+
+
+def test_a_decode_unlike_the_models_own_stops_the_engine_before_it_serves() -> None:
+    """The engine's rows are checked against the T2S model's own decode at start-up: a layer the step does not
+    compute as the model does (a forward hook here) is found before any request."""
+    from tts_compile.core.verify import VerificationError
+
+    t2s, vits, vocoder = stand_ins.models("v2")
+    t2s.h.layers[0].register_forward_hook(lambda module, inputs, output: output * 1.1)
+    with pytest.raises(VerificationError, match="logits at step 0"):
+        Engine.from_models("v2", t2s, vits, vocoder, **EAGER)

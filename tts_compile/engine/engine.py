@@ -118,12 +118,16 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------------ the loop
     def _warm_up(self) -> None:
-        """Capture every T2S step and prefill graph (on CUDA), largest first."""
-        if not self.t2s.runner.graphs:
-            return
+        """Capture every T2S step and prefill graph (on CUDA), largest first; then verify the decode against the
+        model's own (`config.verify`): a mismatch stops the engine here, before it serves anything."""
         with torch.inference_mode():
-            captured = self.t2s.capture()
-        logger.info("engine: %d T2S graphs captured (%s ... %s)", len(captured), captured[0], captured[-1])
+            if self.t2s.runner.graphs:
+                captured = self.t2s.capture()
+                logger.info("engine: %d T2S graphs captured (%s ... %s)", len(captured), captured[0], captured[-1])
+            if self.config.verify:
+                model = self.t2s.model
+                steps = self.t2s.probe(type(model).infer_panel_naive.__get__(model))
+                logger.info("engine: T2S rows verified against the model's own logits over %d steps", steps)
 
     def _loop(self) -> None:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None

@@ -19,6 +19,7 @@ same alone or amid any others; tested bit for bit on the CPU in float32.
 from __future__ import annotations
 
 import logging
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from ..core.buckets import Ladder
 from ..core.runner import Runner
 from ..gpt_sovits.kernels.t2s_decode import decode_step_reference, flatten, stack, t2s_decode_step
 from ..gpt_sovits.kernels.t2s_sample import Embedding
-from ..gpt_sovits.t2s import MAX_STEPS, layer_weights
+from ..gpt_sovits.t2s import MAX_STEPS, PROBE, compare_logits, layer_weights
 from .request import Params
 from .sampling import counter_exponential, sample_rows
 
@@ -169,6 +170,33 @@ class BatchedT2S:
             self.runner.capture(("prefill", length), lambda: self._prefill(length), lambda: None)
             done.append(f"prefill of {length}")
         return done
+
+    def probe(self, upstream: Callable[..., Iterator]) -> int:
+        """Verification: a greedy decode of a random request by `upstream` (the model class's own
+        `infer_panel_naive`, its logits read from `ar_predict_layer`) and by one engine row; raises
+        `VerificationError` at the first step whose logits differ past the tolerance. Returns the steps compared."""
+        model, device = self.model, self.pool.logits.device
+        gen = torch.Generator().manual_seed(0)
+        n, q, steps = PROBE["phones"], PROBE["prompt"], PROBE["steps"]
+        phones = torch.randint(0, model.ar_text_embedding.word_embeddings.num_embeddings, (n,), generator=gen)
+        bert = 0.1 * torch.randn(1024, n, generator=gen)
+        prompt = torch.randint(0, model.EOS, (q,), generator=gen)
+        phones, bert, prompt = phones.to(device), bert.to(device, self.pool.logits.dtype), prompt.to(device)
+        slot = self.prefill(phones, bert, prompt, Params(top_k=1, repetition_penalty=1.0, max_tokens=steps), 0)
+        self.arrange([slot])
+        ours, theirs = [], []
+        for _ in range(steps):
+            ours.append(self.pool.logits[slot: slot + 1].clone())
+            self.steps(1, nucleus=False)
+        self.release(slot)
+        hook = model.ar_predict_layer.register_forward_hook(lambda m, i, out: theirs.append(out.detach().clone()))
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                list(upstream(phones[None], None, prompt[None], bert[None], top_k=1, top_p=1.0, temperature=1.0,
+                              repetition_penalty=1.0, early_stop_num=steps - 1))
+        finally:
+            hook.remove()
+        return compare_logits(ours, theirs, 1, device)
 
     def _run(self, key: tuple, run) -> None:
         """`run()` as the graph of `key` where the runner captures (a missing graph is captured first), else

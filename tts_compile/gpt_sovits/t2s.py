@@ -289,7 +289,7 @@ class T2SAccelerator(Stage):
                                                f"{type(exc).__name__}: {exc}") from exc
             finally:
                 hook.remove()
-        return _compare_logits(ours, theirs, rows, device)
+        return compare_logits(ours, theirs, rows, device)
 
     def _decode(self, x, prompts, bert, width: int, sampling: Sampling, early_stop_num: int,
                 record: list[torch.Tensor] | None = None) -> list[tuple[torch.Tensor, int, bool]]:
@@ -427,7 +427,7 @@ class T2SAccelerator(Stage):
             _noise(state, _vocab(state, step), alive)
 
 
-def _compare_logits(ours: list[torch.Tensor], theirs: list[torch.Tensor], rows: int, device: torch.device) -> int:
+def compare_logits(ours: list[torch.Tensor], theirs: list[torch.Tensor], rows: int, device: torch.device) -> int:
     """Step by step while every row decodes: the logits within `core.verify`'s tolerance, until the greedy tokens
     part (a near-tie: the logits agreed). Returns the steps compared."""
     compared = 0
