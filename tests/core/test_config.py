@@ -100,3 +100,27 @@ def test_replace_validates() -> None:
     assert OptimizeConfig().replace(chunk_size=7).chunk_size == 7
     with pytest.raises(ConfigError):
         OptimizeConfig().replace(chunk_size=-7)
+
+
+def test_a_misspelled_section_or_seed_key_warns_with_the_closest_name(tmp_path, caplog) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("tts_compil:\n  max_batch: 2\nuse_vocoder_optimisation: false\n")
+    with caplog.at_level(logging.WARNING, logger="tts_compile"):
+        config = load_config(path)
+    assert config == OptimizeConfig()  # neither key is ours: both ignored, both named
+    assert "'tts_compil'" in caplog.text and "did you mean 'tts_compile'" in caplog.text
+    assert "did you mean 'use_vocoder_optimization'" in caplog.text
+
+
+def test_a_misspelled_option_names_the_closest_one(tmp_path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("tts_compile:\n  max_bacth: 2\n")
+    with pytest.raises(ConfigError, match="'max_bacth': did you mean 'max_batch'"):
+        load_config(path)
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("tts_compile:\n  max_batch: 2\n    chunk_size: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:3:\d+: not valid YAML"):
+        load_config(path)
