@@ -124,3 +124,12 @@ def test_yaml_syntax_errors_name_the_file_and_line(tmp_path) -> None:
     path.write_text("tts_compile:\n  max_batch: 2\n    chunk_size: [1, 2\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml:3:\d+: not valid YAML"):
         load_config(path)
+
+
+def test_a_keyword_option_of_another_config_class_is_rejected_not_ignored() -> None:
+    """The YAML section is shared by every config class, keyword options are not: `max_rows` (the engine's) given to
+    the vocoder's config names the valid keys instead of vanishing."""
+    with pytest.raises(ConfigError, match=r"unknown options key.*'max_rows'"):
+        OptimizeConfig().replace(max_rows=3)
+    with pytest.raises(ConfigError, match=r"unknown options key.*'t2s'"):
+        load_config(config_class=OptimizeConfig, t2s=False)

@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, Union
+from typing import Any, Iterable, Mapping, TypeVar, Union
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,9 @@ class OptimizeConfig:
                                   f"window length must be > 2 * context = {2 * self.context}")
 
     def replace(self: C, **changes: Any) -> C:
-        """A copy with `changes` applied (validated like the constructor, unknown names rejected)."""
+        """A copy with `changes` applied (validated like the constructor; names this class lacks rejected, even a
+        subclass's: a keyword option is never silently ignored)."""
+        _reject_unknown(changes, {f.name for f in fields(self)}, "options key")
         return from_mapping({**dataclasses.asdict(self), **changes}, type(self))
 
 
@@ -144,19 +146,24 @@ def from_mapping(values: Mapping[str, Any], config_class: type[C] = OptimizeConf
     """Build a `config_class` from a mapping, rejecting unknown keys with the closest valid ones. Keys that a
     subclass of `config_class` declares are left to it (the YAML section is shared)."""
     own = [f.name for f in fields(config_class)]
-    known = {f.name for cls in _family(config_class) for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    _reject_unknown(values, {f.name for cls in _family(config_class) for f in fields(cls)}, f"{source} key")
+    return config_class(**{k: v for k, v in values.items() if k in own})
+
+
+def _reject_unknown(names: Iterable[str], known: set[str], what: str) -> None:
+    """Raise ConfigError for names outside `known`, each with the closest valid one."""
+    unknown = sorted(set(names) - known)
     if unknown:
         hints = {k: difflib.get_close_matches(k, sorted(known), n=1) for k in unknown}
         hint = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in hints.items() if m)
-        raise ConfigError(f"unknown {source} key(s) {unknown}{' (' + hint + ')' if hint else ''}; valid keys are "
+        raise ConfigError(f"unknown {what}(s) {unknown}{' (' + hint + ')' if hint else ''}; valid keys are "
                           f"{sorted(known)}")
-    return config_class(**{k: v for k, v in values.items() if k in own})
 
 
 def load_config(path: str | os.PathLike | None = None, *, config_class: type[C] = OptimizeConfig,
                 **overrides: Any) -> C:
     """The config from a `tts_infer.yaml` (seed keys + `tts_compile:` section), then `overrides` on top."""
+    _reject_unknown(overrides, {f.name for f in fields(config_class)}, "options key")
     values: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
     return from_mapping({**values, **overrides}, config_class)
 

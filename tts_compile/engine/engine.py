@@ -43,7 +43,7 @@ class Engine:
 
     def __init__(self, t2s_model: nn.Module, render: Render, version: Version, config: EngineConfig | None = None,
                  **options: Any) -> None:
-        config = (config or EngineConfig()).replace(**options) if options else (config or EngineConfig())
+        config = (config or EngineConfig()).replace(**options)
         self.config, self.version, self._render = config, version, render
         param = next(t2s_model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -261,7 +261,7 @@ class Engine:
         from ..gpt_sovits import optimize_cfm, optimize_sovits
         from ..vocoder import OptimizedVocoder, optimize_vocoder
 
-        config = (config or EngineConfig()).replace(**options) if options else (config or EngineConfig())
+        config = (config or EngineConfig()).replace(**options)
         shape = version_of(version)
         if config.sovits:
             optimize_sovits(vits, config)

@@ -48,4 +48,4 @@ def pipeline_config(config: OptimizeConfig | None, options: dict[str, Any]) -> P
         return load_config(config_class=PipelineConfig, **options)
     if not isinstance(config, PipelineConfig):
         config = PipelineConfig(**dataclasses.asdict(config))
-    return config.replace(**options) if options else config
+    return config.replace(**options)

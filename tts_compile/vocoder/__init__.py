@@ -123,7 +123,7 @@ def optimize_vocoder(target: Any = None, *, config: OptimizeConfig | None = None
     captures with (e.g. `{"g": torch.zeros(1, 512, 1)}` for a VITS decoder). Works bare (`@optimize_vocoder`)
     and with options (`@optimize_vocoder(chunk_size=250)`).
     """
-    resolved = (config or OptimizeConfig()).replace(**options) if options else (config or OptimizeConfig())
+    resolved = (config or OptimizeConfig()).replace(**options)
     if target is None:
         return functools.partial(optimize_vocoder, config=resolved, example_kwargs=example_kwargs)
     if isinstance(target, type) and issubclass(target, nn.Module):
