@@ -2,5 +2,6 @@
 
 `config` (options, YAML), `buckets` (static shapes, ladders, the window planner), `receptive` (the measured
 receptive field), `runner` (compile and capture), `guard` (on/off, failure, fallback, counters), `verify`
-(tolerances and the comparison with the original module), `weights` (copies and fingerprints), `progress`.
+(tolerances and the comparison with the original module), `weights` (copies and fingerprints), `rng`
+(generator state kept as found), `progress`.
 """

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.buckets import Ladder
+from ..core.rng import own_rng
 from ..core.runner import Runner
 from ..gpt_sovits.kernels.t2s_decode import decode_step_reference, flatten, stack, t2s_decode_step
 from ..gpt_sovits.kernels.t2s_sample import Embedding
@@ -191,7 +192,7 @@ class BatchedT2S:
         self.release(slot)
         hook = model.ar_predict_layer.register_forward_hook(lambda m, i, out: theirs.append(out.detach().clone()))
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with own_rng(device):
                 list(upstream(phones[None], None, prompt[None], bert[None], top_k=1, top_p=1.0, temperature=1.0,
                               repetition_penalty=1.0, early_stop_num=steps - 1))
         finally:

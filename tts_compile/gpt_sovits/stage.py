@@ -32,7 +32,7 @@ from ..core.guard import Guard, Uncovered
 from ..core.runner import Execution, Runner
 from ..core.weights import storage_fingerprint
 from .config import PipelineConfig, pipeline_config
-from .rng import RngState
+from ..core.rng import RngState
 
 logger = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ from .config import PipelineConfig
 from .kernels.t2s_decode import flatten, stack, t2s_decode_step, visible_columns
 from .kernels.t2s_sample import Embedding, Sampling, sample
 from .models.t2s import load_t2s_checkpoint
-from .rng import RngState
+from ..core.rng import RngState, own_rng
 from .stage import Stage, attach, detach
 
 logger = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ class T2SAccelerator(Stage):
         greedy = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0,
                   "early_stop_num": steps - 1}
         ours, theirs = [], []
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with own_rng(device):
             self._decode(x, prompts, bert, n, Sampling(1, 1.0, 1.0, 1.0), steps - 1, record=ours)
             hook = model.ar_predict_layer.register_forward_hook(lambda m, i, out: theirs.append(out.detach().clone()))
             try:

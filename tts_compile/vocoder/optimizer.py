@@ -10,7 +10,6 @@ continues once without inductor.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from ..core.buckets import Bucket, Window, group, plan
 from ..core.config import OptimizeConfig
 from ..core.guard import Guard, InputError
 from ..core.progress import ProgressBar
+from ..core.rng import own_rng
 from ..core.runner import Execution, uses_inductor
 from ..core.weights import structural_copy
 from . import setup as setup_
@@ -103,7 +103,7 @@ class VocoderOptimizer:
                     self.guard.count("rebuilds")
                     logger.info("%s: weights changed (moved, cast or loaded in place): optimizing again", self.name)
                 self._setup = None
-                with _own_rng(mel.device):
+                with own_rng(mel.device):
                     setup = setup_.build(self.name, self._eager, self._module, self.config,
                                          Execution.of(self.mode, setup_.device_dtype(self._module, mel)[0]), mel,
                                          cond.first_item())
@@ -147,7 +147,7 @@ class VocoderOptimizer:
                         time.perf_counter() - started, (_reserved(setup.device) - memory) / 2**20, setup.device)
 
     def _capture(self, setup: Setup, cond: Conditioning, bucket: Bucket) -> None:
-        with self._lock, _own_rng(setup.device):
+        with self._lock, own_rng(setup.device):
             key = _key(cond, bucket)
             if setup.runner.has(key):
                 return
@@ -194,7 +194,7 @@ class VocoderOptimizer:
         """Compare with the eager module on a random mel that needs several windows, of uneven spacing, with the
         first item's conditioning."""
         frames = 2 * setup.buckets.lengths[-1] + setup.buckets.lengths[0] // 2 + 1
-        with _own_rng(setup.device):
+        with own_rng(setup.device):
             mel = torch.randn(1, setup.n_mels, frames, device=setup.device, dtype=setup.dtype)
         one = Conditioning(cond.signature, tuple(t[:1] for t in cond.tensors))
         args, kwargs = one.call_args([0])
@@ -310,12 +310,6 @@ def _key(cond: Conditioning, bucket: Bucket) -> Hashable:
 
 def _cast(values: Iterable[Any], dtype: torch.dtype) -> list[Any]:
     return [v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in values]
-
-
-def _own_rng(device: torch.device) -> contextlib.AbstractContextManager:
-    """Random draws of set-up (probes, capture examples, verification) leave the caller's generators where they
-    were: a seeded request draws the same numbers whether or not this call happened to set something up."""
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def _reserved(device: torch.device) -> int:

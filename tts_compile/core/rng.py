@@ -1,7 +1,10 @@
-"""`RngState`: a device's random-generator state, saved and restored, so an accelerator can undo draws that
-upstream would not have made (a failed optimized call, decode steps run past a stop) and seeded runs stay upstream's."""
+"""Random-generator state a stage must leave as it found it: a seeded request draws the same numbers whether or not
+the optimizer drew some of its own (a probe, a capture example, verification) or undid some (a failed optimized
+call, decode steps run past a stop)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -18,3 +21,8 @@ class RngState:
             torch.cuda.set_rng_state(self.state, self.device)
         else:
             torch.set_rng_state(self.state)
+
+
+def own_rng(device: torch.device) -> contextlib.AbstractContextManager:
+    """Draws inside leave the CPU's and `device`'s default generators where they were."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
