@@ -22,7 +22,8 @@ TEXTS = ["你好，欢迎使用。", "今天天气很好！我们去公园吧。
 
 @pytest.fixture(scope="module", params=["v2ProPlus", "v4"])
 def engine(request):
-    with stand_ins.engine(request.param, **EAGER) as engine:
+    """Two render workers: requests render at the same time, and each one's noise must still be its own."""
+    with stand_ins.engine(request.param, **EAGER, render_workers=2) as engine:
         engine.voice_ = stand_ins.voice(request.param)
         yield engine
 

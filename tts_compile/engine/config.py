@@ -28,7 +28,9 @@ class EngineConfig(PipelineConfig):
         "bounded whatever the load (about 40 rows of 2048 positions in 4 GiB for the full-size model)."))
     render_workers: int = field(default=1, metadata=doc(
         "Threads that turn finished requests' tokens into audio (SoVITS decode, or CFM and vocoder), each on its "
-        "own CUDA stream beside the T2S loop's (>= 1)."))
+        "own CUDA stream beside the T2S loop's (>= 1). The upstream modules run one request at a time (they draw "
+        "from the process's shared random generators: each request's noise must be its own seed's), so more "
+        "workers overlap only a render's wait for its audio with the next render's launches."))
 
     def __post_init__(self) -> None:
         super().__post_init__()

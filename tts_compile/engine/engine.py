@@ -25,7 +25,7 @@ from ..core.runner import Execution, Runner
 from ..gpt_sovits.versions import Version
 from ..gpt_sovits.versions import version as version_of
 from .config import EngineConfig
-from .render import render_cfm, render_decode
+from .render import render_cfm, render_decode, seeded
 from .request import Cancelled, EngineClosed, Handle, Params, QueueFull, Request, Segment, Status, Voice, new_request
 from .sampling import row_seed
 from .scheduler import schedule
@@ -225,7 +225,9 @@ class Engine:
                     continue
                 try:
                     tokens = [request.tokens[i] for i in range(len(request.segments))]
-                    audio = self._render(request, tokens).float().cpu()
+                    with seeded(request, self.device):
+                        audio = self._render(request, tokens)
+                    audio = audio.float().cpu()
                 except Exception as exc:  # noqa: BLE001 - this request fails, the engine goes on
                     logger.warning("engine: request %d failed while rendering: %s: %s", request.id,
                                    type(exc).__name__, exc)

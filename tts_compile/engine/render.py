@@ -4,15 +4,21 @@ v1-v2ProPlus: one `SynthesizerTrn.decode` of all segments' tokens and phones wit
 parallel path). v3/v4: `decode_encp` of the voice's prompt and of every segment, the features cut into CFM windows of
 the version's length with the prompt's features and mel in front and `OVERLAP` frames shared by neighbours, all of a
 request's windows in one batched `cfm.inference`, the windows' mels joined (the shared frames cross-faded linearly,
-in mel space) and one vocoder call. The noise of both paths is drawn from the request's own seed.
+in mel space) and one vocoder call. The engine renders under `seeded`: the noise of both paths is the request's
+seed's alone.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.rng import own_rng
 from ..gpt_sovits.versions import Version
 from .request import Request
 
@@ -20,11 +26,17 @@ OVERLAP = 12  # CFM frames shared by neighbouring windows (upstream's overlapped
 SPEC_MIN, SPEC_MAX = -12, 2  # the range upstream normalises mels to [-1, 1] with
 
 
-def seeded(request: Request, device: torch.device) -> None:
-    """The noise of rendering comes from the request's seed alone (this thread's draws of the default generator)."""
-    torch.manual_seed(request.seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(request.seed)
+_DRAWS = threading.Lock()  # one render at a time holds the process's default generators
+
+
+@contextlib.contextmanager
+def seeded(request: Request, device: torch.device) -> Iterator[None]:
+    """Draws inside come from the request's seed alone. Upstream's modules draw from the default generators, which
+    every thread shares, and the stages save and restore their state (verification, fallback): so a render holds
+    them, seeded, until it leaves, and puts them back as they were."""
+    with _DRAWS, own_rng(device):
+        torch.manual_seed(request.seed)
+        yield
 
 
 def render_decode(vits: nn.Module, request: Request, tokens: list[list[int]]) -> torch.Tensor:
@@ -33,7 +45,6 @@ def render_decode(vits: nn.Module, request: Request, tokens: list[list[int]]) ->
     voice, params = request.voice, request.params
     codes = torch.tensor([t for row in tokens for t in row], device=device).view(1, 1, -1)
     phones = torch.cat([s.phones for s in request.segments]).to(device)[None]
-    seeded(request, device)
     sv_emb = list(voice.sv_emb) if voice.sv_emb is not None else None
     audio = vits.decode(codes, phones, list(voice.refer), noise_scale=params.noise_scale, speed=params.speed,
                         sv_emb=sv_emb)
@@ -55,7 +66,6 @@ def render_cfm(vits: nn.Module, vocoder: nn.Module, version: Version, request: R
                                         refer, ge, params.speed)[0] for row, s in zip(tokens, request.segments)], 2)
     windows = cfm_windows(feats, chunk)
     fea = torch.cat([fea_ref.expand(windows.shape[0], -1, -1), windows], 2).transpose(2, 1)
-    seeded(request, device)
     spec = vits.cfm.inference(fea, torch.LongTensor([fea.size(1)]).to(device), mel2.to(fea.dtype),
                               params.sample_steps, inference_cfg_rate=0)[:, :, -chunk:]
     mel = join_windows(spec)[:, OVERLAP: OVERLAP + feats.shape[2]]
