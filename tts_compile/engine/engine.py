@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..core.runner import Execution, Runner
+from ..gpt_sovits.t2s import CHECK_EVERY
 from ..gpt_sovits.versions import Version
 from ..gpt_sovits.versions import version as version_of
 from .config import EngineConfig
@@ -29,7 +30,7 @@ from .render import render_cfm, render_decode, seeded
 from .request import Cancelled, EngineClosed, Handle, Params, QueueFull, Request, Segment, Status, Voice, new_request
 from .sampling import row_seed
 from .scheduler import schedule
-from .t2s import CHECK_EVERY, BatchedT2S, slot_bytes
+from .t2s import BatchedT2S, slot_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-EARLY_STEPS = 11  # steps that cannot emit EOS (upstream removes its column)
+from ..gpt_sovits.t2s import EARLY_STEPS
+
 _MASK = 0xFFFFFFFF
 
 

@@ -24,7 +24,8 @@ class Plan:
 
 def schedule(queued: Sequence[Request], running: Sequence[Request], free_rows: int, now: float) -> Plan:
     """Requests of `queued` (submission order, some with segments left) and `running` (rows decoding) that leave, and
-    segments of the queued ones that take the `free_rows` rows (after what leaving frees is counted by the caller)."""
+    segments of the queued ones that take the `free_rows` rows free now (rows that leaving frees serve the next
+    round)."""
     leave = tuple(r for r in (*running, *queued) if r.expired(now))
     admit = []
     for request in queued:

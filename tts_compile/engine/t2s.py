@@ -18,7 +18,6 @@ same alone or amid any others; tested bit for bit on the CPU in float32.
 
 from __future__ import annotations
 
-import logging
 from typing import Callable, Iterator
 
 import torch
@@ -30,13 +29,9 @@ from ..core.rng import own_rng
 from ..core.runner import Runner
 from ..gpt_sovits.kernels.t2s_decode import decode_step_reference, flatten, stack, t2s_decode_step
 from ..gpt_sovits.kernels.t2s_sample import Embedding
-from ..gpt_sovits.t2s import MAX_STEPS, PROBE, compare_logits, layer_weights
+from ..gpt_sovits.t2s import MAX_STEPS, PROBE, compare_logits, layer_weights, probe_request
 from .request import Params
 from .sampling import counter_exponential, sample_rows
-
-logger = logging.getLogger(__name__)
-
-CHECK_EVERY = 16  # steps between two reads of the rows' stop flags (one host sync each)
 
 
 class RowPool:
@@ -176,13 +171,9 @@ class BatchedT2S:
         """Verification: a greedy decode of a random request by `upstream` (the model class's own
         `infer_panel_naive`, its logits read from `ar_predict_layer`) and by one engine row; raises
         `VerificationError` at the first step whose logits differ past the tolerance. Returns the steps compared."""
-        model, device = self.model, self.pool.logits.device
-        gen = torch.Generator().manual_seed(0)
-        n, q, steps = PROBE["phones"], PROBE["prompt"], PROBE["steps"]
-        phones = torch.randint(0, model.ar_text_embedding.word_embeddings.num_embeddings, (n,), generator=gen)
-        bert = 0.1 * torch.randn(1024, n, generator=gen)
-        prompt = torch.randint(0, model.EOS, (q,), generator=gen)
-        phones, bert, prompt = phones.to(device), bert.to(device, self.pool.logits.dtype), prompt.to(device)
+        model, device, steps = self.model, self.pool.logits.device, PROBE["steps"]
+        [phones], [bert], prompts = probe_request(model, 1, device, self.pool.logits.dtype)
+        prompt = prompts[0]
         slot = self.prefill(phones, bert, prompt, Params(top_k=1, repetition_penalty=1.0, max_tokens=steps), 0)
         self.arrange([slot])
         ours, theirs = [], []
@@ -226,7 +217,8 @@ class BatchedT2S:
         m, pool, given = self.model, self.pool, self.inputs[length]
         n_text, n, slot = given.sizes[0], given.sizes[1], given.sizes[2:3]
         index = torch.arange(length, device=given.phones.device)
-        text = m.ar_text_position(m.ar_text_embedding(given.phones[None]) + m.bert_proj(given.bert.transpose(0, 1)[None]))
+        text = m.ar_text_embedding(given.phones[None]) + m.bert_proj(given.bert.transpose(0, 1)[None])
+        text = m.ar_text_position(text)
         audio = m.ar_audio_position(m.ar_audio_embedding(given.prompt[None]))
         xy = torch.where((index < n_text)[:, None], text[0], audio[0, (index - n_text).clamp(min=0)])[None]
         columns, rows = index[None], index[:, None]

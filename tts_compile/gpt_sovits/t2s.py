@@ -198,7 +198,8 @@ class T2SAccelerator(Stage):
 
     # --- the decode ----------------------------------------------------------------------------------------------
 
-    def _problem(self, x, prompts: torch.Tensor | None, bert, width: int, top_k: Any, early_stop_num: Any) -> str | None:
+    def _problem(self, x, prompts: torch.Tensor | None, bert, width: int, top_k: Any,
+                 early_stop_num: Any) -> str | None:
         """Why a call is not for the static-cache decode: it takes rows of phones (L_i,) with BERT features
         (1024, L_i), one prompt row each or none at all, at most `MAX_ROWS`, padded to `width`, a top-k sampler, a
         prefix and steps within the largest KV capacity and the audio position table, a verified rows bucket."""
@@ -266,12 +267,8 @@ class T2SAccelerator(Stage):
         raises VerificationError at the first step whose logits differ past the tolerance. Returns the steps
         compared: until the first row stops, or the greedy tokens part at a near-tie."""
         model, device = self.model, self.device
-        gen = torch.Generator().manual_seed(rows)
-        n, q, steps = PROBE["phones"], PROBE["prompt"], PROBE["steps"]
-        phones = model.ar_text_embedding.word_embeddings.num_embeddings
-        x = [torch.randint(0, phones, (n,), generator=gen).to(device) for _ in range(rows)]
-        bert = [(0.1 * torch.randn(1024, n, generator=gen)).to(device, dtype) for _ in range(rows)]
-        prompts = torch.randint(0, model.EOS, (rows, q), generator=gen).to(device)
+        n, steps = PROBE["phones"], PROBE["steps"]
+        x, bert, prompts = probe_request(model, rows, device, dtype)
         greedy = {"top_k": 1, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0,
                   "early_stop_num": steps - 1}
         ours, theirs = [], []
@@ -425,6 +422,18 @@ class T2SAccelerator(Stage):
         rng.restore()
         for step in range(start, stop + 1):
             _noise(state, _vocab(state, step), alive)
+
+
+def probe_request(model: nn.Module, rows: int, device: torch.device,
+                  dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """The verification probe's random request of `rows` rows (seeded by `rows`): phones (n,) and BERT features
+    (1024, n) per row, prompts (rows, q), sized by `PROBE`."""
+    gen = torch.Generator().manual_seed(rows)
+    n, q = PROBE["phones"], PROBE["prompt"]
+    phones = model.ar_text_embedding.word_embeddings.num_embeddings
+    x = [torch.randint(0, phones, (n,), generator=gen).to(device) for _ in range(rows)]
+    bert = [(0.1 * torch.randn(1024, n, generator=gen)).to(device, dtype) for _ in range(rows)]
+    return x, bert, torch.randint(0, model.EOS, (rows, q), generator=gen).to(device)
 
 
 def compare_logits(ours: list[torch.Tensor], theirs: list[torch.Tensor], rows: int, device: torch.device) -> int:
