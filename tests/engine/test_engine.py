@@ -226,3 +226,19 @@ def test_a_decode_unlike_the_models_own_stops_the_engine_before_it_serves() -> N
     t2s.h.layers[0].register_forward_hook(lambda module, inputs, output: output * 1.1)
     with pytest.raises(VerificationError, match="logits at step 0"):
         Engine.from_models("v2", t2s, vits, vocoder, **EAGER)
+
+
+def test_a_synthesizer_of_another_shape_renders_with_upstreams_own_decode(caplog) -> None:
+    """As in optimize_pipeline, a module the stage cannot take stays upstream's (one warning naming it) and the
+    engine serves: the audio is the unoptimized synthesizer's for the same tokens and seed."""
+    t2s, vits, vocoder = stand_ins.models("v2")
+    del vits.semantic_frame_rate  # a fork without an attribute the stage reads, which its own decode does not
+    with caplog.at_level("WARNING", logger="tts_compile"), \
+            Engine.from_models("v2", t2s, vits, vocoder, **EAGER) as engine:
+        handle = engine.submit(stand_ins.voice("v2"), stand_ins.segments(TEXTS[0]), Params(seed=3))
+        audio, _ = handle.result(120)
+    assert "engine: SoVITS left eager" in caplog.text and not hasattr(vits, "tts_compile")
+    plain = stand_ins.models("v2")[1]
+    with Engine.from_models("v2", stand_ins.models("v2")[0], plain, None, **EAGER, sovits=False) as engine:
+        expected, _ = engine.submit(stand_ins.voice("v2"), stand_ins.segments(TEXTS[0]), Params(seed=3)).result(120)
+    assert torch.equal(audio, expected)

@@ -262,16 +262,17 @@ class Engine:
         """An engine over GPT-SoVITS models of `version`: T2S decoded by the engine, the audio rendered by `vits`
         (and `vocoder`, v3/v4), optimized as `optimize_pipeline` optimizes them."""
         from ..gpt_sovits import optimize_cfm, optimize_sovits
+        from ..gpt_sovits.stage import attach_or_leave
         from ..vocoder import OptimizedVocoder, optimize_vocoder
 
         config = (config or EngineConfig()).replace(**options)
         shape = version_of(version)
         if config.sovits:
-            optimize_sovits(vits, config)
+            attach_or_leave("engine", "SoVITS", optimize_sovits, lambda: vits, config)
         if shape.renderer == "decode":
             return cls(t2s_model, lambda request, tokens: render_decode(vits, request, tokens), shape, config)
         if config.cfm:
-            optimize_cfm(vits.cfm, config)
+            attach_or_leave("engine", "CFM", optimize_cfm, lambda: vits.cfm, config)
         if not isinstance(vocoder, OptimizedVocoder):
             vocoder = optimize_vocoder(vocoder, config=config)
         return cls(t2s_model, lambda request, tokens: render_cfm(vits, vocoder, shape, request, tokens), shape,

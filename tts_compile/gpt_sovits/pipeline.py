@@ -29,8 +29,7 @@ from ..vocoder import OptimizedVocoder, optimize_vocoder
 from .cfm import optimize_cfm
 from .config import PipelineConfig, pipeline_config
 from .sovits import optimize_sovits
-from .stage import HANDLE as MODULE_HANDLE
-from .stage import Stage, detach
+from .stage import Stage, attach_or_leave, detach
 from .t2s import optimize_t2s
 from .versions import version as version_of
 
@@ -106,13 +105,7 @@ class PipelineOptimizer:
 
     def _attached(self, label: str, optimize: Callable[..., nn.Module],
                   module: Callable[[], nn.Module]) -> Stage | None:
-        """The accelerator `optimize` patches onto `module()`; a model of an unexpected shape stays upstream's (logged)
-        and the other stages still count."""
-        try:
-            return getattr(optimize(module(), self.config), MODULE_HANDLE)
-        except (AttributeError, TypeError) as exc:
-            logger.warning("optimize_pipeline: %s left eager: %s", label, exc)
-            return None
+        return attach_or_leave("optimize_pipeline", label, optimize, module, self.config)
 
 
 def optimize_pipeline(tts: Any, config: OptimizeConfig | str | os.PathLike | None = None,

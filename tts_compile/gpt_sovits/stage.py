@@ -224,6 +224,17 @@ def attach(stage: type[S], module: nn.Module, config: OptimizeConfig | None, opt
     return handle
 
 
+def attach_or_leave(caller: str, label: str, optimize: Callable[..., nn.Module], module: Callable[[], nn.Module],
+                    config: PipelineConfig) -> Stage | None:
+    """The stage `optimize` patches onto `module()`, or None for a module of another shape: that module stays
+    upstream's (one warning) and the caller's other stages still run."""
+    try:
+        return getattr(optimize(module(), config), HANDLE)
+    except (AttributeError, TypeError) as exc:
+        logger.warning("%s: %s left eager: %s", caller, label, exc)
+        return None
+
+
 def detach(module: nn.Module, stage: type[Stage] = Stage) -> nn.Module:
     """Undo `attach` of a stage of class `stage` (any stage by default): upstream's own methods again."""
     handle = module.__dict__.get(HANDLE)
