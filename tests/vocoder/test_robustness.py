@@ -17,6 +17,7 @@ from tts_compile.core.runner import Runner
 from tts_compile.models import build_model
 from tts_compile.models.bigvgan import AntiAliasedSnakeBeta
 from tts_compile.testing import TOLERANCE, assert_matches_eager, relative_error
+from tts_compile.vocoder import VocoderOptimizer
 
 from ..conftest import mel_for, tiny
 
@@ -231,3 +232,32 @@ def test_eight_threads_a_weight_swap_and_a_discard_mid_run() -> None:
         t.join()
     stats = vocoder.optimization_stats()
     assert not errors and stats["failure"] is None and stats["rebuilds"] == 1
+
+
+def test_a_decorated_instance_first_called_from_threads_makes_one_engine(monkeypatch) -> None:
+    """Four threads make the first calls of one instance of a decorated class at once: one engine serves them all
+    (its counters see every call), not one engine per thread that happened to ask first."""
+    model = tiny("hifigan-tiny")
+    decorated = optimize_vocoder(type(model), **CHECKED)(model.config).eval()
+    decorated.load_state_dict(model.state_dict())
+    made, init = [], VocoderOptimizer.__init__
+
+    def slow_init(self, *args, **kwargs) -> None:  # widens the window between "not made yet" and "made"
+        made.append(self)
+        threading.Event().wait(0.05)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(VocoderOptimizer, "__init__", slow_init)
+    mel, start = mel_for("hifigan-tiny", 120), threading.Barrier(4)
+
+    def call() -> None:
+        start.wait()
+        with torch.inference_mode():
+            decorated(mel)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(made) == 1 and decorated.optimization_stats()["calls"] == 4

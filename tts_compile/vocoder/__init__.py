@@ -5,6 +5,7 @@ mel -> audio function. The work is `optimizer.VocoderOptimizer`'s."""
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -83,11 +84,14 @@ def _optimize_class(cls: type[nn.Module], config: OptimizeConfig) -> type[nn.Mod
                         "(optimize_vocoder(model))")
     original = cls.forward
     engines: "weakref.WeakKeyDictionary[nn.Module, VocoderOptimizer]" = weakref.WeakKeyDictionary()
+    lock = threading.Lock()  # an instance's first calls from several threads make one engine
 
     def optimizer(self: nn.Module) -> VocoderOptimizer:
-        if self not in engines:  # kept outside the instance, so copying an instance never copies its engine
-            engines[self] = VocoderOptimizer(functools.partial(_call_unbound, original), self, config, cls.__name__)
-        return engines[self]
+        with lock:
+            if self not in engines:  # kept outside the instance, so copying an instance never copies its engine
+                engines[self] = VocoderOptimizer(functools.partial(_call_unbound, original), self, config,
+                                                 cls.__name__)
+            return engines[self]
 
     @functools.wraps(original)
     def forward(self, mel, *args, lengths=None, **kwargs):
