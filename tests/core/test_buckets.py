@@ -116,3 +116,12 @@ def test_power_of_two_ladder_and_bad_sizes() -> None:
     assert Ladder.powers_of_two(1, 12).sizes == (1, 2, 4, 8)
     with pytest.raises(ValueError, match="distinct ascending"):
         Ladder((4, 2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(limit=st.integers(1, 3000))
+def test_a_ladder_ending_at_a_limit_serves_up_to_it_exactly(limit) -> None:
+    for ladder in (Ladder.powers_of_two(1, limit), Ladder.half_octaves(32, limit)):
+        ended = ladder.ending_at(limit)
+        assert ended.largest == limit and ended.fit(limit + 1) is None
+        assert set(ended.sizes) - {limit} == {size for size in ladder.sizes if size < limit}

@@ -46,6 +46,10 @@ class Ladder:
         """The smallest bucket >= n, or None when n is past the largest."""
         return next((size for size in self.sizes if size >= n), None)
 
+    def ending_at(self, largest: int) -> "Ladder":
+        """This ladder's sizes below `largest`, then `largest` itself: a ladder that serves up to exactly a limit."""
+        return Ladder((*(size for size in self.sizes if size < largest), largest))
+
     @classmethod
     def powers_of_two(cls, smallest: int, largest: int) -> "Ladder":
         """smallest, 2 * smallest, 4 * smallest, ... up to `largest`."""

@@ -105,9 +105,8 @@ class BatchedT2S:
         self.flat = flatten(self.layers)
         self.heads = model.num_head
         self.pool = RowPool(model, rows, capacity, param.dtype, param.device)
-        self.buckets = Ladder.powers_of_two(1, rows) if rows & (rows - 1) == 0 else \
-            Ladder((*Ladder.powers_of_two(1, rows).sizes, rows))
-        self.lengths = Ladder((*(n for n in Ladder.half_octaves(32, capacity).sizes if n < capacity), capacity))
+        self.buckets = Ladder.powers_of_two(1, rows).ending_at(rows)
+        self.lengths = Ladder.half_octaves(32, capacity).ending_at(capacity)
         self.inputs = {n: PrefillInput(n, param.dtype, param.device) for n in self.lengths.sizes}
         self.free = list(range(rows))
         self.bucket = 0  # the rows bucket of the current `order`
