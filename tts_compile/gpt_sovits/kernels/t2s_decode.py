@@ -26,6 +26,12 @@ def layer(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, 
     v.index_copy_(2, pos, v_new.view(batch, length, heads, -1).transpose(1, 2))
     q = q.view(batch, length, heads, -1).transpose(1, 2)
     attn = F.scaled_dot_product_attention(q, k, v, attn_mask=visible).transpose(1, 2).reshape(batch, length, dim)
+    return _after_attention(x, attn, w)
+
+
+def _after_attention(x: torch.Tensor, attn: torch.Tensor, w: tuple) -> torch.Tensor:
+    """The rest of a post-norm layer: out projection, residual and norm, then the ReLU FFN, residual and norm."""
+    dim = x.shape[-1]
     x = F.layer_norm(x + F.linear(attn, w[2], w[3]), (dim,), w[4], w[5], w[6])
     return F.layer_norm(x + F.linear(F.relu(F.linear(x, w[7], w[8])), w[9], w[10]), (dim,), w[11], w[12], w[13])
 
@@ -65,8 +71,7 @@ def row_layer(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tens
     v[slot, :, pos] = v_new.view(rows, heads, -1)
     q = q.view(rows, 1, heads, -1).transpose(1, 2)
     attn = F.scaled_dot_product_attention(q, k[slot], v[slot], attn_mask=visible).transpose(1, 2).reshape(rows, 1, dim)
-    x = F.layer_norm(x + F.linear(attn, w[2], w[3]), (dim,), w[4], w[5], w[6])
-    return F.layer_norm(x + F.linear(F.relu(F.linear(x, w[7], w[8])), w[9], w[10]), (dim,), w[11], w[12], w[13])
+    return _after_attention(x, attn, w)
 
 
 def decode_step_reference(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, start: torch.Tensor,
