@@ -27,7 +27,7 @@ from torch import nn
 from ..core.buckets import Ladder
 from ..core.rng import own_rng
 from ..core.runner import Runner
-from ..gpt_sovits.kernels.t2s_decode import decode_step_reference, flatten, stack, t2s_decode_step
+from ..gpt_sovits.kernels.t2s_decode import decode_step_reference, flatten, prefix_visible, stack, t2s_decode_step
 from ..gpt_sovits.kernels.t2s_sample import Embedding
 from ..gpt_sovits.t2s import MAX_STEPS, PROBE, compare_logits, layer_weights, probe_request
 from .request import Params
@@ -221,7 +221,7 @@ class BatchedT2S:
         audio = m.ar_audio_position(m.ar_audio_embedding(given.prompt[None]))
         xy = torch.where((index < n_text)[:, None], text[0], audio[0, (index - n_text).clamp(min=0)])[None]
         columns, rows = index[None], index[:, None]
-        visible = ((columns < n_text) | ((columns >= n_text) & (columns <= rows) & (rows >= n_text))) & (columns < n)
+        visible = prefix_visible(columns, rows, n_text) & (columns < n)
         k = pool.k.new_zeros(pool.k.shape[0], 1, pool.k.shape[2], length, pool.k.shape[4])
         v = torch.zeros_like(k)
         out = stack(self.layers, self.heads, xy, k, v, index, visible[None, None])

@@ -55,7 +55,7 @@ from ..core.buckets import Ladder
 from ..core.config import OptimizeConfig
 from ..core.guard import Uncovered
 from .config import PipelineConfig
-from .kernels.t2s_decode import flatten, stack, t2s_decode_step, visible_columns
+from .kernels.t2s_decode import flatten, prefix_visible, stack, t2s_decode_step, visible_columns
 from .kernels.t2s_sample import Embedding, Sampling, sample
 from .models.t2s import load_t2s_checkpoint
 from ..core.rng import RngState, own_rng
@@ -343,7 +343,7 @@ class T2SAccelerator(Stage):
         state.start.copy_(torch.tensor([width - len(row) for row in x] + [0] * (rows - batch)))
         columns = state.columns[None, :]
         positions = torch.arange(n_text + n_prompt, device=xy.device)[:, None]
-        visible = (columns < n_text) | ((columns >= n_text) & (columns <= positions) & (positions >= n_text))
+        visible = prefix_visible(columns, positions, n_text)
         visible = visible[None] & (columns >= state.start[:, None, None])  # a row never sees its padding
         xy = F.pad(xy, (0, 0, 0, 0, 0, rows - batch))  # the bucket's spare rows decode zeros, unread
         out = stack(self.layers, self.heads, xy, state.k, state.v, positions[:, 0], visible[:, None])

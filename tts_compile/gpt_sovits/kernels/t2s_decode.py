@@ -56,6 +56,12 @@ def unflatten(weights: list[torch.Tensor], eps: list[float]) -> list[tuple]:
     return [(*g[:6], eps[2 * i], *g[6:], eps[2 * i + 1]) for i, g in enumerate(groups)]
 
 
+def prefix_visible(columns: torch.Tensor, positions: torch.Tensor, n_text: int | torch.Tensor) -> torch.Tensor:
+    """The prefill's attention mask (positions, columns) over a prefix of `n_text` text positions then prompt tokens:
+    every position sees all of the text, a prompt position also the prompt up to itself (upstream's masks)."""
+    return (columns < n_text) | ((columns >= n_text) & (columns <= positions) & (positions >= n_text))
+
+
 def visible_columns(columns: torch.Tensor, pos: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     """The decode step's attention mask (rows, 1, 1, capacity): columns start[r]..pos[r] of `columns`."""
     return ((columns[None] <= pos[:, None]) & (columns[None] >= start[:, None]))[:, None, None, :]
