@@ -148,7 +148,7 @@ class T2SModel(nn.Module):
         length = xy.shape[1]
         rows, columns = torch.arange(length)[:, None], torch.arange(length)[None, :]
         masked = (columns >= n_text) & ((rows < n_text) | (columns > rows))  # True = not attended
-        pad = None if padding is None else torch.arange(length)[None, :] < padding[:, None]
+        pad = None if padding is None else (torch.arange(length)[None, :] < padding[:, None]).to(xy.device)
         return self.ar_predict_layer(self.h(xy, mask=masked.to(xy.device), src_key_padding_mask=pad)[:, -1])
 
 
