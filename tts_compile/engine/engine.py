@@ -35,7 +35,8 @@ from .t2s import BatchedT2S, slot_bytes
 logger = logging.getLogger(__name__)
 
 Render = Callable[[Request, list[list[int]]], torch.Tensor]
-COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "prefills", "steps", "syncs", "renders")
+COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "prefills", "steps", "syncs", "renders",
+            "row_steps", "decode_s", "render_s")
 
 
 class Engine:
@@ -92,8 +93,9 @@ class Engine:
         return handle
 
     def stats(self) -> dict[str, Any]:
-        """Counters (submitted, rejected, finished, failed, cancelled, prefills, steps, syncs, renders), what is
-        held now (requests, queued, rows), the rows and KV memory, and the start-up time."""
+        """Counters (submitted, rejected, finished, failed, cancelled, prefills, steps, syncs, renders; row_steps:
+        tokens decoded; decode_s and render_s: seconds the loop and the render workers were busy), what is held now
+        (requests, queued, rows), the rows and KV memory, and the start-up time."""
         with self._cv:
             held = {"requests": len(self._handles), "queued": len(self._queued), "rows": len(self._rows)}
         return {**self.counters, **held, "max_rows": self.t2s.pool.rows, "kv_mib": self.t2s.pool.bytes / 2**20,
@@ -134,12 +136,14 @@ class Engine:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             while self._wait():
+                started = time.perf_counter()
                 try:
                     self._round()
                 except Exception:  # noqa: BLE001 - the engine goes on; the rows of this round fail
                     logger.exception("engine: a decode round failed; its running requests fail")
                     for request in {request for request, _ in self._rows.values()}:
                         self._drop(request, RuntimeError("the T2S decode failed (see the log)"))
+                self.counters["decode_s"] += time.perf_counter() - started
 
     def _wait(self) -> bool:
         """Block until there is work; False once closing."""
@@ -167,6 +171,7 @@ class Engine:
             self.t2s.arrange(list(self._rows))
         self.t2s.steps(CHECK_EVERY, nucleus=any(r.params.top_p < 1 for r, _ in self._rows.values()))
         self.counters["steps"] += CHECK_EVERY
+        self.counters["row_steps"] += CHECK_EVERY * len(self._rows)
         self.counters["syncs"] += 1
         finished = self.t2s.stopped(list(self._rows))
         for slot, tokens in finished.items():
@@ -224,6 +229,7 @@ class Engine:
                     self._finish(request, error=Cancelled(f"request {request.id} was cancelled or passed its "
                                                           "deadline"))
                     continue
+                started = time.perf_counter()
                 try:
                     tokens = [request.tokens[i] for i in range(len(request.segments))]
                     with seeded(request, self.device):
@@ -236,6 +242,7 @@ class Engine:
                     continue
                 with self._cv:
                     self.counters["renders"] += 1
+                    self.counters["render_s"] += time.perf_counter() - started
                 self._finish(request, result=(audio, self.version.sample_rate))
 
     def _finish(self, request: Request, result: tuple[torch.Tensor, int] | None = None,
