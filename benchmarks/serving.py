@@ -27,6 +27,7 @@ from common import setup, write
 from pipeline import PROMPT_PHONES, Pipeline, build, make_request
 
 from tts_compile.engine import Engine, EngineConfig, Params, Segment, Voice
+from tts_compile.engine.engine import COUNTERS
 from tts_compile.gpt_sovits import VERSIONS, optimize_pipeline
 from tts_compile.tools.client import TEXTS
 
@@ -130,18 +131,44 @@ def summarize(records: list[dict], rate: int) -> dict:
 
 
 def measure(name: str, submit: Submit, labels: list[str], loads: list[tuple[str, float]], seconds: float,
-            rate: int) -> dict:
+            rate: int, stats: Callable[[], dict] | None = None) -> dict:
+    """Each load in turn after a warm-up; with `stats` (the engine's), each point also gets what its counters
+    gained over the point (busy seconds of the loop and the renders, tokens, prefills, steps)."""
     for label in labels:  # warm-up: every text once, alone
         submit(label).result()
     points = {}
     for kind, value in loads:
+        before = stats() if stats else {}
         records = (closed_loop(submit, labels, int(value), seconds) if kind == "callers"
                    else open_loop(submit, labels, value, seconds))
         points[f"{kind}={value:g}"] = summary = summarize(records, rate)
+        if stats:
+            after = stats()
+            summary["counters"] = gained = {k: after[k] - before[k] for k in COUNTERS}
+            log.info("%-18s counters over %.1f s: %s", "", summary["wall_s"],
+                     {k: round(v, 2) if isinstance(v, float) else v for k, v in gained.items()})
         log.info("%-18s %-13s %6.2f req/s %7.2f audio-s/s  p50 %6.3f  p95 %6.3f  p99 %6.3f s  failures %d", name,
                  f"{kind}={value:g}", summary["req_s"], summary["audio_s_per_s"], summary["p50"] or 0,
                  summary["p95"] or 0, summary["p99"] or 0, summary["failures"])
     return points
+
+
+def workload(tts, version: str, device: torch.device, dtype: torch.dtype, smoke: bool):
+    """The load's pieces: the serialized driver, requests per text (token counts capped at the text's mean
+    segment), the engine's voice and segments per text, and the caps."""
+    shape = VERSIONS[version]
+    driver = Pipeline(tts, device, dtype, 2 if smoke else 32)
+    requests = {label: make_request(text, device, dtype, seed=i) for i, (label, text) in enumerate(TEXTS.items())}
+    caps = {label: max(2, round(sum(s.tokens for s in r) / len(r))) for label, r in requests.items()}
+    requests = {label: [replace(s, tokens=caps[label]) for s in r] for label, r in requests.items()}
+    gen = torch.Generator().manual_seed(9)
+    voice = Voice(prompt_tokens=driver.prompt[0], prompt_phones=driver.prompt_phones[0],
+                  prompt_bert=(0.1 * torch.randn(1024, PROMPT_PHONES, generator=gen)).to(device, dtype),
+                  refer=(driver.refer,), sv_emb=(driver.sv_emb,) if "Pro" in version else None,
+                  mel=driver.mel2 if shape.renderer == "cfm" else None)
+    segments = {label: [Segment(s.phones[0, PROMPT_PHONES:], s.bert[0, :, PROMPT_PHONES:]) for s in r]
+                for label, r in requests.items()}
+    return driver, requests, voice, segments, caps
 
 
 def main() -> None:
@@ -161,18 +188,8 @@ def main() -> None:
     root, device, dtype = setup(args.smoke)
     shape = VERSIONS[args.version]
     tts = build(root, args.version, device, dtype, args.smoke)
-    driver = Pipeline(tts, device, dtype, 2 if args.smoke else 32)
-    requests = {label: make_request(text, device, dtype, seed=i) for i, (label, text) in enumerate(TEXTS.items())}
-    caps = {label: max(2, round(sum(s.tokens for s in r) / len(r))) for label, r in requests.items()}
-    requests = {label: [replace(s, tokens=caps[label]) for s in r] for label, r in requests.items()}
+    driver, requests, voice, segments, caps = workload(tts, args.version, device, dtype, args.smoke)
     labels = list(requests)
-    gen = torch.Generator().manual_seed(9)
-    voice = Voice(prompt_tokens=driver.prompt[0], prompt_phones=driver.prompt_phones[0],
-                  prompt_bert=(0.1 * torch.randn(1024, PROMPT_PHONES, generator=gen)).to(device, dtype),
-                  refer=(driver.refer,), sv_emb=(driver.sv_emb,) if "Pro" in args.version else None,
-                  mel=driver.mel2 if shape.renderer == "cfm" else None)
-    segments = {label: [Segment(s.phones[0, PROMPT_PHONES:], s.bert[0, :, PROMPT_PHONES:]) for s in r]
-                for label, r in requests.items()}
     numbers = lambda text: [float(v) for v in text.split(",") if v]  # noqa: E731
     results = {}
     paths = args.paths.split(",")
@@ -197,7 +214,7 @@ def main() -> None:
         log.info("engine ready in %.1f s: %s", ready, engine.stats())
         loads = [("callers", c) for c in numbers(args.callers)] + [("rate", r) for r in numbers(args.rates)]
         results["engine"] = measure("engine", engine_submit(engine, voice, segments, caps), labels, loads,
-                                    args.seconds, shape.sample_rate)
+                                    args.seconds, shape.sample_rate, engine.stats)
         results["engine_stats"] = {**engine.stats(), "ready_s": ready}
         engine.close()
     write(args.json, {"version": args.version, "caps": caps, "args": vars(args), "results": results}, device)
