@@ -24,6 +24,7 @@ from tts_compile.engine import Engine, EngineConfig, Params
 from tts_compile.engine.render import seeded
 from tts_compile.engine.request import new_request
 from tts_compile.engine.sampling import counter_exponential, sample_rows
+from tts_compile.engine.t2s import Prefix
 from tts_compile.gpt_sovits import VERSIONS
 
 log = logging.getLogger("benchmarks.engine")
@@ -52,7 +53,8 @@ def main() -> None:
     with torch.inference_mode():
         results["step_ms"], results["sample_ms"] = {}, {}
         for bucket in t2s.buckets.sizes:
-            slots = [t2s.prefill(phones, bert, voice.prompt_tokens, Params(max_tokens=1500), i) for i in range(bucket)]
+            slots = t2s.prefill([Prefix(phones, bert, voice.prompt_tokens, Params(max_tokens=1500), i)
+                                 for i in range(bucket)])
             t2s.arrange(slots)
             for nucleus in (False, True):
                 ms = timed(lambda: t2s.steps(STEPS, nucleus), device, args.repeats)[1] / STEPS
@@ -68,14 +70,16 @@ def main() -> None:
             n = length - len(voice.prompt_tokens) - 1  # phones that fill the bucket after the prompt tokens
             if n < 1:
                 continue
-            ids = torch.randint(1, 300, (n,), device=device)
-            features = torch.randn(1024, n, device=device, dtype=dtype)
+            prefix = Prefix(torch.randint(1, 300, (n,), device=device), torch.randn(1024, n, device=device,
+                            dtype=dtype), voice.prompt_tokens, Params(), 0)
+            rows = t2s.inputs[length].rows
+            for count in sorted({1, rows}):
+                def prefill():
+                    for slot in t2s.prefill([prefix] * count):
+                        t2s.release(slot)
 
-            def prefill():
-                t2s.release(t2s.prefill(ids, features, voice.prompt_tokens, Params(), 0))
-
-            results["prefill_ms"][length] = timed(prefill, device, args.repeats)[1]
-            log.info("prefill of %4d positions: %.3f ms", length, results["prefill_ms"][length])
+                results["prefill_ms"][f"{count} x {length}"] = ms = timed(prefill, device, args.repeats)[1]
+                log.info("prefill of %d x %4d positions: %.3f ms", count, length, ms)
         results["render_ms"] = {}
         for label, parts in segments.items():
             request = new_request(voice, tuple(parts), Params(seed=1))
@@ -110,19 +114,23 @@ def sampling_ms(t2s, bucket: int, mode: str, device: torch.device, repeats: int)
 
 
 def share(results: dict, requests: dict, caps: dict) -> None:
-    """The GPU milliseconds one request of each text takes in the 64-row bucket's steps, its prefills and its
-    render, and what they allow per second if nothing overlapped."""
-    step = results["step_ms"][str(max(int(k) for k in results["sample_ms"]))]
+    """The GPU milliseconds one request of each text takes in the largest rows bucket's steps, its prefills (one
+    call each, alone, or its share of a full call) and its render, and what they allow per second if nothing
+    overlapped."""
     rows = max(results["sample_ms"])
-    prefill = sorted(results["prefill_ms"].items())
+    step = results["step_ms"][str(rows)]
+    calls = [(int(key.split(" x ")[1]), int(key.split(" x ")[0]), ms) for key, ms in results["prefill_ms"].items()]
     for label, parts in requests.items():
-        decode = len(parts) * caps[label] * step / rows
-        n = parts[0].phones.shape[1] + 75
-        pre = len(parts) * next(ms for length, ms in prefill if length >= n)
-        render = results["render_ms"][label]
-        results.setdefault("per_request_ms", {})[label] = {"decode": decode, "prefill": pre, "render": render}
-        log.info("%-6s per request: decode %.2f + prefills %.2f + render %.2f ms = %.1f req/s if alone on the GPU",
-                 label, decode, pre, render, 1e3 / (decode + pre + render))
+        n = parts[0].phones.shape[1] + 75  # prompt phones and the segment's, then the prompt's tokens
+        length = min(length for length, _, _ in calls if length > n)
+        alone = next(ms for size, count, ms in calls if size == length and count == 1)
+        full = max((count, ms) for size, count, ms in calls if size == length)
+        decode, render = len(parts) * caps[label] * step / rows, results["render_ms"][label]
+        prefill = {"alone": len(parts) * alone, "batched": len(parts) * full[1] / full[0]}
+        results.setdefault("per_request_ms", {})[label] = {"decode": decode, "prefill": prefill, "render": render}
+        log.info("%-6s per request: decode %.2f + prefills %.2f (%.2f batched) + render %.2f ms = %.1f req/s "
+                 "(%.1f batched) if alone on the GPU", label, decode, prefill["alone"], prefill["batched"], render,
+                 1e3 / (decode + prefill["alone"] + render), 1e3 / (decode + prefill["batched"] + render))
 
 
 if __name__ == "__main__":

@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--paths", default="upstream,optimize_pipeline,engine", help="which servers to measure")
     parser.add_argument("--max-rows", type=int, default=64)
     parser.add_argument("--kv-budget-gib", type=float, default=8.0)
+    parser.add_argument("--render-workers", type=int, default=1)
     parser.add_argument("--json", default="serving.json")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script")
     args = parser.parse_args()
@@ -208,7 +209,7 @@ def main() -> None:
                                            k == "rejected"} for name, stats in results["stages"].items()})
         started = time.perf_counter()
         config = EngineConfig(compile_mode="eager" if args.smoke else "cudagraphs", max_rows=args.max_rows,
-                              kv_budget_gib=args.kv_budget_gib, progress=False)
+                              kv_budget_gib=args.kv_budget_gib, render_workers=args.render_workers, progress=False)
         engine = Engine.from_models(args.version, tts.t2s_model.model, tts.vits_model, tts.vocoder, config)
         ready = time.perf_counter() - started
         log.info("engine ready in %.1f s: %s", ready, engine.stats())

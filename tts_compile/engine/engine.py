@@ -1,6 +1,6 @@
 """`Engine`: many GPT-SoVITS requests at once on one GPU.
 
-One scheduler thread owns the T2S decode: it admits waiting segments into free rows (a prefill each), runs
+One scheduler thread owns the T2S decode: it admits waiting segments into free rows (prefilled together), runs
 `CHECK_EVERY` steps over every running row, reads their stop flags once, and hands each request whose segments are
 all done to the render workers, which turn tokens into audio (SoVITS decode, or CFM and vocoder) on their own CUDA
 streams while the loop goes on. Requests enter through a bounded queue (full: `QueueFull` at once), carry a
@@ -30,7 +30,7 @@ from .render import render_cfm, render_decode, seeded
 from .request import Cancelled, EngineClosed, Handle, Params, QueueFull, Request, Segment, Status, Voice, new_request
 from .sampling import row_seed
 from .scheduler import schedule
-from .t2s import BatchedT2S, slot_bytes
+from .t2s import BatchedT2S, Prefix, slot_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +161,9 @@ class Engine:
         for request in plan.leave:
             self._drop(request, Cancelled(f"request {request.id} was cancelled or passed its deadline"))
         changed = bool(plan.leave)
-        for request, index in plan.admit:
-            if request.status in (Status.FAILED, Status.CANCELLED):
-                continue
-            changed |= self._admit(request, index)
+        admit = [(r, i) for r, i in plan.admit if r.status not in (Status.FAILED, Status.CANCELLED)]
+        if admit:
+            changed |= self._admit(admit)
         if not self._rows:
             return
         if changed:
@@ -184,25 +183,42 @@ class Engine:
         if finished and self._rows:
             self.t2s.arrange(list(self._rows))
 
-    def _admit(self, request: Request, index: int) -> bool:
-        """Prefill segment `index` of `request` into a free row; a failure fails the request alone."""
-        voice, segment = request.voice, request.segments[index]
+    def _admit(self, admit: list[tuple[Request, int]]) -> bool:
+        """Prefill these segments into free rows, together; a request whose segment cannot start fails alone (a
+        failure of the prefill call itself fails the requests in it). True when a row started."""
+        prefixes, owners = [], []
+        for request, index in admit:
+            voice, segment = request.voice, request.segments[index]
+            try:
+                phones = torch.cat([voice.prompt_phones, self._on_device(segment.phones)])
+                bert = torch.cat([voice.prompt_bert, self._on_device(segment.bert).to(self.dtype)], 1)
+                prefix = Prefix(phones, bert, voice.prompt_tokens, request.params, row_seed(request.seed, index))
+                self.t2s.check(prefix)
+            except Exception as exc:  # noqa: BLE001 - this request's inputs
+                logger.warning("engine: request %d failed at its segment %d's prefill: %s", request.id, index, exc)
+                self._drop(request, exc)
+                continue
+            prefixes.append(prefix)
+            owners.append((request, index))
         try:
-            phones = torch.cat([voice.prompt_phones, self._on_device(segment.phones)])
-            bert = torch.cat([voice.prompt_bert, self._on_device(segment.bert).to(self.dtype)], 1)
-            slot = self.t2s.prefill(phones, bert, voice.prompt_tokens, request.params, row_seed(request.seed, index))
-        except Exception as exc:  # noqa: BLE001 - this request's inputs or this request's prefill
-            logger.warning("engine: request %d failed at its segment %d's prefill: %s", request.id, index, exc)
-            self._drop(request, exc)
+            slots = self.t2s.prefill(prefixes) if prefixes else []
+        except Exception as exc:  # noqa: BLE001 - this call's requests fail, the engine goes on
+            logger.exception("engine: a prefill of %d rows failed; their requests fail", len(prefixes))
+            for request in {request.id: request for request, _ in owners}.values():
+                self._drop(request, exc)
             return False
-        self.counters["prefills"] += 1
-        self._rows[slot] = (request, index)
-        request.status = Status.DECODING
-        request.next_segment = index + 1
-        if request.pending == 0:
-            with self._cv:
-                self._queued.remove(request)
-        return True
+        self.counters["prefills"] += len(slots)
+        for slot, (request, index) in zip(slots, owners):
+            if request.status in (Status.FAILED, Status.CANCELLED):  # another of its segments failed above
+                self.t2s.release(slot)
+                continue
+            self._rows[slot] = (request, index)
+            request.status = Status.DECODING
+            request.next_segment = index + 1
+            if request.pending == 0:
+                with self._cv:
+                    self._queued.remove(request)
+        return bool(slots)
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` on the engine's device, copied without waiting for the GPU's queued work (pinned host memory)."""

@@ -6,11 +6,16 @@ the prompt's semantic tokens) into a free slot; a step decodes one token for eve
 holds: the step's rows are a list of slots (`order`), padded to a rows bucket with a scratch slot, and one CUDA graph
 per rows bucket serves every mix of rows and parameters. Nothing moves when rows join or leave.
 
-A prefill runs alone, padded to a length bucket (its padding masked: never attended, its logits read at the real
-last position), so one CUDA graph per length bucket serves every prefix; a step has two graphs per rows bucket, with
-and without the top-p pass (chosen per round: no running row with top_p < 1, no pass), which give the same tokens.
+The prefixes that join in one round are prefilled together: each padded to its length bucket (its padding masked:
+never attended, its logits read at the real last position), those of one bucket in calls of that bucket's fixed
+number of rows (`prefill_rows`: up to `PREFILL_ROWS`, `PREFILL_POSITIONS` positions a call), missing rows written to
+the scratch slot. A prefill is launch-bound (about 1.5 ms on an H200 for 96 positions or 8 x 184: benchmarks/engine.py),
+so eight arrivals cost about what one did. One CUDA graph per length bucket serves every set of prefixes; a step has
+two graphs per rows bucket, with and without the top-p pass (chosen per round: no running row with top_p < 1, no
+pass), which give the same tokens.
 
-Batch invariance: a row's prefill depends on its own prefix (and length bucket) only; its step arithmetic does not
+Batch invariance: a row's prefill depends on its own prefix (and length bucket) only: the call's shape is fixed per
+bucket, and every position's arithmetic is the same whichever row of the call it is in; its step arithmetic does not
 depend on the other rows (`t2s_decode_step(..., invariant=True)`: per-row tensor-core tiles, per-row attention,
 per-row sampling) and its noise is a function of its own seed and step (`sampling`). So a request's tokens are the
 same alone or amid any others; tested bit for bit on the CPU in float32.
@@ -18,6 +23,7 @@ same alone or amid any others; tested bit for bit on the CPU in float32.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -32,6 +38,25 @@ from ..gpt_sovits.kernels.t2s_sample import Embedding
 from ..gpt_sovits.t2s import MAX_STEPS, PROBE, compare_logits, layer_weights, probe_request
 from .request import Params
 from .sampling import counter_exponential, sample_rows
+
+PREFILL_ROWS = 8  # prefixes of one length bucket prefilled in one call at most
+PREFILL_POSITIONS = 1536  # positions of one prefill call at most (rows x length bucket), so long buckets take fewer
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A row to start: its phones (L,) with their BERT features (1024, L), the prompt's tokens (Q,), the request's
+    parameters and the row's seed."""
+
+    phones: torch.Tensor
+    bert: torch.Tensor
+    prompt: torch.Tensor
+    params: Params
+    seed: int
+
+    @property
+    def positions(self) -> int:
+        return self.phones.shape[0] + self.prompt.shape[0]
 
 
 class RowPool:
@@ -72,26 +97,35 @@ def slot_bytes(model: nn.Module, capacity: int, dtype: torch.dtype) -> int:
 
 
 class PrefillInput:
-    """The static input of a prefill graph of `length` positions: a prefix written in front, its sizes and slot."""
+    """The static input of a prefill graph of `rows` prefixes of `length` positions: each written in front of its
+    row, with its sizes and slot (rows left empty: one position, the scratch slot)."""
 
-    def __init__(self, length: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.phones = torch.zeros(length, dtype=torch.long, device=device)
-        self.bert = torch.zeros(1024, length, dtype=dtype, device=device)
-        self.prompt = torch.zeros(length, dtype=torch.long, device=device)
-        self.sizes = torch.zeros(3, dtype=torch.long, device=device)  # phones, phones + prompt, slot
+    def __init__(self, rows: int, length: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.rows = rows
+        self.phones = torch.zeros(rows, length, dtype=torch.long, device=device)
+        self.bert = torch.zeros(rows, 1024, length, dtype=dtype, device=device)
+        self.prompt = torch.zeros(rows, length, dtype=torch.long, device=device)
+        self.sizes = torch.zeros(rows, 3, dtype=torch.long, device=device)  # phones, phones + prompt, slot
 
-    def load(self, phones: torch.Tensor, bert: torch.Tensor, prompt: torch.Tensor, slot: int) -> None:
-        self.phones[: len(phones)] = phones
-        self.bert[:, : len(phones)] = bert
-        self.prompt[: len(prompt)] = prompt
-        self.sizes.copy_(to_device([len(phones), len(phones) + len(prompt), slot], self.sizes.device),
+    def load(self, prefixes: list[Prefix], slots: list[int], scratch: int) -> None:
+        for row, prefix in enumerate(prefixes):
+            self.phones[row, : len(prefix.phones)] = prefix.phones
+            self.bert[row, :, : len(prefix.phones)] = prefix.bert
+            self.prompt[row, : len(prefix.prompt)] = prefix.prompt
+        sizes = [[len(p.phones), p.positions, slot] for p, slot in zip(prefixes, slots)]
+        self.empty(scratch, sizes)
+
+    def empty(self, scratch: int, sizes: list[list[int]] = ()) -> None:
+        """`sizes` for the first rows, the others left empty."""
+        sizes = [*sizes, *[[1, 1, scratch]] * (self.rows - len(sizes))]
+        self.sizes.copy_(to_device([v for row in sizes for v in row], self.sizes.device).view(self.rows, 3),
                          non_blocking=True)
 
 
-def to_device(values: list[int], device: torch.device) -> torch.Tensor:
-    """Host integers for an asynchronous copy to `device`: pinned memory on CUDA, so the copy does not wait for
+def to_device(values: list, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Host numbers for an asynchronous copy to `device`: pinned memory on CUDA, so the copy does not wait for
     the work queued before it (the loop thread keeps queueing while the GPU runs)."""
-    host = torch.tensor(values, dtype=torch.long)
+    host = torch.tensor(values, dtype=dtype)
     return host.pin_memory() if device.type == "cuda" else host
 
 
@@ -107,7 +141,8 @@ class BatchedT2S:
         self.pool = RowPool(model, rows, capacity, param.dtype, param.device)
         self.buckets = Ladder.powers_of_two(1, rows).ending_at(rows)
         self.lengths = Ladder.half_octaves(32, capacity).ending_at(capacity)
-        self.inputs = {n: PrefillInput(n, param.dtype, param.device) for n in self.lengths.sizes}
+        self.inputs = {n: PrefillInput(min(PREFILL_ROWS, rows, max(1, PREFILL_POSITIONS // n)), n, param.dtype,
+                                       param.device) for n in self.lengths.sizes}
         self.free = list(range(rows))
         self.bucket = 0  # the rows bucket of the current `order`
 
@@ -115,25 +150,55 @@ class BatchedT2S:
     def eos(self) -> int:
         return self.model.EOS
 
-    def prefill(self, phones: torch.Tensor, bert: torch.Tensor, prompt: torch.Tensor, params: Params,
-                seed: int) -> int:
-        """Start a row: its prefix into a free slot (which it returns); phones (L,), bert (1024, L), prompt (Q,)."""
-        pool, n = self.pool, phones.shape[0] + prompt.shape[0]
-        if n >= pool.capacity:
-            raise ValueError(f"the prefix of {n} positions ({phones.shape[0]} phones, {prompt.shape[0]} prompt tokens) "
-                             f"does not fit a row's KV cache of {pool.capacity}")
-        slot, length = self.free.pop(0), self.lengths.fit(n)
-        self.inputs[length].load(phones, bert, prompt, slot)
-        self._run(("prefill", length), lambda: self._prefill(length))
-        values = {"step": 0, "prefix": n, "prompt": prompt.shape[0], "seed": seed, "stop_at": 0,
-                  "max_steps": min(params.max_tokens, MAX_STEPS, pool.capacity - n), "done": False,
-                  "top_k": params.top_k, "top_p": params.top_p, "temperature": params.temperature,
-                  "penalty": params.repetition_penalty}
-        for name, value in values.items():
-            getattr(pool, name)[slot] = value
-        pool.seen[slot] = False
-        pool.seen[slot].index_fill_(0, prompt, True)
-        return slot
+    def check(self, prefix: Prefix) -> None:
+        """Raise ValueError when `prefix` does not fit a row's KV cache."""
+        if prefix.positions >= self.pool.capacity:
+            raise ValueError(f"the prefix of {prefix.positions} positions ({prefix.phones.shape[0]} phones, "
+                             f"{prefix.prompt.shape[0]} prompt tokens) does not fit a row's KV cache of "
+                             f"{self.pool.capacity}")
+
+    def prefill(self, prefixes: list[Prefix]) -> list[int]:
+        """Start a row for each prefix: prefilled into free slots, which it returns in order; those of one length
+        bucket together (a call per `prefill_rows` of them)."""
+        for prefix in prefixes:
+            self.check(prefix)
+        if len(prefixes) > len(self.free):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(self.free)} free rows")
+        slots = [self.free.pop(0) for _ in prefixes]
+        buckets: dict[int, list[int]] = {}
+        for i, prefix in enumerate(prefixes):
+            buckets.setdefault(self.lengths.fit(prefix.positions), []).append(i)
+        for length, members in buckets.items():
+            given = self.inputs[length]
+            for first in range(0, len(members), given.rows):
+                call = members[first: first + given.rows]
+                given.load([prefixes[i] for i in call], [slots[i] for i in call], self.pool.scratch)
+                self._run(("prefill", length), lambda: self._prefill(length))
+        self._start(prefixes, slots)
+        return slots
+
+    def _start(self, prefixes: list[Prefix], slots: list[int]) -> None:
+        """The rows' own state: position, step, parameters, seed, the prompt's tokens as seen (a copy per field)."""
+        pool, device = self.pool, self.pool.step.device
+        index = to_device(slots, device).to(device, non_blocking=True)
+        longs = {"step": [0] * len(slots), "prefix": [p.positions for p in prefixes],
+                 "prompt": [len(p.prompt) for p in prefixes], "seed": [p.seed for p in prefixes],
+                 "stop_at": [0] * len(slots), "top_k": [p.params.top_k for p in prefixes],
+                 "max_steps": [min(p.params.max_tokens, MAX_STEPS, pool.capacity - p.positions) for p in prefixes]}
+        floats = {"top_p": [p.params.top_p for p in prefixes], "temperature": [p.params.temperature for p in prefixes],
+                  "penalty": [p.params.repetition_penalty for p in prefixes]}
+        values = to_device([v for name in longs for v in longs[name]], device).to(device, non_blocking=True)
+        for i, name in enumerate(longs):
+            getattr(pool, name).index_copy_(0, index, values[i * len(slots): (i + 1) * len(slots)])
+        values = to_device([v for name in floats for v in floats[name]], device, torch.float32)
+        values = values.to(device, non_blocking=True)
+        for i, name in enumerate(floats):
+            getattr(pool, name).index_copy_(0, index, values[i * len(slots): (i + 1) * len(slots)])
+        pool.done.index_fill_(0, index, False)
+        pool.seen.index_fill_(0, index, False)
+        rows = torch.cat([torch.full_like(p.prompt, slot) for p, slot in zip(prefixes, slots)])
+        pool.seen.index_put_((rows.to(device), torch.cat([p.prompt for p in prefixes]).to(device)),
+                             torch.ones((), dtype=torch.bool, device=device))
 
     def release(self, slot: int) -> None:
         self.free.append(slot)
@@ -154,16 +219,15 @@ class BatchedT2S:
         lands in the scratch slot, in free slots that a prefill resets, and in the prefill inputs. Returns the
         labels captured."""
         self.pool.order.fill_(self.pool.scratch)
-        self.inputs[self.lengths.largest].sizes.copy_(torch.tensor([1, 1, self.pool.scratch]))
         done = []
         for bucket in sorted(self.buckets.sizes, reverse=True):
             for nucleus in (False, True):
                 self.runner.capture(("step", bucket, nucleus), lambda: self._step(bucket, nucleus), lambda: None)
                 done.append(f"step of {bucket} rows{' with top-p' if nucleus else ''}")
         for length in sorted(self.lengths.sizes, reverse=True):
-            self.inputs[length].sizes.copy_(torch.tensor([1, 1, self.pool.scratch]))
+            self.inputs[length].empty(self.pool.scratch)
             self.runner.capture(("prefill", length), lambda: self._prefill(length), lambda: None)
-            done.append(f"prefill of {length}")
+            done.append(f"prefill of {self.inputs[length].rows} x {length}")
         return done
 
     def probe(self, upstream: Callable[..., Iterator]) -> int:
@@ -173,7 +237,8 @@ class BatchedT2S:
         model, device, steps = self.model, self.pool.logits.device, PROBE["steps"]
         [phones], [bert], prompts = probe_request(model, 1, device, self.pool.logits.dtype)
         prompt = prompts[0]
-        slot = self.prefill(phones, bert, prompt, Params(top_k=1, repetition_penalty=1.0, max_tokens=steps), 0)
+        [slot] = self.prefill([Prefix(phones, bert, prompt, Params(top_k=1, repetition_penalty=1.0, max_tokens=steps),
+                                      0)])
         self.arrange([slot])
         ours, theirs = [], []
         for _ in range(steps):
@@ -211,22 +276,23 @@ class BatchedT2S:
         return {slot: rows[i, :at].tolist() for i, (slot, at) in enumerate(finished)}
 
     def _prefill(self, length: int) -> None:
-        """The prefix in `inputs[length]` through the layers at `length` positions, its padding masked: K/V into its
-        slot's cache row, the logits of its last real position into the slot's logits."""
+        """The prefixes in `inputs[length]` through the layers at `length` positions, their padding masked: K/V into
+        their slots' cache rows, the logits of each one's last real position into its slot's logits."""
         m, pool, given = self.model, self.pool, self.inputs[length]
-        n_text, n, slot = given.sizes[0], given.sizes[1], given.sizes[2:3]
+        n_text, n, slot = given.sizes[:, 0:1], given.sizes[:, 1:2], given.sizes[:, 2]
         index = torch.arange(length, device=given.phones.device)
-        text = m.ar_text_embedding(given.phones[None]) + m.bert_proj(given.bert.transpose(0, 1)[None])
-        text = m.ar_text_position(text)
-        audio = m.ar_audio_position(m.ar_audio_embedding(given.prompt[None]))
-        xy = torch.where((index < n_text)[:, None], text[0], audio[0, (index - n_text).clamp(min=0)])[None]
-        columns, rows = index[None], index[:, None]
-        visible = prefix_visible(columns, rows, n_text) & (columns < n)
-        k = pool.k.new_zeros(pool.k.shape[0], 1, pool.k.shape[2], length, pool.k.shape[4])
+        text = m.ar_text_position(m.ar_text_embedding(given.phones) + m.bert_proj(given.bert.transpose(1, 2)))
+        audio = m.ar_audio_position(m.ar_audio_embedding(given.prompt))
+        audio = audio.gather(1, (index[None] - n_text).clamp(min=0)[..., None].expand_as(audio))
+        xy = torch.where((index[None] < n_text)[..., None], text, audio)
+        columns, rows = index[None, None], index[None, :, None]
+        visible = prefix_visible(columns, rows, n_text[..., None]) & (columns < n[..., None])
+        k = pool.k.new_zeros(pool.k.shape[0], given.rows, pool.k.shape[2], length, pool.k.shape[4])
         v = torch.zeros_like(k)
-        out = stack(self.layers, self.heads, xy, k, v, index, visible[None, None])
+        out = stack(self.layers, self.heads, xy, k, v, index, visible[:, None])
         pool.k[:, slot, :, :length], pool.v[:, slot, :, :length] = k, v
-        pool.logits[slot] = m.ar_predict_layer(out[0].index_select(0, n - 1))
+        last = out[torch.arange(given.rows, device=out.device), n[:, 0] - 1]
+        pool.logits[slot] = m.ar_predict_layer(last)
 
     def _step(self, bucket: int, nucleus: bool) -> None:
         """One token for every row of `order[:bucket]`: sample from its logits, record, embed, run the layers."""
