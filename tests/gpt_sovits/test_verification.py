@@ -202,3 +202,39 @@ def test_cfm_follows_every_weight_change(how, inference, device) -> None:
     torch.testing.assert_close(cfm_seeded(cfm.inference, *args), cfm_seeded(new.inference, *args), rtol=0,
                                atol=0 if device == "cpu" else CAPTURED)
     assert cfm.tts_compile.optimization_stats()["optimized"] == 3
+
+
+def test_threads_verifying_buckets_do_not_reject_on_each_others_draws() -> None:
+    """Four threads meet new SoVITS buckets at once, each call drawing noise from the shared generator: every bucket
+    verifies (a verification's two runs see the same numbers: no other stage call draws between them), and a call
+    seeded under `DRAWS` gets its seed's audio."""
+    import threading
+
+    from tts_compile.core.rng import DRAWS
+
+    model = build_vits(seed=1)
+    reference = copy.deepcopy(model)
+    optimize_sovits(model, **CHECKED)
+    requests = [_request("v2", tokens, phones, None, seed=tokens) for tokens, phones in
+                ((10, 5), (40, 20), (90, 40), (170, 70), (10, 30), (40, 70))]
+    failures = []
+
+    def work(index: int) -> None:
+        for j in range(3):
+            kwargs = requests[(index + j) % len(requests)]
+            with torch.inference_mode():
+                model.decode(**kwargs)
+                with DRAWS:
+                    torch.manual_seed(index)
+                    got = model.decode(**kwargs)
+                    torch.manual_seed(index)
+                    want = reference.decode(**kwargs)
+            if not torch.allclose(got, want, rtol=0, atol=PADDED):
+                failures.append((index, j, float((got - want).abs().max())))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    stats = model.tts_compile.optimization_stats()
+    assert stats["rejected"] == 0 and stats["verifications"] > 0 and stats["failure"] is None
+    assert not failures

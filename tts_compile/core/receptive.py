@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from .rng import private_generator
 from .weights import structural_copy
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ def _cast(value: Any, dtype: torch.dtype) -> Any:
 def _probe_hop(fn, n_mels, device, dtype, kwargs) -> tuple[int, tuple[int, ...]]:
     lengths = (FIRST_PROBE_FRAMES, FIRST_PROBE_FRAMES + 3)
     with torch.no_grad():
-        outs = [fn(torch.randn(1, n_mels, t, device=device, dtype=dtype), **kwargs) for t in lengths]
+        gen = private_generator(device)
+        outs = [fn(torch.randn(1, n_mels, t, device=device, dtype=dtype, generator=gen), **kwargs) for t in lengths]
     n0, n1 = (o.shape[-1] for o in outs)
     hop = (n1 - n0) // (lengths[1] - lengths[0])
     if hop <= 0 or n0 != hop * lengths[0] or n1 != hop * lengths[1]:
@@ -146,13 +148,15 @@ def _support(fn, n_mels, frames, hop, device, dtype, kwargs) -> tuple[int, int, 
     """Smallest and largest input frame that output frame `mid` depends on, over a few random inputs."""
     mid = frames // 2
     lo, hi = mid, mid
+    gen = private_generator(device)
     with torch.enable_grad():
         for _ in range(PROBE_TRIALS):
-            x = torch.randn(1, n_mels, frames, device=device, dtype=dtype, requires_grad=True)
+            x = torch.randn(1, n_mels, frames, device=device, dtype=dtype, generator=gen).requires_grad_()
             out = fn(x, **kwargs)[..., mid * hop : (mid + 1) * hop]
             if not out.requires_grad:
                 raise ProbeError("the vocoder's output does not depend on its input through autograd; pass context=N")
-            (grad,) = torch.autograd.grad((out * torch.randn_like(out)).sum(), x)
+            weights = torch.randn(out.shape, device=out.device, dtype=out.dtype, generator=gen)
+            (grad,) = torch.autograd.grad((out * weights).sum(), x)
             touched = grad.abs().amax(dim=1)[0].nonzero().flatten()
             if touched.numel():
                 lo, hi = min(lo, int(touched.min())), max(hi, int(touched.max()))

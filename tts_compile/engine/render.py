@@ -11,7 +11,6 @@ seed's alone.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 
 import torch
@@ -26,15 +25,11 @@ OVERLAP = 12  # CFM frames shared by neighbouring windows (upstream's overlapped
 SPEC_MIN, SPEC_MAX = -12, 2  # the range upstream normalises mels to [-1, 1] with
 
 
-_DRAWS = threading.Lock()  # one render at a time holds the process's default generators
-
-
 @contextlib.contextmanager
 def seeded(request: Request, device: torch.device) -> Iterator[None]:
     """Draws inside come from the request's seed alone. Upstream's modules draw from the default generators, which
-    every thread shares, and the stages save and restore their state (verification, fallback): so a render holds
-    them, seeded, until it leaves, and puts them back as they were."""
-    with _DRAWS, own_rng(device):
+    every thread shares: a render holds them (`DRAWS`), seeded, until it leaves, and puts them back as they were."""
+    with own_rng(device):
         torch.manual_seed(request.seed)
         yield
 

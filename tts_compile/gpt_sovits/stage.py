@@ -32,7 +32,7 @@ from ..core.guard import Guard, Uncovered
 from ..core.runner import Execution, Runner
 from ..core.weights import storage_fingerprint
 from .config import PipelineConfig, pipeline_config
-from ..core.rng import RngState
+from ..core.rng import DRAWS, RngState
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +103,13 @@ class Stage:
     def serve(self, method: str, args: tuple[Any, ...], problem: str | None, staged: Callable[..., Any],
               grad_mode: Callable[[], Any] = torch.no_grad) -> Any:
         """`staged(*args)` under upstream's `grad_mode`; upstream's `method` for a call with a `problem`, while off,
-        or (generator rewound) after a failure."""
+        or (generator rewound) after a failure. Holds `DRAWS` throughout: the call draws, and may rewind, from the
+        shared generators."""
         upstream = lambda: self.original[method](*args)  # noqa: E731 - the guard's fallback
         if problem:
             logger.debug("%s: upstream's %s: %s", self.name, method, problem)
-            return self.guard.call(method, upstream, upstream, why_not=problem)
+            with DRAWS:
+                return self.guard.call(method, upstream, upstream, why_not=problem)
 
         def optimized() -> Any:
             rng = RngState(self.device)
@@ -124,7 +126,8 @@ class Stage:
                 return self._verify(method, args, result, rng, new, grad_mode)
             return result
 
-        return self.guard.call(method, optimized, upstream)
+        with DRAWS:
+            return self.guard.call(method, optimized, upstream)
 
     def follow_weights(self) -> None:
         """Drop every graph and verdict when a weight moved or was replaced since they were made."""

@@ -58,7 +58,7 @@ from .config import PipelineConfig
 from .kernels.t2s_decode import flatten, prefix_visible, stack, t2s_decode_step, visible_columns
 from .kernels.t2s_sample import Embedding, Sampling, sample
 from .models.t2s import load_t2s_checkpoint
-from ..core.rng import RngState, own_rng
+from ..core.rng import DRAWS, RngState, own_rng
 from .stage import Stage, attach, detach
 
 logger = logging.getLogger(__name__)
@@ -159,8 +159,10 @@ class T2SAccelerator(Stage):
         single = x.dim() == 2 and x.shape[0] == 1 and bert_feature.dim() == 3 and bert_feature.shape[0] == 1
         problem = None if single else "not one row of phones and BERT features"
         problem = problem or self._problem([x[0]], prompts, [bert_feature[0]], x.shape[1], top_k, early_stop_num)
-        yield from self.guard.call("infer_panel_naive", lambda: self._naive(x, prompts, bert_feature, *args[4:]),
-                                   lambda: list(upstream(*args, chunk_length=chunk_length, **kwargs)), problem)
+        with DRAWS:  # the decode draws, and may rewind, from the shared generators
+            items = self.guard.call("infer_panel_naive", lambda: self._naive(x, prompts, bert_feature, *args[4:]),
+                                    lambda: list(upstream(*args, chunk_length=chunk_length, **kwargs)), problem)
+        yield from items
 
     def infer_panel(self, *args, **kwargs) -> tuple[torch.Tensor, int]:
         """Upstream's `infer_panel`: the first (only) item of `infer_panel_naive`."""
@@ -176,9 +178,10 @@ class T2SAccelerator(Stage):
         problem = "not a list of phone rows" if not lengths else "no prompts" if prompts is None else \
             "x_lens differ from the rows" if x_lens is not None and [int(n) for n in x_lens] != lengths else \
             self._problem(x, prompts, bert_feature, width, top_k, early_stop_num)
-        return self.guard.call("infer_panel_batch_infer", lambda: self._batch(x, prompts, bert_feature, width,
-                                                                              *args[4:]),
-                               lambda: self.original["infer_panel_batch_infer"](*args, **kwargs), problem)
+        with DRAWS:
+            return self.guard.call("infer_panel_batch_infer", lambda: self._batch(x, prompts, bert_feature, width,
+                                                                                  *args[4:]),
+                                   lambda: self.original["infer_panel_batch_infer"](*args, **kwargs), problem)
 
     def _naive(self, x, prompts, bert, top_k, top_p, early_stop_num, temperature,
                penalty) -> list[tuple[torch.Tensor, int]]:

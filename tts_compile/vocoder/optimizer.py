@@ -23,7 +23,7 @@ from ..core.buckets import Bucket, Window, group, plan
 from ..core.config import OptimizeConfig
 from ..core.guard import Guard, InputError
 from ..core.progress import ProgressBar
-from ..core.rng import own_rng
+from ..core.rng import private_generator
 from ..core.runner import Execution, uses_inductor
 from ..core.weights import structural_copy
 from . import setup as setup_
@@ -103,10 +103,9 @@ class VocoderOptimizer:
                     self.guard.count("rebuilds")
                     logger.info("%s: weights changed (moved, cast or loaded in place): optimizing again", self.name)
                 self._setup = None
-                with own_rng(mel.device):
-                    setup = setup_.build(self.name, self._eager, self._module, self.config,
-                                         Execution.of(self.mode, setup_.device_dtype(self._module, mel)[0]), mel,
-                                         cond.first_item())
+                setup = setup_.build(self.name, self._eager, self._module, self.config,
+                                     Execution.of(self.mode, setup_.device_dtype(self._module, mel)[0]), mel,
+                                     cond.first_item())
                 if self.config.warmup == "startup":
                     self._capture_all(setup, cond)
                 if self.config.verify:
@@ -147,11 +146,12 @@ class VocoderOptimizer:
                         time.perf_counter() - started, (_reserved(setup.device) - memory) / 2**20, setup.device)
 
     def _capture(self, setup: Setup, cond: Conditioning, bucket: Bucket) -> None:
-        with self._lock, own_rng(setup.device):
+        with self._lock:
             key = _key(cond, bucket)
             if setup.runner.has(key):
                 return
-            example = torch.randn(bucket.batch, setup.n_mels, bucket.length, device=setup.device, dtype=setup.dtype)
+            example = torch.randn(bucket.batch, setup.n_mels, bucket.length, device=setup.device, dtype=setup.dtype,
+                                  generator=private_generator(setup.device))
             inputs = [example, *cond.for_items([0] * bucket.batch)]
             seconds = setup.runner.prepare(key, self._call(setup, cond), inputs)
             if self.config.verify:
@@ -194,8 +194,8 @@ class VocoderOptimizer:
         """Compare with the eager module on a random mel that needs several windows, of uneven spacing, with the
         first item's conditioning."""
         frames = 2 * setup.buckets.lengths[-1] + setup.buckets.lengths[0] // 2 + 1
-        with own_rng(setup.device):
-            mel = torch.randn(1, setup.n_mels, frames, device=setup.device, dtype=setup.dtype)
+        mel = torch.randn(1, setup.n_mels, frames, device=setup.device, dtype=setup.dtype,
+                          generator=private_generator(setup.device))
         one = Conditioning(cond.signature, tuple(t[:1] for t in cond.tensors))
         args, kwargs = one.call_args([0])
         with torch.inference_mode():
