@@ -114,6 +114,31 @@ def records_one(submit: Submit, label: str, records: list, lock: threading.Lock)
                         "error": error})
 
 
+def memory_over(submit: Submit, label: str, count: int, callers: int, device: torch.device) -> list[dict]:
+    """`count` requests of one text from `callers` threads; GPU memory allocated and reserved after each tenth."""
+    done, lock, marks = [0], threading.Lock(), []
+
+    def caller() -> None:
+        while True:
+            with lock:
+                if done[0] >= count:
+                    return
+                done[0] += 1
+            submit(label).result()
+            with lock:
+                finished = len(marks)
+                if done[0] * 10 // count > finished:
+                    marks.append({"requests": done[0], "allocated_mib": torch.cuda.memory_allocated(device) / 2**20,
+                                  "reserved_mib": torch.cuda.memory_reserved(device) / 2**20})
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    log.info("memory over %d requests: %s", count, [(m["requests"], round(m["allocated_mib"]), round(m["reserved_mib"]))
+                                                   for m in marks])
+    return marks
+
+
 def summarize(records: list[dict], rate: int) -> dict:
     ok = [r for r in records if r["error"] is None]
     wall = max(r["end"] for r in records) - min(r["start"] for r in records) if records else 0.0
@@ -182,7 +207,9 @@ def main() -> None:
     parser.add_argument("--paths", default="upstream,optimize_pipeline,engine", help="which servers to measure")
     parser.add_argument("--max-rows", type=int, default=64)
     parser.add_argument("--kv-budget-gib", type=float, default=8.0)
-    parser.add_argument("--render-workers", type=int, default=1)
+    parser.add_argument("--render-workers", type=int, default=EngineConfig.render_workers)
+    parser.add_argument("--memory-requests", type=int, default=0,
+                        help="after the loads, this many short requests from 64 callers, GPU memory read meanwhile")
     parser.add_argument("--json", default="serving.json")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script")
     args = parser.parse_args()
@@ -216,6 +243,9 @@ def main() -> None:
         loads = [("callers", c) for c in numbers(args.callers)] + [("rate", r) for r in numbers(args.rates)]
         results["engine"] = measure("engine", engine_submit(engine, voice, segments, caps), labels, loads,
                                     args.seconds, shape.sample_rate, engine.stats)
+        if args.memory_requests and device.type == "cuda":
+            results["memory"] = memory_over(engine_submit(engine, voice, segments, caps), "short",
+                                            args.memory_requests, 64, device)
         results["engine_stats"] = {**engine.stats(), "ready_s": ready}
         engine.close()
     write(args.json, {"version": args.version, "caps": caps, "args": vars(args), "results": results}, device)

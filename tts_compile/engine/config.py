@@ -26,11 +26,12 @@ class EngineConfig(PipelineConfig):
     kv_budget_gib: float = field(default=4.0, metadata=doc(
         "GiB of KV caches at most (> 0): the rows are min(max_rows, budget / one row's cache), so memory stays "
         "bounded whatever the load (about 40 rows of 2048 positions in 4 GiB for the full-size model)."))
-    render_workers: int = field(default=1, metadata=doc(
+    render_workers: int = field(default=2, metadata=doc(
         "Threads that turn finished requests' tokens into audio (SoVITS decode, or CFM and vocoder), each on its "
-        "own CUDA stream beside the T2S loop's (>= 1). The upstream modules run one request at a time (they draw "
-        "from the process's shared random generators: each request's noise must be its own seed's), so more "
-        "workers overlap only a render's wait for its audio with the next render's launches."))
+        "own CUDA stream beside the T2S loop's (>= 1). The upstream modules draw from the process's shared random "
+        "generators, so renders queue their work one at a time (each request's noise its own seed's); a second "
+        "worker queues the next render while the last one's audio comes back (H200, v2ProPlus, 64 callers: 32 req/s "
+        "with one, 40 with two)."))
 
     def __post_init__(self) -> None:
         super().__post_init__()
