@@ -80,3 +80,11 @@ def test_a_prefix_that_does_not_fit_is_named() -> None:
     with pytest.raises(ValueError, match="prefix of 300 positions"):
         t2s.prefill([_prefix(0, 292, 8, "cpu")])
     assert len(t2s.free) == t2s.pool.rows
+
+
+def test_a_failed_prefill_gives_its_rows_back(monkeypatch) -> None:
+    t2s = _t2s("cpu")
+    monkeypatch.setattr(t2s, "_prefill", lambda length: (_ for _ in ()).throw(RuntimeError("kernel failure")))
+    with pytest.raises(RuntimeError, match="kernel failure"):
+        t2s.prefill([_prefix(0, 10, 8, "cpu"), _prefix(1, 12, 8, "cpu")])
+    assert sorted(t2s.free) == list(range(t2s.pool.rows))

@@ -168,13 +168,17 @@ class BatchedT2S:
         buckets: dict[int, list[int]] = {}
         for i, prefix in enumerate(prefixes):
             buckets.setdefault(self.lengths.fit(prefix.positions), []).append(i)
-        for length, members in buckets.items():
-            given = self.inputs[length]
-            for first in range(0, len(members), given.rows):
-                call = members[first: first + given.rows]
-                given.load([prefixes[i] for i in call], [slots[i] for i in call], self.pool.scratch)
-                self._run(("prefill", length), lambda: self._prefill(length))
-        self._start(prefixes, slots)
+        try:
+            for length, members in buckets.items():
+                given = self.inputs[length]
+                for first in range(0, len(members), given.rows):
+                    call = members[first: first + given.rows]
+                    given.load([prefixes[i] for i in call], [slots[i] for i in call], self.pool.scratch)
+                    self._run(("prefill", length), lambda: self._prefill(length))
+            self._start(prefixes, slots)
+        except Exception:
+            self.free[:0] = slots  # the rows never started
+            raise
         return slots
 
     def _start(self, prefixes: list[Prefix], slots: list[int]) -> None:
