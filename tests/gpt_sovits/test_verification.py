@@ -204,10 +204,11 @@ def test_cfm_follows_every_weight_change(how, inference, device) -> None:
     assert cfm.tts_compile.optimization_stats()["optimized"] == 3
 
 
-def test_threads_verifying_buckets_do_not_reject_on_each_others_draws() -> None:
-    """Four threads meet new SoVITS buckets at once, each call drawing noise from the shared generator: every bucket
-    verifies (a verification's two runs see the same numbers: no other stage call draws between them), and a call
-    seeded under `DRAWS` gets its seed's audio."""
+def test_eight_threads_a_weight_swap_and_a_discard_mid_run() -> None:
+    """Eight threads meet new SoVITS buckets at once, each call drawing noise from the shared generator, while the
+    weights are swapped (by assignment: every graph dropped) and the graphs discarded mid-run: every bucket verifies
+    (no other stage call draws between a verification's two runs), every call seeded under `DRAWS` equals upstream's
+    module with the weights in force, and the stage stays on."""
     import threading
 
     from tts_compile.core.rng import DRAWS
@@ -215,12 +216,15 @@ def test_threads_verifying_buckets_do_not_reject_on_each_others_draws() -> None:
     model = build_vits(seed=1)
     reference = copy.deepcopy(model)
     optimize_sovits(model, **CHECKED)
+    new = build_vits(seed=2)
     requests = [_request("v2", tokens, phones, None, seed=tokens) for tokens, phones in
                 ((10, 5), (40, 20), (90, 40), (170, 70), (10, 30), (40, 70))]
-    failures = []
+    failures, halfway = [], threading.Barrier(9)
 
     def work(index: int) -> None:
-        for j in range(3):
+        for j in range(4):
+            if j == 2:
+                halfway.wait()
             kwargs = requests[(index + j) % len(requests)]
             with torch.inference_mode():
                 model.decode(**kwargs)
@@ -232,9 +236,17 @@ def test_threads_verifying_buckets_do_not_reject_on_each_others_draws() -> None:
             if not torch.allclose(got, want, rtol=0, atol=PADDED):
                 failures.append((index, j, float((got - want).abs().max())))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    def swap() -> None:
+        halfway.wait()
+        with DRAWS:  # the pairs compared above see one set of weights
+            model.load_state_dict(new.state_dict(), assign=True)
+            reference.load_state_dict(new.state_dict(), assign=True)
+        model.tts_compile.runner.discard(lambda key: True)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)] + [threading.Thread(target=swap)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     stats = model.tts_compile.optimization_stats()
-    assert stats["rejected"] == 0 and stats["verifications"] > 0 and stats["failure"] is None
+    assert stats["rejected"] == 0 and stats["rebuilds"] == 1 and stats["failure"] is None
+    assert stats["optimized"] == stats["calls"] == 64
     assert not failures
