@@ -52,3 +52,28 @@ def test_unchanged_weights_keep_their_fingerprints() -> None:
     model = _model(True)
     assert weights_fingerprint(model) == weights_fingerprint(model)
     assert storage_fingerprint(model) == storage_fingerprint(model)
+
+
+def test_a_replaced_or_added_submodule_changes_the_storage_fingerprint() -> None:
+    """The fingerprints walk the submodules again only when the tree changed: a nested submodule replaced by one of
+    the same shape, or a new one added, must still show."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+    before = storage_fingerprint(model)
+    assert storage_fingerprint(model) == before
+    model[1][0] = nn.Linear(4, 4)
+    replaced = storage_fingerprint(model)
+    assert replaced != before and weights_fingerprint(model) != before
+    model[1].append(nn.Linear(4, 2))
+    assert len(storage_fingerprint(model)) == len(replaced) + 2
+
+
+def test_a_fingerprinted_module_can_still_be_freed() -> None:
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    storage_fingerprint(model)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
