@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -133,3 +134,22 @@ def test_a_keyword_option_of_another_config_class_is_rejected_not_ignored() -> N
         OptimizeConfig().replace(max_rows=3)
     with pytest.raises(ConfigError, match=r"unknown options key.*'t2s'"):
         load_config(config_class=OptimizeConfig, t2s=False)
+
+
+def test_cache_dir_points_inductor_and_triton_under_it(tmp_path, monkeypatch) -> None:
+    """The engine's cache_dir: inductor's cache in it, Triton's (the T2S kernels) in its triton/ folder; a variable
+    already set stays."""
+    from tts_compile.engine import stand_ins
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
+    with stand_ins.engine("v2", compile_mode="eager", max_rows=2, cache_dir=str(tmp_path / "caches")):
+        pass
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "caches")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "mine")
+    monkeypatch.delenv("TRITON_CACHE_DIR")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    with stand_ins.engine("v2", compile_mode="eager", max_rows=2, cache_dir=str(tmp_path / "caches")):
+        pass
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "caches" / "triton")
+    assert (tmp_path / "caches" / "triton").is_dir()

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..core.caches import use_cache_dir
 from ..core.runner import Execution, Runner
 from ..gpt_sovits.t2s import CHECK_EVERY
 from ..gpt_sovits.versions import Version
@@ -51,6 +52,7 @@ class Engine:
         self.device, self.dtype = param.device, param.dtype
         rows = min(config.max_rows, max(1, int(config.kv_budget_gib * 2**30 // slot_bytes(
             t2s_model, config.kv_capacity, param.dtype))))
+        use_cache_dir(config.cache_dir)
         execution = Execution.of("cudagraphs" if config.compile_mode != "eager" else "eager", self.device)
         kernels = self.device.type == "cuda" and config.t2s_kernels
         self.t2s = BatchedT2S(t2s_model, rows, config.kv_capacity, Runner(execution, self.device), kernels)

@@ -32,6 +32,7 @@ from ..core.guard import Guard, Uncovered
 from ..core.runner import Execution, Runner
 from ..core.weights import storage_fingerprint
 from .config import PipelineConfig, pipeline_config
+from ..core.caches import use_cache_dir
 from ..core.rng import DRAWS, RngState
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Stage:
         self.guard = Guard(self.name, config, (*COUNTERS, *self.counters))
         self.device = next(module.parameters()).device
         self.execution = Execution.of(config.compile_mode, self.device)
+        use_cache_dir(config.cache_dir)
         benchmark = self.cudnn_heuristics_unsafe or self.cudnn_benchmark and config.cudnn_benchmark
         self.runner = Runner(self.execution, self.device, benchmark, benchmark_direct=self.cudnn_heuristics_unsafe)
         self._lock = threading.RLock()  # capture decisions and bucket verdicts, even from concurrent callers

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.buckets import BucketSet
+from ..core.caches import use_cache_dir
 from ..core.config import ConfigError, OptimizeConfig
 from ..core.guard import InputError
 from ..core.receptive import ReceptiveField, detect_n_mels, probe, probe_module
@@ -125,17 +125,3 @@ def _target(module: nn.Module | None, config: OptimizeConfig, execution: Executi
     if module is None or not (fuse or channels_last):
         return module, {}
     return optimized_copy(module, channels_last=channels_last, fuse_activations=fuse, inline_activations=inline)
-
-
-def use_cache_dir(path: str | os.PathLike | None) -> None:
-    """Point inductor's persistent cache at `path` (process-wide; an explicit environment setting wins)."""
-    if path is None:
-        return
-    path = os.path.abspath(os.fspath(path))
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current is None:
-        os.makedirs(path, exist_ok=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
-        logger.info("compile cache: %s", path)
-    elif os.path.abspath(current) != path:
-        logger.warning("cache_dir=%s ignored: TORCHINDUCTOR_CACHE_DIR=%s is already set", path, current)
