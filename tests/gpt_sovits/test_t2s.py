@@ -170,18 +170,69 @@ def test_kv_caches_beyond_the_budget_are_dropped_oldest_first(monkeypatch) -> No
     assert kept == [[1, 2], [4], [1]]
 
 
-def test_streaming_and_unusual_batches_go_to_upstreams_methods() -> None:
+def test_unusual_batches_go_to_upstreams_methods() -> None:
     model = optimize_t2s(build_t2s(), **EAGER)
     phones, prompts, bert = _inputs(5, 4)
-    with pytest.raises(NotImplementedError, match="streaming_mode"):  # the stand-in's own answer comes through
-        list(model.infer_panel_naive(phones, None, prompts, bert, top_k=1, early_stop_num=3, streaming_mode=True))
     rows, _, batch_bert = _batch([5, 7], 4, 0)
     model.infer_panel_batch_infer(rows, torch.tensor([5, 6]), prompts.repeat(2, 1), batch_bert, top_k=1,
                                   early_stop_num=3)  # x_lens that disagree with the rows: upstream's masks
     many, prompts_many, bert_many = _batch([3] * (MAX_ROWS + 1), 4, 0)
     model.infer_panel_batch_infer(many, None, prompts_many, bert_many, top_k=1, early_stop_num=3)
     stats = model.tts_compile.optimization_stats()
-    assert stats["eager"] == 3 and stats["optimized"] == 0
+    assert stats["eager"] == 2 and stats["optimized"] == 0
+
+
+def _streamed(model, inputs, seed: int, **kwargs) -> tuple[list, torch.Tensor]:
+    """The chunks of `infer_panel_naive(streaming_mode=True)` (tokens as lists), and the next number the generator
+    gives (the same draws -> the same number)."""
+    phones, prompts, bert = inputs
+    torch.manual_seed(seed)
+    chunks = [(None if c is None else (c.dtype, c.tolist()), last)
+              for c, last in model.infer_panel_naive(phones, None, prompts, bert, streaming_mode=True, **kwargs)]
+    return chunks, torch.rand(2)
+
+
+@settings(max_examples=12, deadline=None)
+@given(chunk_length=st.integers(0, 30), stop=st.integers(1, 70), mute=st.booleans(), prompt=st.booleans(),
+       top_k=st.sampled_from([1, 3, 15]))
+def test_streaming_gives_the_models_own_chunks(chunk_length, stop, mute, prompt, top_k) -> None:
+    """api_v2's streaming modes through the static-cache decode (read every CHECK_EVERY steps): the same chunks,
+    cut where the model's own streaming decode cuts them (fixed length, or at mute-like tokens), the same last
+    chunk at a stop inside a round, and the generator left where the model's own stream leaves it."""
+    model = build_t2s()
+    phones, prompts, bert = _inputs(6, 5, seed=chunk_length)
+    inputs = (phones, prompts if prompt else None, bert)
+    kwargs = {"chunk_length": chunk_length, "top_k": top_k, "early_stop_num": stop}
+    if mute:
+        gen = torch.Generator().manual_seed(stop)
+        kwargs.update(mute_emb_sim_matrix=torch.rand(model.EOS + 1, generator=gen), chunk_split_thershold=0.5)
+    expected = _streamed(model, inputs, 3, **kwargs)
+    optimize_t2s(model, **EAGER)
+    got = _streamed(model, inputs, 3, **kwargs)
+    assert got[0] == expected[0] and torch.equal(got[1], expected[1])
+    assert expected[0][-1][1] and not any(last for _, last in expected[0][:-1])
+    stats = model.tts_compile.optimization_stats()
+    assert stats["optimized"] == 1 and stats["eager"] == 0
+
+
+def test_a_second_open_stream_and_odd_streaming_arguments_go_to_upstream() -> None:
+    model = build_t2s()
+    inputs = _inputs(5, 4)
+    expected = _streamed(model, inputs, 1, top_k=3, early_stop_num=40, chunk_length=5)
+    optimize_t2s(model, **EAGER)
+    phones, prompts, bert = inputs
+    first = model.infer_panel_naive(phones, None, prompts, bert, streaming_mode=True, top_k=3, early_stop_num=40,
+                                    chunk_length=5)
+    next(first)  # open: it holds the stream cache
+    second = _streamed(model, (phones, prompts, bert), 1, top_k=3, early_stop_num=40, chunk_length=5)
+    first.close()
+    again = _streamed(model, inputs, 1, top_k=3, early_stop_num=40, chunk_length=5)  # closed: the cache is free
+    for chunks, after in (second, again):
+        assert chunks == expected[0] and torch.equal(after, expected[1])
+    list(model.infer_panel_naive(phones, None, prompts, bert, top_k=3, early_stop_num=20, streaming_mode=True,
+                                 chunk_length=2.5))
+    stats = model.tts_compile.optimization_stats()
+    assert stats["optimized"] == 2 and stats["eager"] == 2 and stats["failure"] is None
 
 
 def test_a_failing_decode_falls_back_with_the_same_generator(monkeypatch, caplog) -> None:

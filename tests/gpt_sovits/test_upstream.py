@@ -254,6 +254,31 @@ def test_t2s_tokens_match_upstream(upstream_t2s, top_k, seed, device) -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mute,chunk_length,seed", [(False, 8, 1), (False, 16, 2), (True, 6, 3), (True, 10, 4)])
+def test_t2s_streaming_chunks_match_upstream(upstream_t2s, mute, chunk_length, seed, device) -> None:
+    """api_v2's streaming modes 3 (fixed length) and 2 (cut at mute-like tokens): the same chunks, last flags and
+    generator state as upstream's `infer_panel_naive(streaming_mode=True)` (float32; on CUDA the captured step)."""
+    model, inputs = upstream_t2s
+    model = copy.deepcopy(model).to(device)
+    phones, prompts, bert = (t.to(device) for t in inputs)
+    kwargs = {"top_k": 15, "top_p": 1, "temperature": 1.0, "repetition_penalty": 1.35, "early_stop_num": 60,
+              "streaming_mode": True, "chunk_length": chunk_length}
+    if mute:
+        similarity = torch.rand(model.EOS + 1, generator=torch.Generator().manual_seed(seed)).to(device)
+        kwargs.update(mute_emb_sim_matrix=similarity, chunk_split_thershold=0.6)
+
+    def stream():
+        torch.manual_seed(seed)
+        chunks = [(None if c is None else c.tolist(), last)
+                  for c, last in model.infer_panel_naive(phones, None, prompts, bert, **kwargs)]
+        return chunks, torch.rand(3, device=device)
+
+    expected, got, stats = _upstream_then_optimized(model, stream, device)
+    assert stats["optimized"] == 1 and len(expected[0]) >= 2  # a cut at least, then the last chunk
+    assert got[0] == expected[0] and torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("top_k,seed", [(1, 0), (15, 1), (15, 2)])
 def test_t2s_batch_matches_upstream(upstream_t2s, top_k, seed, device) -> None:
     """Left-padded batches (TTS.run's `max_len` one wider than the longest row): the same rows, idx and generator

@@ -27,8 +27,11 @@ go on, the chunk is replayed from its start up to the stop (buffers and generato
 without it, so every draw has upstream's shape.
 
 Scope: api_v2's requests of any `batch_size`, with a prompt or without (upstream decodes prompt-free rows one by
-one through `infer_panel_naive`); streaming calls, and a request whose prefix and steps outgrow the largest KV
-capacity or the audio position table, go to upstream's own methods (the accelerator stays on).
+one through `infer_panel_naive`), and its streaming modes 2 and 3 (`infer_panel_naive(streaming_mode=True)`): one
+row decoded in rounds on a cache of its own, its tokens read once a round and cut into upstream's chunks by
+`chunks.Chunker`, nothing held between chunks but that cache (a second stream open at once goes to upstream). A
+request whose prefix and steps outgrow the largest KV capacity or the audio position table goes to upstream's own
+methods (the accelerator stays on).
 
 Verified before it serves: the first call of each rows bucket runs a probe first, a greedy decode of a random request
 of that many rows by upstream's own method and by the static-cache step, and compares the logits of every step
@@ -39,6 +42,7 @@ not what the step computes, a broken kernel) sends that rows bucket to upstream'
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
 import threading
@@ -54,6 +58,7 @@ from ..core import verify
 from ..core.buckets import Ladder
 from ..core.config import OptimizeConfig
 from ..core.guard import Uncovered
+from .chunks import THRESHOLD, Chunker
 from .config import PipelineConfig
 from .kernels.t2s_decode import flatten, prefix_visible, stack, t2s_decode_step, visible_columns
 from .kernels.t2s_sample import Embedding, Sampling, sample
@@ -79,8 +84,9 @@ class _State:
     seen columns, the next input, each row's step counter and first column, the rows still decoding, the offsets
     that a captured step reads, and the embedding it reads."""
 
-    def __init__(self, model: nn.Module, capacity: int, rows: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.key = (capacity, rows, dtype, device)
+    def __init__(self, model: nn.Module, capacity: int, rows: int, dtype: torch.dtype, device: torch.device,
+                 stream: bool = False) -> None:
+        self.key = (capacity, rows, dtype, device, *(("stream",) if stream else ()))
         layers, dim, heads = len(model.h.layers), model.model_dim, model.num_head
         vocab = model.ar_predict_layer.out_features
         cache = (layers, rows, heads, capacity, dim // heads)
@@ -131,6 +137,7 @@ class T2SAccelerator(Stage):
         if config.t2s_kernels and not self.kernels:
             logger.info("optimize_t2s: Triton is not installed; the decode step runs torch ops")
         self._decode_lock = threading.RLock()
+        self._streaming_now = False  # a stream holds the stream cache (under the decode lock)
         self.rebuild()
 
     def rebuild(self) -> None:
@@ -139,6 +146,7 @@ class T2SAccelerator(Stage):
         self.flat = flatten(self.layers)
         self.predict = self.model.ar_predict_layer
         self._states: dict[tuple, _State] = {}  # least recently used first
+        self._stream_states: dict[tuple, _State] = {}  # the streams' caches, apart from the others
 
     @classmethod
     def lacks(cls, module: nn.Module) -> list[str]:
@@ -152,13 +160,12 @@ class T2SAccelerator(Stage):
         """Upstream's generator: yields `(y, idx)` once, y = prompt + generated tokens (1, L)."""
         args = (x, x_lens, prompts, bert_feature, top_k, top_p, early_stop_num, temperature, repetition_penalty)
         upstream = self.original["infer_panel_naive"]
-        if streaming_mode:
-            yield from self.guard.call("infer_panel_naive", None, lambda: upstream(
-                *args, streaming_mode=True, chunk_length=chunk_length, **kwargs), why_not="streaming")
-            return
         single = x.dim() == 2 and x.shape[0] == 1 and bert_feature.dim() == 3 and bert_feature.shape[0] == 1
         problem = None if single else "not one row of phones and BERT features"
         problem = problem or self._problem([x[0]], prompts, [bert_feature[0]], x.shape[1], top_k, early_stop_num)
+        if streaming_mode:
+            yield from self._streaming(x, prompts, bert_feature, args, chunk_length, kwargs, problem)
+            return
         with DRAWS:  # the decode draws, and may rewind, from the shared generators
             items = self.guard.call("infer_panel_naive", lambda: self._naive(x, prompts, bert_feature, *args[4:]),
                                     lambda: list(upstream(*args, chunk_length=chunk_length, **kwargs)), problem)
@@ -229,6 +236,69 @@ class T2SAccelerator(Stage):
                     f"{self.model.ar_audio_position.pe.shape[1]} audio positions of ar_audio_position.pe")
         return None
 
+    def _streaming(self, x, prompts, bert, args: tuple, chunk_length: Any, kwargs: dict,
+                   problem: str | None) -> Iterator[tuple[torch.Tensor | None, bool]]:
+        """Upstream's streaming generator, `(chunk (1, n) or None, last)`, through the static-cache decode: the chunks
+        cut where upstream cuts them (`chunks.Chunker`), read every `CHECK_EVERY` steps. A failure before the first
+        chunk is answered by upstream's own stream from the same random state; one after it propagates (the chunks
+        given cannot be taken back)."""
+        extra = sorted(set(kwargs) - {"mute_emb_sim_matrix", "chunk_split_thershold"})
+        if not problem and extra:
+            problem = f"keywords {extra}"
+        if not problem and (not isinstance(chunk_length, int) or isinstance(chunk_length, bool) or chunk_length < 0):
+            problem = f"chunk_length={chunk_length!r}: not an int >= 0"
+        mute = kwargs.get("mute_emb_sim_matrix")
+        chunker = None if problem else Chunker(
+            [] if prompts is None else prompts[0].tolist(), chunk_length,
+            mute if isinstance(mute, torch.Tensor) else None, float(kwargs.get("chunk_split_thershold", THRESHOLD)))
+
+        def optimized() -> Iterator[tuple[torch.Tensor | None, bool]]:
+            with DRAWS, self._decode_lock:
+                if self._streaming_now:
+                    raise Uncovered("another stream is open")
+                self._streaming_now = True
+                generator = RngState(x.device)
+            stream = self._stream(x, prompts, bert, args, chunker)
+            try:
+                first = next(stream)
+            except Exception:
+                stream.close()
+                with DRAWS:
+                    generator.restore()
+                raise
+            return itertools.chain([first], stream)
+
+        yield from self.guard.call("infer_panel_naive", optimized, lambda: self.original["infer_panel_naive"](
+            *args, streaming_mode=True, chunk_length=chunk_length, **kwargs), problem)
+
+    def _stream(self, x, prompts, bert, args: tuple, chunker: Chunker) -> Iterator[tuple[torch.Tensor | None, bool]]:
+        """One row decoded in rounds on the stage's stream cache (one stream at a time: others go to upstream), each
+        round under `DRAWS` and the decode lock, none of them held while the caller has a chunk."""
+        top_k, top_p, early_stop_num, temperature, penalty = args[4:]
+        sampling = Sampling(int(top_k), float(top_p), float(temperature), float(penalty))
+        dtype = torch.int32 if prompts is None else prompts.dtype  # upstream's y: prompt-free decodes are int32
+        try:
+            with DRAWS, self._decode_lock, torch.inference_mode():
+                self.follow_weights()
+                self._verify_rows(1, bert.dtype)
+            rounds = self._rounds([x[0]], prompts, [bert[0]], x.shape[1], sampling, int(early_stop_num), stream=True)
+            done, end = 0, None
+            while end is None:
+                with DRAWS, self._decode_lock, torch.inference_mode():
+                    try:
+                        new = next(rounds)[done:].tolist()
+                    except StopIteration as stop:
+                        [(tokens, idx, eos)] = stop.value
+                        new, end = tokens[done: idx + 1].tolist(), (idx, eos)
+                chunks = [chunk for i, token in enumerate(new) for chunk in chunker.step(
+                    token, end is not None and done + i == end[0], end is not None and end[1])]
+                done += len(new)
+                for chunk, last in chunks:
+                    yield (None if chunk is None else torch.tensor([chunk], dtype=dtype, device=x.device)), last
+        finally:
+            with self._decode_lock:
+                self._streaming_now = False
+
     def _run(self, x, prompts, bert, width, top_k, top_p, early_stop_num, temperature,
              penalty) -> list[tuple[torch.Tensor, int, bool]]:
         """Per row (tokens (steps,), idx, stopped on EOS); on an error the generator is rewound before it
@@ -291,12 +361,23 @@ class T2SAccelerator(Stage):
                 hook.remove()
         return compare_logits(ours, theirs, rows, device)
 
-    def _decode(self, x, prompts, bert, width: int, sampling: Sampling, early_stop_num: int,
-                record: list[torch.Tensor] | None = None) -> list[tuple[torch.Tensor, int, bool]]:
-        """Per row (tokens, idx, stopped on EOS); with `record`, the logits before every step are appended to it (the
-        probe: one host sync per step)."""
+    def _decode(self, *args, **kwargs) -> list[tuple[torch.Tensor, int, bool]]:
+        """Per row (tokens, idx, stopped on EOS): `_rounds` run to the end."""
+        rounds = self._rounds(*args, **kwargs)
+        while True:
+            try:
+                next(rounds)
+            except StopIteration as end:
+                return end.value
+
+    def _rounds(self, x, prompts, bert, width: int, sampling: Sampling, early_stop_num: int,
+                record: list[torch.Tensor] | None = None, stream: bool = False):
+        """The decode, a generator: after each round of steps (one host sync) it yields the first row's tokens so far
+        (a view, valid until the next round), and it returns per row (tokens, idx, stopped on EOS). With `record`,
+        the logits before every step are appended to it (the probe: one host sync per step); `stream`: on the
+        streams' cache."""
         last = _steps(early_stop_num) - 1
-        state = self._prefill(x, prompts, bert, width, last + 1)
+        state = self._prefill(x, prompts, bert, width, last + 1, stream)
         alive, ends, step = list(range(len(x))), {}, 0
         while alive:
             rng, start, saved = RngState(x[0].device), step, state.snapshot() if len(alive) > 1 else None
@@ -310,6 +391,7 @@ class T2SAccelerator(Stage):
             flags = state.eos[alive, start:step].cpu()
             hits = flags.any(dim=0).nonzero()
             if not len(hits) and step <= last:
+                yield state.tokens[0, :step]
                 continue
             stop = start + int(hits[0]) if len(hits) else last
             stopped = [row for row, flag in zip(alive, flags[:, stop - start].tolist()) if flag or stop == last]
@@ -326,10 +408,11 @@ class T2SAccelerator(Stage):
             alive = [row for row in alive if row not in ends]
             state.alive[: len(alive)].copy_(torch.tensor(alive))
             step = stop + 1
+            yield state.tokens[0, :step]
         tokens = state.tokens[: len(x)].clone()
         return [(tokens[row, : ends[row][0] + 1], *ends[row]) for row in range(len(x))]
 
-    def _prefill(self, x, prompts, bert, width: int, steps: int) -> _State:
+    def _prefill(self, x, prompts, bert, width: int, steps: int, stream: bool = False) -> _State:
         """Embed the rows like upstream (each row's text on its own, then left-padded to `width`) and run them
         through the layers, filling the cache; logits of their last position."""
         m, batch = self.model, len(x)
@@ -338,7 +421,7 @@ class T2SAccelerator(Stage):
         text = torch.stack([F.pad(row, (0, 0, width - row.shape[0], 0)) for row in text])
         xy = text if prompts is None else torch.cat((text, m.ar_audio_position(m.ar_audio_embedding(prompts))), dim=1)
         n_text, n_prompt = width, xy.shape[1] - width
-        state = self._state(n_text + n_prompt + steps, batch, xy.dtype, xy.device)
+        state = self._state(n_text + n_prompt + steps, batch, xy.dtype, xy.device, stream)
         if n_prompt + steps > state.embedding.pe.shape[1]:
             raise ValueError(f"{n_prompt} prompt tokens + {steps} steps exceed the {state.embedding.pe.shape[1]} "
                              "audio positions of ar_audio_position.pe")
@@ -362,10 +445,16 @@ class T2SAccelerator(Stage):
         state.prompt.fill_(n_prompt)
         return state
 
-    def _state(self, length: int, batch: int, dtype: torch.dtype, device: torch.device) -> _State:
+    def _state(self, length: int, batch: int, dtype: torch.dtype, device: torch.device,
+               stream: bool = False) -> _State:
         capacity = CAPACITIES.fit(length)
         if capacity is None:
             raise ValueError(f"prefix + steps = {length} exceeds the largest KV-cache capacity {CAPACITIES.largest}")
+        if stream:  # kept apart: the others' budget never drops it mid-stream
+            key = (capacity, 1, dtype, device, "stream")
+            if key not in self._stream_states:
+                self._stream_states[key] = _State(self.model, *key[:4], stream=True)
+            return self._stream_states[key]
         key = (capacity, ROWS.fit(batch), dtype, device)
         state = self._states.pop(key, None) or _State(self.model, *key)
         self._states[key] = state

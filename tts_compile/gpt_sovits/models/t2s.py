@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..chunks import THRESHOLD, Chunker
+
 MAX_STEPS = 1500
 EARLY_STEPS = 11
 
@@ -78,11 +80,19 @@ class T2SModel(nn.Module):
                           temperature=1.0, repetition_penalty=1.35, **kwargs) -> Iterator[tuple[torch.Tensor, int]]:
         """Yields `(prompt + tokens (1, L), idx)` once: the EOS token dropped, or every token at early stop / cap.
         Without a prompt (upstream's prompt-free decode) the tokens are int32 and idx is 0."""
-        if kwargs.get("streaming_mode"):
-            raise NotImplementedError("streaming_mode: T2SModel decodes whole segments (upstream's "
-                                      "Text2SemanticDecoder streams)")
         tokens, idx, eos = self._decode(x, prompts, bert_feature, top_k, top_p, early_stop_num, temperature,
                                         repetition_penalty)
+        if kwargs.get("streaming_mode"):  # upstream's chunks of the same tokens (`chunks.Chunker`)
+            prefix = 0 if prompts is None else prompts.shape[1]
+            chunker = Chunker(tokens[0, :prefix].tolist(), kwargs.get("chunk_length", 24),
+                              kwargs.get("mute_emb_sim_matrix"), kwargs.get("chunk_split_thershold", THRESHOLD))
+            generated = tokens[0, prefix:].tolist()
+            for i, token in enumerate(generated):
+                last = i + 1 == len(generated)
+                for chunk, final in chunker.step(token, last, eos and last):
+                    yield (None if chunk is None else torch.tensor([chunk], dtype=tokens.dtype,
+                                                                   device=tokens.device)), final
+            return
         yield tokens[:, :-1] if eos else tokens, 0 if prompts is None else idx
 
     def infer_panel(self, *args, **kwargs) -> tuple[torch.Tensor, int]:
