@@ -190,6 +190,8 @@ class Engine:
         failure of the prefill call itself fails the requests in it). True when a row started."""
         prefixes, owners = [], []
         for request, index in admit:
+            if request.status == Status.FAILED:  # an earlier segment of it failed just now
+                continue
             voice, segment = request.voice, request.segments[index]
             try:
                 phones = torch.cat([voice.prompt_phones, self._on_device(segment.phones)])
