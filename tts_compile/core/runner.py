@@ -121,7 +121,9 @@ class Runner:
         return time.perf_counter() - start
 
     def run(self, key: Hashable, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Output of bucket `key` on `inputs`, in a fresh tensor that no later replay can overwrite."""
+        """Output of bucket `key` on `inputs`, in a fresh tensor that no later replay can overwrite. The static
+        inputs are written under inference mode: captured in one thread under `torch.inference_mode()` they are
+        inference tensors, which a caller's thread outside it could not write."""
         with self.lock:
             capture = self._captures[key]
             if capture.graph is None:
@@ -130,7 +132,7 @@ class Runner:
             caller = torch.cuda.current_stream(self.device)
             out = torch.empty_like(capture.output)  # allocated on the caller's stream, which waits for the copy
             self._stream.wait_stream(caller)
-            with torch.cuda.stream(self._stream):
+            with torch.cuda.stream(self._stream), torch.inference_mode():
                 for static, value in zip(capture.inputs, inputs):
                     static.copy_(value)
                 capture.graph.replay()

@@ -1,0 +1,30 @@
+"""The runner's captured buckets from any thread: a bucket captured under `torch.inference_mode()` in one thread
+(its static inputs inference tensors) serves a thread that calls outside inference mode."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from tts_compile.core.runner import Execution, Runner
+
+
+def _double(x: torch.Tensor) -> torch.Tensor:
+    return 2 * x + 1
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_a_bucket_captured_under_inference_mode_serves_another_thread(device) -> None:
+    runner = Runner(Execution.of("cudagraphs" if device == "cuda" else "eager", torch.device(device)),
+                    torch.device(device))
+    example = torch.randn(4, 8, device=device)
+    with torch.inference_mode():
+        runner.prepare("bucket", _double, [example])
+    assert runner.graphs == (device == "cuda")
+    value, got = torch.randn(4, 8, device=device), []
+    thread = threading.Thread(target=lambda: got.append(runner.run("bucket", [value])))  # not in inference mode
+    thread.start()
+    thread.join()
+    torch.testing.assert_close(got[0], _double(value), rtol=0, atol=0)
