@@ -86,8 +86,8 @@ def main() -> None:
             tokens = [torch.randint(0, 1024, (caps[label],)).tolist() for _ in parts]
 
             def render():
-                with seeded(request, device):
-                    return engine._render(request, tokens)
+                with seeded(request.seed, device):
+                    return engine._render(request.voice, request.params, request.segments, tokens)
 
             results["render_ms"][label] = timed(render, device, args.repeats)[1]
             log.info("render of %-6s (%d segments x %d tokens): %.2f ms", label, len(parts), caps[label],

@@ -3,14 +3,17 @@
 One scheduler thread owns the T2S decode: it admits waiting segments into free rows (prefilled together), runs
 `CHECK_EVERY` steps over every running row, reads their stop flags once, and hands each request whose segments are
 all done to the render workers, which turn tokens into audio (SoVITS decode, or CFM and vocoder) on their own CUDA
-streams while the loop goes on. Requests enter through a bounded queue (full: `QueueFull` at once), carry a
-deadline and a cancel flag (checked at every scheduling round), and fail alone: a request's error reaches its own
-handle and the engine goes on. Every T2S rows bucket is captured before the engine reports ready.
+streams while the loop goes on. A stream's segments are rendered one by one as each one's tokens are done, a new
+stream's first segment ahead of every other render, so its first audio does not wait behind the load. Requests
+enter through a bounded queue (full: `QueueFull` at once), carry a deadline and a cancel flag (checked at every
+scheduling round), and fail alone: a request's error reaches its own handle and the engine goes on. Every T2S rows
+bucket is captured before the engine reports ready.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 import threading
@@ -35,7 +38,8 @@ from .t2s import BatchedT2S, Prefix, slot_bytes
 
 logger = logging.getLogger(__name__)
 
-Render = Callable[[Request, list[list[int]]], torch.Tensor]
+Render = Callable[[Voice, Params, Sequence[Segment], list[list[int]]], torch.Tensor]
+FIRST, NEXT = 0, 1  # render priorities: a stream's first segment, then everything else in arrival order
 COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "prefills", "steps", "syncs", "renders",
             "row_steps", "decode_s", "render_s")
 
@@ -62,7 +66,8 @@ class Engine:
         self._handles: dict[int, Handle] = {}  # request id -> its handle, until it finishes
         self._cv = threading.Condition()
         self._closing = False
-        self._renders: queue.Queue[Request | None] = queue.Queue()
+        self._renders: queue.PriorityQueue[tuple[int, int, Request | None, tuple[int, ...]]] = queue.PriorityQueue()
+        self._render_order = itertools.count()
         started = time.perf_counter()
         self._warm_up()
         self.startup_s = time.perf_counter() - started
@@ -75,13 +80,15 @@ class Engine:
                     version.name, rows, config.kv_capacity, self.t2s.pool.bytes / 2**20, self.startup_s)
 
     # ------------------------------------------------------------------------------------------------ callers
-    def submit(self, voice: Voice, segments: Sequence[Segment], params: Params | None = None) -> Handle:
-        """Queue a request; its `Handle` gives the audio. Raises `QueueFull` when `queue_size` requests are held,
-        `EngineClosed` after `close()`, and `InputError` (a ValueError) for a bad request, naming what is wrong."""
-        request = new_request(voice, tuple(segments), params or Params())
+    def submit(self, voice: Voice, segments: Sequence[Segment], params: Params | None = None,
+               stream: bool = False) -> Handle:
+        """Queue a request; its `Handle` gives the audio (with `stream`, segment by segment as each is ready: see
+        `Handle.chunks`). Raises `QueueFull` when `queue_size` requests are held, `EngineClosed` after `close()`, and
+        `InputError` (a ValueError) for a bad request, naming what is wrong."""
+        request = new_request(voice, tuple(segments), params or Params(), stream)
         if voice.prompt_bert.device != self.device or voice.prompt_bert.dtype != self.dtype:
             request.voice = voice.to(self.device, self.dtype)
-        handle = Handle(request)
+        handle = Handle(request, self.version.sample_rate)
         with self._cv:
             if self._closing:
                 raise EngineClosed("the engine is closed")
@@ -109,7 +116,7 @@ class Engine:
             self._closing = True
             self._cv.notify_all()
         for _ in range(self.config.render_workers):
-            self._renders.put(None)
+            self._renders.put((NEXT + 1, next(self._render_order), None, ()))
         for thread in self._threads:
             thread.join(timeout)
         for handle in list(self._handles.values()):
@@ -179,9 +186,13 @@ class Engine:
             request, index = self._rows.pop(slot)
             self.t2s.release(slot)
             request.tokens[index] = tokens
-            if len(request.tokens) == len(request.segments) and request.status == Status.DECODING:
+            if request.stream and request.status == Status.DECODING:
+                self._render_later(request, (index,))
+            all_done = len(request.tokens) == len(request.segments)
+            if all_done and request.status == Status.DECODING:
                 request.status = Status.RENDERING
-                self._renders.put(request)
+                if not request.stream:
+                    self._render_later(request, tuple(range(len(request.segments))))
         if finished and self._rows:
             self.t2s.arrange(list(self._rows))
 
@@ -241,19 +252,29 @@ class Engine:
                 self._queued.remove(request)
         self._finish(request, error=error)
 
+    def _render_later(self, request: Request, indices: tuple[int, ...]) -> None:
+        """Queue the rendering of these segments of `request` (all of them, or one of a stream)."""
+        priority = FIRST if request.stream and indices == (0,) else NEXT
+        self._renders.put((priority, next(self._render_order), request, indices))
+
     def _render_loop(self) -> None:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-            while (request := self._renders.get()) is not None:
+            while (job := self._renders.get())[2] is not None:
+                _, _, request, indices = job
+                if request.status in (Status.FAILED, Status.CANCELLED):
+                    continue
                 if request.expired(time.monotonic()):
                     self._finish(request, error=Cancelled(f"request {request.id} was cancelled or passed its "
                                                           "deadline"))
                     continue
                 started = time.perf_counter()
+                seed = row_seed(request.seed, indices[0]) if request.stream else request.seed
                 try:
-                    tokens = [request.tokens[i] for i in range(len(request.segments))]
-                    with seeded(request, self.device):
-                        audio = self._render(request, tokens)
+                    segments = [request.segments[i] for i in indices]
+                    with seeded(seed, self.device):
+                        audio = self._render(request.voice, request.params, segments,
+                                             [request.tokens[i] for i in indices])
                     audio = audio.float().cpu()
                 except Exception as exc:  # noqa: BLE001 - this request fails, the engine goes on
                     logger.warning("engine: request %d failed while rendering: %s: %s", request.id,
@@ -263,7 +284,15 @@ class Engine:
                 with self._cv:
                     self.counters["renders"] += 1
                     self.counters["render_s"] += time.perf_counter() - started
-                self._finish(request, result=(audio, self.version.sample_rate))
+                    handle = self._handles.get(request.id)
+                    request.rendered += len(indices)
+                    whole = request.rendered == len(request.segments)
+                if not request.stream:
+                    self._finish(request, result=(audio, self.version.sample_rate))
+                elif handle is not None:
+                    handle.deliver(indices[0], audio)
+                    if whole:
+                        self._finish(request, result=(torch.cat(handle.delivered()), self.version.sample_rate))
 
     def _finish(self, request: Request, result: tuple[torch.Tensor, int] | None = None,
                 error: BaseException | None = None) -> None:
@@ -297,13 +326,12 @@ class Engine:
         if config.sovits:
             attach_or_leave("engine", "SoVITS", optimize_sovits, lambda: vits, config)
         if shape.renderer == "decode":
-            return cls(t2s_model, lambda request, tokens: render_decode(vits, request, tokens), shape, config)
+            return cls(t2s_model, lambda *inputs: render_decode(vits, *inputs), shape, config)
         if config.cfm:
             attach_or_leave("engine", "CFM", optimize_cfm, lambda: vits.cfm, config)
         if not isinstance(vocoder, OptimizedVocoder):
             vocoder = optimize_vocoder(vocoder, config=config)
-        return cls(t2s_model, lambda request, tokens: render_cfm(vits, vocoder, shape, request, tokens), shape,
-                   config)
+        return cls(t2s_model, lambda *inputs: render_cfm(vits, vocoder, shape, *inputs), shape, config)
 
     @classmethod
     def from_pipeline(cls, tts: Any, config: EngineConfig | None = None, **options: Any) -> "Engine":

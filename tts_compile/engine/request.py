@@ -9,12 +9,14 @@ stages. The `Handle` is the caller's side: the result (blocking or awaited), can
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import math
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -124,11 +126,13 @@ class Request:
     segments: tuple[Segment, ...]
     params: Params
     seed: int
+    stream: bool = False  # each segment's audio delivered as soon as it is rendered
     id: int = field(default_factory=lambda: next(_ids))
     submitted: float = field(default_factory=time.monotonic)
     status: Status = Status.QUEUED
     next_segment: int = 0  # segments before it have rows (or are done)
     tokens: dict[int, list[int]] = field(default_factory=dict)  # segment -> its semantic tokens, once done
+    rendered: int = 0  # segments rendered (a stream's; the render workers' count)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -144,7 +148,8 @@ class Request:
         return self.cancelled.is_set() or (self.deadline is not None and now > self.deadline)
 
 
-def new_request(voice: Voice, segments: list[Segment] | tuple[Segment, ...], params: Params) -> Request:
+def new_request(voice: Voice, segments: list[Segment] | tuple[Segment, ...], params: Params,
+                stream: bool = False) -> Request:
     """A validated request; its seed drawn when `params.seed` is None."""
     if not isinstance(voice, Voice):
         raise InputError(f"voice: expected a tts_compile.engine.Voice, got {type(voice).__name__}")
@@ -156,21 +161,28 @@ def new_request(voice: Voice, segments: list[Segment] | tuple[Segment, ...], par
         if not isinstance(segment, Segment) or segment.phones.dim() != 1 or segment.bert.dim() != 2 or \
                 segment.bert.shape[1] != segment.phones.shape[0] or segment.phones.numel() == 0:
             raise InputError(f"segments[{i}]: expected a Segment of phones (L,) and BERT features (1024, L), L >= 1")
+    if not isinstance(stream, bool):
+        raise InputError(f"stream={stream!r} is invalid: expected True or False")
     seed = params.seed if params.seed is not None else secrets.randbits(62)
-    return Request(voice, tuple(segments), params, seed)
+    return Request(voice, tuple(segments), params, seed, stream)
 
 
 class Handle:
     """The caller's side of a request: `result()` blocks, `await handle` waits in asyncio, `cancel()` stops it (its
-    rows leave the batch at the next step). The result is (audio float32 tensor on the CPU, sample rate)."""
+    rows leave the batch at the next step). The result is (audio float32 tensor on the CPU, sample rate). `chunks()`
+    (or `async for chunk in handle`) gives the audio as it comes: a stream's segments one by one, in order, as soon
+    as each is rendered; any other request's whole audio once."""
 
-    def __init__(self, request: Request) -> None:
-        self.request = request
+    def __init__(self, request: Request, sample_rate: int = 0) -> None:
+        self.request, self.sample_rate = request, sample_rate
         self._done = threading.Event()
         self._result: tuple[torch.Tensor, int] | None = None
         self._error: BaseException | None = None
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._chunks: list[torch.Tensor] = []  # delivered, in order
+        self._ahead: dict[int, torch.Tensor] = {}  # rendered before an earlier segment
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._wakers: list[asyncio.Future] = []
 
     @property
     def id(self) -> int:
@@ -200,36 +212,84 @@ class Handle:
             raise self._error
         return self._result
 
-    def __await__(self):
-        return self._future().__await__()
+    def chunks(self, timeout: float | None = None) -> Iterator[torch.Tensor]:
+        """The audio in pieces as they come (each float32 on the CPU, at `sample_rate`); raises the request's error
+        after the pieces delivered before it, and TimeoutError when none comes within `timeout` seconds."""
+        index = 0
+        while True:
+            with self._changed:
+                if not self._changed.wait_for(lambda: len(self._chunks) > index or self._done.is_set(), timeout):
+                    raise TimeoutError(f"request {self.id}: no audio within {timeout} s")
+                chunk = self._chunks[index] if len(self._chunks) > index else None
+            if chunk is None:
+                self.result(0)
+                return
+            index += 1
+            yield chunk
 
-    def _future(self) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+    def delivered(self) -> list[torch.Tensor]:
+        """The pieces of audio delivered so far, in order."""
         with self._lock:
-            if not self._done.is_set():
-                self._waiters.append((loop, future))
-                return future
-        self._settle(future)
-        return future
+            return list(self._chunks)
 
-    def _settle(self, future: asyncio.Future) -> None:
-        if future.done():
-            return
-        if self._error is not None:
-            future.set_exception(self._error)
-        else:
-            future.set_result(self._result)
+    def __await__(self):
+        return self._awaited().__await__()
+
+    async def _awaited(self) -> tuple[torch.Tensor, int]:
+        await self._until(self._done.is_set)
+        return self.result(0)
+
+    async def __aiter__(self) -> AsyncIterator[torch.Tensor]:
+        index = 0
+        while True:
+            await self._until(lambda: len(self._chunks) > index or self._done.is_set())
+            with self._lock:
+                chunk = self._chunks[index] if len(self._chunks) > index else None
+            if chunk is None:
+                self.result(0)
+                return
+            index += 1
+            yield chunk
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        """Wait in asyncio until `ready()` (read under the lock) holds; the engine's threads wake the loop."""
+        while True:
+            with self._lock:
+                if ready():
+                    return
+                future = asyncio.get_running_loop().create_future()
+                self._wakers.append(future)
+            await future
+
+    def deliver(self, index: int, audio: torch.Tensor) -> None:
+        """Called by the engine: segment `index`'s audio of a stream (any order; handed out in order)."""
+        with self._changed:
+            self._ahead[index] = audio
+            while len(self._chunks) in self._ahead:
+                self._chunks.append(self._ahead.pop(len(self._chunks)))
+            self._wake()
 
     def finish(self, result: tuple[torch.Tensor, int] | None = None, error: BaseException | None = None) -> None:
         """Called by the engine once: the result or the error, and every waiter woken."""
-        with self._lock:
+        with self._changed:
             self._result, self._error = result, error
+            if result is not None and not self._chunks:
+                self._chunks.append(result[0])
             self._done.set()
-            waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
-            loop.call_soon_threadsafe(self._settle, future)
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the threads and event loops waiting on this handle (the lock held)."""
+        self._changed.notify_all()
+        wakers, self._wakers = self._wakers, []
+        for future in wakers:
+            with contextlib.suppress(RuntimeError):  # its event loop is closed: nobody waits any more
+                future.get_loop().call_soon_threadsafe(_wake_future, future)
 
     def __repr__(self) -> str:
         return f"Handle(id={self.id}, status={self.status.value})"
 
+
+def _wake_future(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,132 @@
+"""Streams through the engine (stand-in models, CPU, float32): a stream's segments arrive one by one, in order, the
+first before the last is rendered; each is its own segment's audio whatever else runs; a stream cancelled mid-way
+frees its rows."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tts_compile.core.guard import InputError
+from tts_compile.engine import Cancelled, Params, stand_ins
+from tts_compile.engine.render import seeded
+from tts_compile.engine.request import Status
+from tts_compile.engine.sampling import row_seed
+
+EAGER = {"compile_mode": "eager", "max_rows": 8}
+TEXT = "今天天气很好！我们去公园吧。好。"  # three segments
+OTHERS = ["你好，欢迎使用。", "一二三四五六七八九十，十一十二。", "好。"]
+
+
+@pytest.fixture(scope="module", params=["v2ProPlus", "v4"])
+def engine(request):
+    with stand_ins.engine(request.param, **EAGER, render_workers=2) as engine:
+        engine.voice_ = stand_ins.voice(request.param)
+        yield engine
+
+
+def test_a_stream_gives_each_segment_in_order_and_the_whole_at_the_end(engine) -> None:
+    segments = stand_ins.segments(TEXT)
+    params = Params(seed=11, max_tokens=30)
+    handle = engine.submit(engine.voice_, segments, params, stream=True)
+    chunks = list(handle.chunks(120))
+    audio, rate = handle.result(0)
+    assert len(chunks) == len(segments) == 3 and rate == engine.version.sample_rate
+    assert torch.equal(audio, torch.cat(chunks))
+    for index, chunk in enumerate(chunks):  # segment `index`'s tokens, rendered alone with its own seed
+        with torch.inference_mode(), seeded(row_seed(params.seed, index), engine.device):
+            alone = engine._render(engine.voice_, params, [segments[index]], [handle.request.tokens[index]])
+        assert torch.equal(chunk, alone.float())
+    whole = engine.submit(engine.voice_, segments, params)  # not streamed: the same tokens, one decode
+    whole.result(120)
+    assert whole.request.tokens == handle.request.tokens
+
+
+@settings(max_examples=4, deadline=None)
+@given(data=st.data())
+def test_a_stream_is_the_same_alone_or_amid_others(engine, data) -> None:
+    """Batch invariance holds for streams: the chunks of a stream alone equal those amid other requests, streamed
+    or not, that arrive around it."""
+    params = Params(seed=data.draw(st.integers(0, 2**40)), max_tokens=data.draw(st.integers(5, 40)))
+    alone = list(engine.submit(engine.voice_, stand_ins.segments(TEXT), params, stream=True).chunks(120))
+    others = data.draw(st.lists(st.tuples(st.sampled_from(OTHERS), st.booleans(), st.integers(0, 2**40)),
+                                min_size=1, max_size=4))
+    handles = [engine.submit(engine.voice_, stand_ins.segments(text), Params(seed=seed, max_tokens=30),
+                             stream=streamed) for text, streamed, seed in others[:2]]
+    mine = engine.submit(engine.voice_, stand_ins.segments(TEXT), params, stream=True)
+    handles += [engine.submit(engine.voice_, stand_ins.segments(text), Params(seed=seed, max_tokens=30),
+                              stream=streamed) for text, streamed, seed in others[2:]]
+    amid = list(mine.chunks(120))
+    assert len(amid) == len(alone) and all(torch.equal(a, b) for a, b in zip(alone, amid))
+    for handle in handles:
+        handle.result(120)
+
+
+def test_the_first_segment_arrives_before_the_last_is_rendered() -> None:
+    """The later segments' renders are held (a worker for each): the first one's audio still comes, and the handle
+    is not done."""
+    with stand_ins.engine("v2", **EAGER, render_workers=3) as engine:
+        gate, render = threading.Event(), engine._render
+
+        def held(voice, params, segments, tokens):
+            if segments[0] is not first_segment:
+                gate.wait(60)
+            return render(voice, params, segments, tokens)
+
+        engine._render = held
+        segments = stand_ins.segments(TEXT)
+        first_segment = segments[0]
+        handle = engine.submit(stand_ins.voice("v2"), segments, Params(seed=1, max_tokens=20), stream=True)
+        chunks = handle.chunks(60)
+        first = next(chunks)
+        assert first.numel() > 0 and not handle.done()
+        gate.set()
+        assert len([first, *chunks]) == 3
+
+
+def test_a_stream_is_async_iterable() -> None:
+    with stand_ins.engine("v2", **EAGER) as engine:
+        voice, segments = stand_ins.voice("v2"), stand_ins.segments(TEXT)
+
+        async def main():
+            handle = engine.submit(voice, segments, Params(seed=3, max_tokens=20), stream=True)
+            return [chunk async for chunk in handle], await handle
+
+        chunks, (audio, _) = asyncio.run(main())
+        assert len(chunks) == 3 and torch.equal(torch.cat(chunks), audio)
+
+
+def test_a_stream_cancelled_mid_way_frees_its_rows() -> None:
+    """The later segments are kept decoding (their stops hidden from the engine) until the stream is cancelled
+    after its first audio: their rows are freed and the engine serves the next request."""
+    with stand_ins.engine("v2", **EAGER) as engine:
+        stopped = engine.t2s.stopped
+        engine.t2s.stopped = lambda slots: {slot: tokens for slot, tokens in stopped(slots).items()
+                                            if engine._rows[slot][1] == 0}
+        voice = stand_ins.voice("v2")
+        handle = engine.submit(voice, stand_ins.segments(TEXT), Params(seed=2, max_tokens=1500), stream=True)
+        chunks = handle.chunks(60)
+        next(chunks)
+        assert engine.stats()["rows"] == 2
+        handle.cancel()
+        with pytest.raises(Cancelled):
+            list(chunks)
+        deadline = time.monotonic() + 60
+        while engine.stats()["rows"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.stats()["rows"] == 0 and len(engine.t2s.free) == engine.t2s.pool.rows
+        assert handle.status == Status.CANCELLED
+        engine.t2s.stopped = stopped
+        engine.submit(voice, stand_ins.segments(OTHERS[0]), Params(max_tokens=10)).result(60)
+
+
+def test_stream_must_be_a_bool() -> None:
+    with stand_ins.engine("v2", **EAGER) as engine:
+        with pytest.raises(InputError, match="stream='yes' is invalid"):
+            engine.submit(stand_ins.voice("v2"), stand_ins.segments("好。"), stream="yes")
