@@ -1,5 +1,5 @@
-"""`python -m tts_compile bench | probe | client | options`: the command-line entry points. Bad flags are answered by
-argparse with one line naming the flag (exit status 2), before anything starts."""
+"""`python -m tts_compile bench | probe | client | serve | options`: the command-line entry points. Bad flags are
+answered by argparse with one line naming the flag (exit status 2), before anything starts."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, add, text in (("bench", _add_bench, "eager vs optimized on a built-in vocoder, side by side"),
                             ("probe", _add_probe, "receptive field and hop of a vocoder"),
                             ("client", _add_client, "latency and throughput of a running GPT-SoVITS service"),
+                            ("serve", _add_serve, "an api_v2- and OpenAI-compatible TTS server over the engine"),
                             ("options", _add_options, "every option of the tts_compile: section, as Markdown")):
         add(commands.add_parser(name, help=text, description=text,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter))
@@ -168,6 +169,44 @@ def _run_client(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1, ensure_ascii=False)
     return 0 if report["summary"]["ok"] else 1
+
+
+def _add_serve(parser: argparse.ArgumentParser) -> None:
+    from ..gpt_sovits.versions import VERSIONS
+
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (another than 127.0.0.1 exposes it)")
+    parser.add_argument("--port", type=positive, default=9880)
+    parser.add_argument("--voices-dir", default="voices",
+                        help="where registered voices are kept; the only place reference audio paths may point to")
+    parser.add_argument("--queue-size", type=positive, default=256, help="requests held at most (then 503)")
+    parser.add_argument("--api-key", default=None,
+                        help="bearer token the routes that change state require (default: $TTS_COMPILE_API_KEY)")
+    parser.add_argument("--version", default="v2ProPlus", choices=sorted(VERSIONS),
+                        help="GPT-SoVITS version of the built-in stand-in models")
+    parser.add_argument("--max-text-chars", type=positive, default=5000)
+    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds a request may take (then 504)")
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    try:
+        from ..serve import Settings, StandIns, serve
+    except ImportError as exc:
+        raise SystemExit(f"serve needs the serve extra ({exc.name} is missing): pip install 'tts-compile[serve]'")
+    from ..engine import EngineConfig
+
+    if not args.request_timeout > 0:
+        raise SystemExit(f"serve: --request-timeout {args.request_timeout}: expected seconds > 0")
+    settings = Settings(Path(args.voices_dir), api_key=args.api_key or os.environ.get("TTS_COMPILE_API_KEY"),
+                        max_text_chars=args.max_text_chars, request_timeout_s=args.request_timeout)
+    config = EngineConfig(compile_mode="eager", queue_size=args.queue_size, max_rows=8)
+    logger.info("serve: no --config: the built-in stand-in models (random weights, CPU): every route runs, the "
+                "audio is noise")
+    serve(settings, lambda: StandIns(args.version, config), args.host, args.port)
+    return 0
 
 
 def _pairs(items: Sequence[str], option: str) -> list[tuple[str, str]]:

@@ -1,0 +1,220 @@
+"""The server over HTTP (stand-in models, CPU): every route, every bad input answered 4xx with the field named,
+streams in pieces, the same seed the same bytes alone or amid others, overload, disconnects."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.serve.conftest import AUTH, hold_steps, reference, running
+from tts_compile.engine import Cancelled
+
+TTS = {"ref_audio_path": "alice/ref.wav", "prompt_lang": "zh", "prompt_text": "你好。", "text_lang": "zh"}
+TEXT = "今天天气很好！我们去公园吧。好的。"  # three segments
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    with running(tmp_path_factory.mktemp("voices"), max_text_chars=300, max_body_bytes=2**20) as live:
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            answer = client.post("/voices", data={"name": "alice", "prompt_text": "你好。", "prompt_lang": "zh"},
+                                 files={"ref_audio": ("alice.wav", reference(), "audio/wav")}, headers=AUTH)
+            assert answer.status_code == 201, answer.text
+            live.client = client
+            yield live
+
+
+def _wav_samples(body: bytes) -> int:
+    assert body[:4] == b"RIFF" and body[8:12] == b"WAVE" and body[36:40] == b"data"
+    return (len(body) - 44) // 2
+
+
+def test_every_route_answers(live) -> None:
+    client = live.client
+    assert client.get("/health").json() == {"status": "alive"}
+    assert client.get("/ready").json()["status"] == "ready"
+    assert [v["name"] for v in client.get("/voices").json()["voices"]] == ["alice"]
+    get = client.get("/tts", params={**TTS, "text": TEXT, "seed": 5})
+    post = client.post("/tts", json={**TTS, "text": TEXT, "seed": 5})
+    assert get.status_code == post.status_code == 200 and get.headers["content-type"] == "audio/wav"
+    assert get.content == post.content and _wav_samples(get.content) > 0 and get.headers["X-TTS-Seed"] == "5"
+    raw = client.post("/tts", json={**TTS, "text": TEXT, "seed": 5, "media_type": "raw"})
+    assert raw.content == get.content[44:]
+    cached = client.post("/tts_with_cached_voice", params={"voice_name": "alice", "text": TEXT, "text_lang": "zh",
+                                                           "temperature": 1.0, "speed_factor": 1.0, "seed": 5})
+    cached_json = client.post("/tts_with_cached_voice", json={"voice_name": "alice", "text": TEXT,
+                                                               "text_lang": "zh", "seed": 5})
+    assert cached.status_code == 200 and cached.content == cached_json.content
+    assert _wav_samples(cached.content) > 0
+    speech = client.post("/v1/audio/speech", json={"model": "tts", "input": TEXT, "voice": "alice", "seed": 3,
+                                                   "response_format": "pcm"})
+    assert speech.status_code == 200 and len(speech.content) % 2 == 0 and speech.content
+    events = client.post("/v1/audio/speech", json={"model": "tts", "input": TEXT, "voice": "alice", "seed": 3,
+                                                   "stream_format": "sse"})
+    parsed = [json.loads(line[6:]) for line in events.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in parsed] == ["speech.audio.delta"] * 3 + ["speech.audio.done"]
+    assert b"".join(base64.b64decode(e["audio"]) for e in parsed[:-1]) == speech.content
+    assert client.get("/set_refer_audio", params={"refer_audio_path": "alice/ref.wav"}, headers=AUTH).json() == \
+        {"message": "success"}
+    client.post("/voices", data={"name": "bob", "prompt_lang": "zh", "ref_audio_path": "alice/ref.wav"},
+                headers=AUTH).raise_for_status()
+    assert client.delete("/voices/bob", headers=AUTH).status_code == 200
+    assert client.get("/tts_with_cached_voice", params={"voice_name": "bob", "text": "好。",
+                                                        "text_lang": "zh"}).status_code == 404
+    metrics = client.get("/metrics").text
+    assert 'tts_requests_total{route="/tts",status="200"}' in metrics and "tts_engine_finished" in metrics
+    assert "tts_first_audio_seconds_count" in metrics
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "message"), [
+    ("post", "/tts", {"json": {**TTS}}, 400, "text is required"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "text_lang": "klingon"}}, 400, "text_lang='klingon'"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "prompt_lang": None}}, 400, "prompt_lang is required"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "top_k": 0}}, 400, "top_k=0"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "top_k": "many"}}, 400, "top_k='many'"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "temperature": -1}}, 400, "temperature=-1"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "top_p": 1.5}}, 400, "top_p=1.5"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "speed_factor": 9}}, 400, "speed_factor=9"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "media_type": "mp3"}}, 400, "media_type='mp3'"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "streaming_mode": 7}}, 400, "streaming_mode=7"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "min_chunk_length": 0}}, 400, "min_chunk_length=0"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "overlap_length": -1}}, 400, "overlap_length=-1"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "text_split_method": "cut9"}}, 400, "text_split_method"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "seed": -5}}, 400, "seed=-5"),
+    ("post", "/tts", {"json": {**TTS, "text": "。！？"}}, 400, "nothing to speak"),
+    ("post", "/tts", {"json": {**TTS, "text": "好" * 301}}, 400, "at most 300"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "ref_audio_path": "../../etc/passwd"}}, 403, "outside"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "ref_audio_path": "/etc/hostname"}}, 403, "outside"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "ref_audio_path": "missing.wav"}}, 400, "cannot be read"),
+    ("post", "/tts", {"content": b"[1, 2]"}, 400, "JSON object"),
+    ("post", "/tts", {"content": b"{not json"}, 400, "not JSON"),
+    ("post", "/tts", {"content": b"x" * (2**20 + 1)}, 413, "at most 1048576"),
+    ("get", "/tts_with_cached_voice", {"params": {"voice_name": "nobody", "text": "好", "text_lang": "zh"}}, 404,
+     "'nobody' is not registered"),
+    ("get", "/tts_with_cached_voice", {"params": {"text": "好", "text_lang": "zh"}}, 400, "voice_name is required"),
+    ("post", "/v1/audio/speech", {"json": {"input": "好", "voice": "alice", "response_format": "mp3"}}, 400,
+     "response_format='mp3'"),
+    ("post", "/v1/audio/speech", {"json": {"input": "", "voice": "alice"}}, 400, "input is required"),
+    ("post", "/v1/audio/speech", {"json": {"input": "好", "voice": "alice", "speed": 0}}, 400, "speed=0"),
+    ("post", "/voices", {"data": {"name": "carol", "prompt_lang": "zh"}, "files": {"ref_audio": ("c.wav", b"RIFF")}},
+     401, "API key"),
+    ("delete", "/voices/alice", {}, 401, "API key"),
+    ("get", "/set_gpt_weights", {"params": {"weights_path": "x.ckpt"}, "headers": AUTH}, 400, "set_gpt_weights"),
+    ("get", "/control", {"params": {"command": "dance"}, "headers": AUTH}, 400, "command='dance'"),
+])
+def test_bad_input_gets_a_4xx_naming_the_field(live, method, path, kwargs, status, message) -> None:
+    answer = getattr(live.client, method)(path, **kwargs)
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    text = body["error"]["message"] if path.startswith("/v1/") else body["message"]
+    assert message in text and "Traceback" not in answer.text
+
+
+@pytest.mark.parametrize(("fields", "files", "message"), [
+    ({"name": "x y", "prompt_lang": "zh"}, {"ref_audio": ("r.wav", reference())}, "name='x y' is invalid"),
+    ({"name": "short", "prompt_lang": "zh"}, {"ref_audio": ("r.wav", reference(1.0))}, "1.0 s long"),
+    ({"name": "junk", "prompt_lang": "zh"}, {"ref_audio": ("r.wav", b"not audio")}, "not a readable PCM WAV"),
+    ({"name": "lang", "prompt_lang": "xx"}, {"ref_audio": ("r.wav", reference())}, "prompt_lang='xx'"),
+    ({"name": "none", "prompt_lang": "zh"}, {}, "ref_audio or as ref_audio_path"),
+    ({"prompt_lang": "zh"}, {"ref_audio": ("r.wav", reference())}, "name: Field required"),
+])
+def test_bad_voices_are_rejected_with_the_field_named(live, fields, files, message) -> None:
+    answer = live.client.post("/voices", data=fields, files=files or None, headers=AUTH)
+    assert answer.status_code == 400 and message in answer.json()["message"], answer.text
+
+
+def test_a_stream_arrives_in_pieces_the_first_before_the_last_is_rendered(live) -> None:
+    """The last segment's render is held until the first pieces are at the client."""
+    engine, backend = live.backend.engine, live.backend
+    gate, render, segments = threading.Event(), engine._render, backend.segments
+    last = []
+
+    def held(voice, params, parts, tokens):
+        if parts[0] is last[0]:
+            gate.wait(60)
+        return render(voice, params, parts, tokens)
+
+    def remembered(*args):
+        result = segments(*args)
+        last[:] = [result[-1]]
+        return result
+
+    engine._render, backend.segments = held, remembered
+    try:
+        with live.client.stream("POST", "/tts", json={**TTS, "text": TEXT, "streaming_mode": 2, "seed": 9}) as s:
+            assert s.status_code == 200
+            pieces = s.iter_raw()
+            body = next(pieces)
+            while len(body) < 46:  # the WAV header, then the first segment's samples
+                body += next(pieces)
+            assert body[:4] == b"RIFF" and not gate.is_set()
+            gate.set()
+            body += b"".join(pieces)
+    finally:
+        engine._render, backend.segments = render, segments
+        gate.set()
+    whole = live.client.post("/tts", json={**TTS, "text": TEXT, "streaming_mode": 1, "seed": 9})
+    assert body == whole.content
+
+
+def test_the_same_seed_gives_the_same_bytes_alone_and_amid_16_others(live) -> None:
+    mine = {**TTS, "text": TEXT, "seed": 77, "top_k": 5}
+    alone = live.client.post("/tts", json=mine).content
+
+    def call(i: int) -> bytes:
+        body = mine if i == 8 else {**TTS, "text": ["你好。", TEXT, "一二三，四五六。"][i % 3], "seed": i}
+        answer = live.client.post("/tts", json=body)
+        assert answer.status_code == 200
+        return answer.content
+
+    with ThreadPoolExecutor(17) as pool:
+        results = list(pool.map(call, range(17)))
+    assert results[8] == alone
+
+
+def test_overload_answers_503_and_loses_no_request(tmp_path) -> None:
+    with running(tmp_path, queue_size=4) as live:
+        (tmp_path / "ref.wav").write_bytes(reference())
+        body = {**TTS, "ref_audio_path": "ref.wav", "text": "你好。"}
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            client.post("/tts", json={**body, "text": "预热。"})  # the voice prepared: callers only submit
+            gate = hold_steps(live.backend.engine)
+            with ThreadPoolExecutor(32) as pool:
+                futures = [pool.submit(client.post, "/tts", json=body) for _ in range(32)]
+                while live.backend.engine.stats()["rejected"] < 28:
+                    threading.Event().wait(0.01)
+                gate.set()
+                answers = [f.result() for f in futures]
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] * 4 + [503] * 28
+    assert all(a.headers["Retry-After"] == "1" and "queue_size" in a.json()["message"] for a in answers
+               if a.status_code == 503)
+
+
+def test_a_client_that_disconnects_cancels_its_request(tmp_path) -> None:
+    with running(tmp_path) as live:
+        (tmp_path / "ref.wav").write_bytes(reference())
+        gate = hold_steps(live.backend.engine)
+        body = {**TTS, "ref_audio_path": "ref.wav", "text": TEXT}
+        with httpx.Client(base_url=live.url, timeout=httpx.Timeout(60, read=0.5)) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                client.post("/tts", json=body)
+        engine = live.backend.engine
+        for _ in range(600):  # the server may still be preparing the request when the client leaves
+            if held := list(engine._handles.values()):
+                break
+            threading.Event().wait(0.05)
+        assert len(held) == 1
+        assert held[0].request.cancelled.wait(30)  # the server cancelled it while its rows were held
+        gate.set()
+        with pytest.raises(Cancelled):
+            held[0].result(60)
+        stats = engine.stats()
+        assert stats["cancelled"] == 1 and stats["requests"] == 0 and stats["rows"] == 0
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            assert client.post("/tts", json=body).status_code == 200

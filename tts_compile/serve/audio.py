@@ -1,0 +1,30 @@
+"""Audio as the server sends it: 16-bit PCM, in a WAV file or raw, whole or streamed (a WAV header whose sizes say
+"to the end", then raw PCM pieces, as api_v2 streams)."""
+
+from __future__ import annotations
+
+import struct
+
+import torch
+
+MEDIA_TYPES = {"wav": "audio/wav", "raw": "audio/raw"}
+STREAMED = 0xFFFFFFFF  # a streamed WAV's RIFF and data sizes: unknown, read to the end
+
+
+def pcm16(audio: torch.Tensor) -> bytes:
+    """Float audio (samples,) in [-1, 1] as little-endian 16-bit PCM (clipped)."""
+    return (audio.detach().float().cpu().clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
+
+
+def wav_header(rate: int, data_bytes: int | None = None) -> bytes:
+    """A 44-byte mono 16-bit PCM WAV header for `data_bytes` of samples (None: a stream of unknown length)."""
+    riff = STREAMED if data_bytes is None else 36 + data_bytes
+    data = STREAMED if data_bytes is None else data_bytes
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", riff, b"WAVE", b"fmt ", 16, 1, 1, rate, rate * 2, 2, 16,
+                       b"data", data)
+
+
+def encode(audio: torch.Tensor, rate: int, media_type: str) -> bytes:
+    """The whole audio as a WAV file or raw PCM."""
+    samples = pcm16(audio)
+    return wav_header(rate, len(samples)) + samples if media_type == "wav" else samples

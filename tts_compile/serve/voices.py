@@ -1,0 +1,183 @@
+"""The voice registry: references prepared once (`Backend.voice`), kept in memory in an LRU bounded by bytes, and
+persisted under the voices directory (`<dir>/<name>/`: the reference, its transcript, the prepared tensors), so a
+restart keeps them. The same directory is the only place a request's `ref_audio_path` may point to."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Hashable
+
+import torch
+
+from ..core.guard import InputError
+from ..engine import Voice
+
+logger = logging.getLogger(__name__)
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+Prepare = Callable[[bytes, str, str], Voice]  # (reference WAV bytes, prompt text, prompt language) -> Voice
+
+
+class UnknownVoice(KeyError):
+    """No voice of that name is registered (HTTP 404)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Forbidden(PermissionError):
+    """A reference path outside the voices directory (HTTP 403)."""
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    name: str
+    prompt_text: str
+    prompt_lang: str
+    created: float
+
+
+class VoiceStore:
+    """Registered voices under `directory`, prepared by `prepare`; at most `memory_bytes` of prepared tensors held."""
+
+    def __init__(self, directory: str | Path, prepare: Prepare, memory_bytes: int = 512 * 2**20) -> None:
+        self.directory = Path(directory).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prepare, self.memory_bytes = prepare, memory_bytes
+        self._lock = threading.Lock()
+        self._held: OrderedDict[Hashable, tuple[Voice, int]] = OrderedDict()
+
+    # ------------------------------------------------------------------------------------------ registered voices
+    def register(self, name: str, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> VoiceInfo:
+        """Prepare and keep a voice (replacing one of the same name); InputError for a bad name or reference."""
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise InputError(f"name={name!r} is invalid: expected 1-64 letters, digits, '_', '-' or '.', starting "
+                             "with a letter or digit")
+        voice = self.prepare(ref_audio, prompt_text, prompt_lang)
+        info = VoiceInfo(name, prompt_text, prompt_lang, time.time())
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.directory))
+        (staging / "ref.wav").write_bytes(ref_audio)
+        (staging / "voice.json").write_text(json.dumps(asdict(info), ensure_ascii=False), encoding="utf-8")
+        torch.save(_state(voice), staging / "voice.pt")
+        target = self.directory / name
+        with self._lock:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+            self._hold(("voice", name), voice)
+        logger.info("voices: %s registered", name)
+        return info
+
+    def get(self, name: str) -> Voice:
+        """A registered voice, from memory or from disk; UnknownVoice when there is none of that name."""
+        with self._lock:
+            held = self._held.get(("voice", name))
+            if held is not None:
+                self._held.move_to_end(("voice", name))
+                return held[0]
+        folder = self._folder(name)
+        try:
+            voice = _voice(torch.load(folder / "voice.pt", weights_only=True))
+        except FileNotFoundError:
+            raise UnknownVoice(f"voice {name!r} is not registered") from None
+        with self._lock:
+            self._hold(("voice", name), voice)
+        return voice
+
+    def infos(self) -> list[VoiceInfo]:
+        """Every registered voice, by name."""
+        infos = []
+        for path in sorted(self.directory.glob("*/voice.json")):
+            if NAME.fullmatch(path.parent.name):
+                infos.append(VoiceInfo(**json.loads(path.read_text(encoding="utf-8"))))
+        return infos
+
+    def delete(self, name: str) -> None:
+        """Forget a voice (memory and disk); UnknownVoice when there is none of that name."""
+        folder = self._folder(name)
+        with self._lock:
+            self._drop(("voice", name))
+            if not (folder / "voice.json").exists():
+                raise UnknownVoice(f"voice {name!r} is not registered")
+            shutil.rmtree(folder)
+        logger.info("voices: %s deleted", name)
+
+    # ------------------------------------------------------------------------------------------ reference paths
+    def reference(self, path: str, prompt_text: str, prompt_lang: str) -> Voice:
+        """The voice of a reference file inside the directory (prepared once per file version and transcript)."""
+        resolved = self.resolve(path)
+        try:
+            stat = resolved.stat()
+        except OSError as exc:
+            raise InputError(f"ref_audio_path={path!r} cannot be read: {exc.strerror}") from None
+        key = ("path", str(resolved), stat.st_mtime_ns, stat.st_size, prompt_text, prompt_lang)
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None:
+                self._held.move_to_end(key)
+                return held[0]
+        try:
+            data = resolved.read_bytes()
+        except OSError as exc:
+            raise InputError(f"ref_audio_path={path!r} cannot be read: {exc.strerror}") from None
+        voice = self.prepare(data, prompt_text, prompt_lang)
+        with self._lock:
+            self._hold(key, voice)
+        return voice
+
+    def resolve(self, path: str) -> Path:
+        """`path` (relative to the directory, or absolute) resolved; Forbidden unless it lies inside the directory."""
+        resolved = (self.directory / path).resolve()
+        if not resolved.is_relative_to(self.directory):
+            raise Forbidden(f"ref_audio_path={path!r} is outside the voices directory; reference audio must lie "
+                            "inside it")
+        return resolved
+
+    # ------------------------------------------------------------------------------------------ memory
+    def held_bytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._held.values())
+
+    def _hold(self, key: Hashable, voice: Voice) -> None:
+        """Keep `voice` as the most recent; drop the least recently used beyond the budget (the lock held)."""
+        self._held[key] = (voice, _bytes(voice))
+        self._held.move_to_end(key)
+        total = sum(size for _, size in self._held.values())
+        while total > self.memory_bytes and len(self._held) > 1:
+            _, (_, size) = self._held.popitem(last=False)
+            total -= size
+
+    def _drop(self, key: Hashable) -> None:
+        self._held.pop(key, None)
+
+    def _folder(self, name: str) -> Path:
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise UnknownVoice(f"voice {name!r} is not registered")
+        return self.directory / name
+
+
+def _bytes(voice: Voice) -> int:
+    parts = [voice.prompt_tokens, voice.prompt_phones, voice.prompt_bert, *voice.refer, *(voice.sv_emb or ()),
+             *(() if voice.mel is None else (voice.mel,))]
+    return sum(t.numel() * t.element_size() for t in parts)
+
+
+def _state(voice: Voice) -> dict:
+    return {"prompt_tokens": voice.prompt_tokens, "prompt_phones": voice.prompt_phones,
+            "prompt_bert": voice.prompt_bert, "refer": list(voice.refer),
+            "sv_emb": None if voice.sv_emb is None else list(voice.sv_emb), "mel": voice.mel}
+
+
+def _voice(state: dict) -> Voice:
+    return Voice(state["prompt_tokens"], state["prompt_phones"], state["prompt_bert"], tuple(state["refer"]),
+                 None if state["sv_emb"] is None else tuple(state["sv_emb"]), state["mel"])
