@@ -10,9 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 
 from tests.serve.conftest import AUTH, hold_steps, reference, running
-from tts_compile.engine import Cancelled
+from tts_compile.engine import Cancelled, stand_ins
+from tts_compile.serve.voices import VoiceStore
 
 TTS = {"ref_audio_path": "alice/ref.wav", "prompt_lang": "zh", "prompt_text": "你好。", "text_lang": "zh"}
 TEXT = "今天天气很好！我们去公园吧。好的。"  # three segments
@@ -218,3 +220,39 @@ def test_a_client_that_disconnects_cancels_its_request(tmp_path) -> None:
         assert stats["cancelled"] == 1 and stats["requests"] == 0 and stats["rows"] == 0
         with httpx.Client(base_url=live.url, timeout=60) as client:
             assert client.post("/tts", json=body).status_code == 200
+
+
+def test_a_request_past_its_deadline_answers_504(tmp_path) -> None:
+    with running(tmp_path, request_timeout_s=0.5) as live:
+        (tmp_path / "ref.wav").write_bytes(reference())
+        gate = hold_steps(live.backend.engine)
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            answer_box = []
+            caller = threading.Thread(target=lambda: answer_box.append(
+                client.post("/tts", json={**TTS, "ref_audio_path": "ref.wav", "text": TEXT})))
+            caller.start()
+            threading.Event().wait(1.0)  # past the deadline while its rows are held
+            gate.set()
+            caller.join(60)
+        answer = answer_box[0]
+        assert answer.status_code == 504 and "deadline" in answer.json()["message"]
+
+
+def test_registered_voices_survive_a_restart(tmp_path) -> None:
+    """A new store over the same directory (a restarted server) serves the same prepared voice, from disk."""
+    calls = []
+
+    def prepare(data: bytes, text: str, lang: str):
+        calls.append(text)
+        return stand_ins.voice("v2ProPlus", seed=len(data))
+
+    first = VoiceStore(tmp_path, prepare)
+    first.register("alice", reference(), "你好。", "zh")
+    again = VoiceStore(tmp_path, prepare)
+    voice = again.get("alice")
+    assert calls == ["你好。"] and torch.equal(voice.prompt_bert, first.get("alice").prompt_bert)
+    assert [info.name for info in again.infos()] == ["alice"]
+    small = VoiceStore(tmp_path, prepare, memory_bytes=1)  # the LRU keeps one voice at most
+    small.get("alice")
+    small.reference("alice/ref.wav", "", "")
+    assert len(small._held) == 1
