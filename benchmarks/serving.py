@@ -57,13 +57,21 @@ class Serialized:
                 future.set_exception(exc)
 
 
-def engine_submit(engine: Engine, voice: Voice, segments: dict, caps: dict) -> Submit:
+def engine_submit(engine: Engine, voice: Voice, segments: dict, caps: dict, stream: bool = False) -> Submit:
+    """Requests to the engine; with `stream`, streamed, and the result (samples, seconds to the first audio)."""
     def submit(label: str) -> Future:
         future: Future = Future()
-        handle = engine.submit(voice, segments[label], Params(max_tokens=caps[label]))
+        started = time.perf_counter()
+        handle = engine.submit(voice, segments[label], Params(max_tokens=caps[label]), stream=stream)
 
         def wait() -> None:
             try:
+                if stream:
+                    first = None
+                    for _ in handle.chunks():
+                        first = first or time.perf_counter() - started
+                    future.set_result((handle.result()[0].shape[-1], first))
+                    return
                 future.set_result(handle.result()[0].shape[-1])
             except Exception as exc:  # noqa: BLE001 - counted as a failure by the load
                 future.set_exception(exc)
@@ -105,13 +113,16 @@ def open_loop(submit: Submit, labels: list[str], rate: float, seconds: float) ->
 
 def records_one(submit: Submit, label: str, records: list, lock: threading.Lock) -> None:
     started = time.perf_counter()
+    first = None
     try:
         samples, error = submit(label).result(), None
+        if isinstance(samples, tuple):  # a stream's
+            samples, first = samples
     except Exception as exc:  # noqa: BLE001
         samples, error = 0, f"{type(exc).__name__}: {exc}"
     with lock:
         records.append({"text": label, "start": started, "end": time.perf_counter(), "samples": samples,
-                        "error": error})
+                        "error": error, "first": first})
 
 
 def memory_over(submit: Submit, label: str, count: int, callers: int, device: torch.device) -> list[dict]:
@@ -148,7 +159,9 @@ def summarize(records: list[dict], rate: int) -> dict:
         return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
     per_text = {t: sorted(r["end"] - r["start"] for r in ok if r["text"] == t) for t in {r["text"] for r in ok}}
-    return {"requests": len(records), "failures": len(records) - len(ok), "wall_s": wall,
+    first = sorted(r["first"] for r in ok if r.get("first") is not None)
+    return {"first_audio": {"p50": pct(first, 0.5), "p95": pct(first, 0.95), "p99": pct(first, 0.99)} if first
+            else None,"requests": len(records), "failures": len(records) - len(ok), "wall_s": wall,
             "req_s": len(ok) / wall if wall else 0.0, "audio_s_per_s": sum(r["samples"] for r in ok) / rate / wall
             if wall else 0.0, "p50": pct(latency, 0.5), "p95": pct(latency, 0.95), "p99": pct(latency, 0.99),
             "per_text": {t: {"p50": pct(v, 0.5), "p95": pct(v, 0.95), "n": len(v)} for t, v in per_text.items()},
@@ -175,6 +188,9 @@ def measure(name: str, submit: Submit, labels: list[str], loads: list[tuple[str,
         log.info("%-18s %-13s %6.2f req/s %7.2f audio-s/s  p50 %6.3f  p95 %6.3f  p99 %6.3f s  failures %d", name,
                  f"{kind}={value:g}", summary["req_s"], summary["audio_s_per_s"], summary["p50"] or 0,
                  summary["p95"] or 0, summary["p99"] or 0, summary["failures"])
+        if summary["first_audio"]:
+            log.info("%-18s %-13s first audio p50 %6.3f  p95 %6.3f  p99 %6.3f s", name, f"{kind}={value:g}",
+                     *summary["first_audio"].values())
     return points
 
 
@@ -210,6 +226,8 @@ def main() -> None:
     parser.add_argument("--render-workers", type=int, default=EngineConfig.render_workers)
     parser.add_argument("--memory-requests", type=int, default=0,
                         help="after the loads, this many short requests from 64 callers, GPU memory read meanwhile")
+    parser.add_argument("--streams", action="store_true",
+                        help="the engine's requests streamed (segment by segment): first-audio latency too")
     parser.add_argument("--json", default="serving.json")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script")
     args = parser.parse_args()
@@ -241,8 +259,8 @@ def main() -> None:
         ready = time.perf_counter() - started
         log.info("engine ready in %.1f s: %s", ready, engine.stats())
         loads = [("callers", c) for c in numbers(args.callers)] + [("rate", r) for r in numbers(args.rates)]
-        results["engine"] = measure("engine", engine_submit(engine, voice, segments, caps), labels, loads,
-                                    args.seconds, shape.sample_rate, engine.stats)
+        results["engine"] = measure("engine", engine_submit(engine, voice, segments, caps, args.streams), labels,
+                                    loads, args.seconds, shape.sample_rate, engine.stats)
         if args.memory_requests and device.type == "cuda":
             results["memory"] = memory_over(engine_submit(engine, voice, segments, caps), "short",
                                             args.memory_requests, 64, device)
