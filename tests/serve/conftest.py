@@ -42,10 +42,10 @@ def reference(seconds: float = 4.0, rate: int = 32000, pitch: float = 0.05) -> b
 
 
 @contextlib.contextmanager
-def running(voices_dir: Path, version: str = "v2ProPlus", **settings) -> Iterator[SimpleNamespace]:
-    """A live server over a fresh stand-in backend; yields its url, backend and server state."""
+def running(voices_dir: Path, backend=None, **settings) -> Iterator[SimpleNamespace]:
+    """A live server over `backend` (default: fresh stand-ins); yields its url, backend and server state."""
     queue_size = settings.pop("queue_size", 64)
-    backend = StandIns(version, EngineConfig(compile_mode="eager", max_rows=8, queue_size=queue_size))
+    backend = backend or StandIns("v2ProPlus", EngineConfig(compile_mode="eager", max_rows=8, queue_size=queue_size))
     app = create_app(Settings(voices_dir, **{"api_key": KEY, **settings}), backend)
     port = free_port()
     web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -5,7 +5,7 @@ python-multipart); nothing else in tts_compile imports it.
 """
 
 from .app import Settings, create_app
-from .backend import Backend, StandIns
+from .backend import Backend, Pipeline, StandIns
 from .main import serve
 
-__all__ = ["Settings", "create_app", "Backend", "StandIns", "serve"]
+__all__ = ["Settings", "create_app", "Backend", "Pipeline", "StandIns", "serve"]

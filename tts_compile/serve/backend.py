@@ -1,15 +1,18 @@
 """What the server needs beside the engine: a text frontend (text -> segments) and voice preparation (reference
-audio and its text -> `Voice`). `StandIns` is the built-in one: the stand-in models with random weights on the CPU, a
-character-level frontend, voices drawn from the reference's bytes (noise, but every stage and endpoint runs)."""
+audio and its text -> `Voice`). `Pipeline`: upstream's `TTS` pipeline (from a tts_infer.yaml), its own frontend,
+reference encoders and models. `StandIns`: the stand-in models with random weights on the CPU, a character-level
+frontend, voices drawn from the reference's bytes (noise, but every stage and endpoint runs anywhere)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import wave
+from typing import Any
 
 from ..core.guard import InputError
 from ..engine import Engine, EngineConfig, Segment, Voice, stand_ins
+from ..gpt_sovits.frontend import PipelineFrontend, load_pipeline, split_methods
 
 # api_v2's names: the languages of v2 and later (v1 has fewer) and its text split methods
 LANGUAGES = ("auto", "auto_yue", "en", "zh", "ja", "yue", "ko", "all_zh", "all_ja", "all_yue", "all_ko")
@@ -36,6 +39,31 @@ class Backend:
 
     def close(self) -> None:
         self.engine.close()
+
+
+class Pipeline(Backend):
+    """Upstream's `TTS` pipeline `tts`: the engine over its models, its frontend and reference encoders."""
+
+    def __init__(self, tts: Any, config: EngineConfig | None = None,
+                 methods: tuple[str, ...] | None = None) -> None:
+        self.frontend = PipelineFrontend(tts)
+        self.version, self.languages = self.frontend.version, self.frontend.languages
+        self.split_methods = methods or split_methods()
+        self.engine = Engine.from_pipeline(tts, config)
+        configs = tts.configs
+        self.description = (f"GPT-SoVITS {self.version} ({getattr(configs, 't2s_weights_path', '?')}, "
+                            f"{getattr(configs, 'vits_weights_path', '?')}) on {self.engine.device}")
+
+    @classmethod
+    def from_config(cls, path: str, config: EngineConfig | None = None) -> "Pipeline":
+        """The pipeline that `tts_infer.yaml` at `path` describes (upstream's code from GPT_SOVITS_HOME)."""
+        return cls(load_pipeline(path), config)
+
+    def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
+        return self.frontend.segments(text, lang, split_method)
+
+    def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
+        return self.frontend.voice(ref_audio, prompt_text, prompt_lang)
 
 
 class StandIns(Backend):

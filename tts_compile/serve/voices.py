@@ -106,7 +106,7 @@ class VoiceStore:
         """Forget a voice (memory and disk); UnknownVoice when there is none of that name."""
         folder = self._folder(name)
         with self._lock:
-            self._drop(("voice", name))
+            self._held.pop(("voice", name), None)
             if not (folder / "voice.json").exists():
                 raise UnknownVoice(f"voice {name!r} is not registered")
             shutil.rmtree(folder)
@@ -157,9 +157,6 @@ class VoiceStore:
             _, (_, size) = self._held.popitem(last=False)
             total -= size
 
-    def _drop(self, key: Hashable) -> None:
-        self._held.pop(key, None)
-
     def _folder(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise UnknownVoice(f"voice {name!r} is not registered")
@@ -173,9 +170,10 @@ def _bytes(voice: Voice) -> int:
 
 
 def _state(voice: Voice) -> dict:
-    return {"prompt_tokens": voice.prompt_tokens, "prompt_phones": voice.prompt_phones,
-            "prompt_bert": voice.prompt_bert, "refer": list(voice.refer),
-            "sv_emb": None if voice.sv_emb is None else list(voice.sv_emb), "mel": voice.mel}
+    """The voice's tensors on the CPU, for `torch.save`."""
+    cpu = voice.to(torch.device("cpu"), voice.prompt_bert.dtype)
+    return {"prompt_tokens": cpu.prompt_tokens, "prompt_phones": cpu.prompt_phones, "prompt_bert": cpu.prompt_bert,
+            "refer": list(cpu.refer), "sv_emb": None if cpu.sv_emb is None else list(cpu.sv_emb), "mel": cpu.mel}
 
 
 def _voice(state: dict) -> Voice:

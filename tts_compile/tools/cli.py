@@ -174,15 +174,19 @@ def _run_client(args: argparse.Namespace) -> int:
 def _add_serve(parser: argparse.ArgumentParser) -> None:
     from ..gpt_sovits.versions import VERSIONS
 
+    parser.add_argument("--config", default=None, metavar="TTS_INFER_YAML",
+                        help="upstream's tts_infer.yaml: its pipeline serves (upstream's code from GPT_SOVITS_HOME, "
+                             "or the current directory); without it, the built-in stand-in models on the CPU")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (another than 127.0.0.1 exposes it)")
     parser.add_argument("--port", type=positive, default=9880)
     parser.add_argument("--voices-dir", default="voices",
                         help="where registered voices are kept; the only place reference audio paths may point to")
-    parser.add_argument("--queue-size", type=positive, default=256, help="requests held at most (then 503)")
+    parser.add_argument("--queue-size", type=positive, default=None,
+                        help="requests held at most, then 503 (default: the config's queue_size, 256)")
     parser.add_argument("--api-key", default=None,
                         help="bearer token the routes that change state require (default: $TTS_COMPILE_API_KEY)")
     parser.add_argument("--version", default="v2ProPlus", choices=sorted(VERSIONS),
-                        help="GPT-SoVITS version of the built-in stand-in models")
+                        help="GPT-SoVITS version of the built-in stand-in models (without --config)")
     parser.add_argument("--max-text-chars", type=positive, default=5000)
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds a request may take (then 504)")
     parser.set_defaults(run=_run_serve)
@@ -193,16 +197,27 @@ def _run_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     try:
-        from ..serve import Settings, StandIns, serve
+        from ..serve import Pipeline, Settings, StandIns, serve
     except ImportError as exc:
         raise SystemExit(f"serve needs the serve extra ({exc.name} is missing): pip install 'tts-compile[serve]'")
+    from ..core.config import ConfigError, load_config
     from ..engine import EngineConfig
 
     if not args.request_timeout > 0:
         raise SystemExit(f"serve: --request-timeout {args.request_timeout}: expected seconds > 0")
     settings = Settings(Path(args.voices_dir), api_key=args.api_key or os.environ.get("TTS_COMPILE_API_KEY"),
                         max_text_chars=args.max_text_chars, request_timeout_s=args.request_timeout)
-    config = EngineConfig(compile_mode="eager", queue_size=args.queue_size, max_rows=8)
+    if args.config is not None:
+        if not Path(args.config).is_file():
+            raise SystemExit(f"serve: --config {args.config}: no such file")
+        queue = {} if args.queue_size is None else {"queue_size": args.queue_size}
+        try:
+            config = load_config(args.config, config_class=EngineConfig, **queue)
+        except ConfigError as exc:
+            raise SystemExit(f"serve: --config {args.config}: {exc}") from None
+        serve(settings, lambda: Pipeline.from_config(args.config, config), args.host, args.port)
+        return 0
+    config = EngineConfig(compile_mode="eager", queue_size=args.queue_size or EngineConfig.queue_size, max_rows=8)
     logger.info("serve: no --config: the built-in stand-in models (random weights, CPU): every route runs, the "
                 "audio is noise")
     serve(settings, lambda: StandIns(args.version, config), args.host, args.port)

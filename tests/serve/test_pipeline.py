@@ -1,0 +1,117 @@
+"""The server over an upstream-shaped `TTS` pipeline (`serve --config`): the backend reads the pipeline's own
+frontend and reference methods as `TTS.run` does. Upstream's real frontend needs pretrained BERT, HuBERT and G2P
+models that cannot be had here; this pipeline has upstream's attributes and methods over the stand-in models, so the
+wiring (what is called, with what, and how its answers become a request's audio) is what these tests hold."""
+
+from __future__ import annotations
+
+import io
+import wave
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import torch
+
+from tests.serve.conftest import AUTH, reference, running
+from tts_compile.engine import EngineConfig, Params, stand_ins
+from tts_compile.gpt_sovits.models.vits import VITSConfig
+from tts_compile.serve import Pipeline
+
+splits = {"，", "。", "？", "！", ",", ".", "?", "!"}  # read by the backend from the pipeline's module, as upstream's
+LANGUAGES = ["auto", "en", "zh", "ja"]
+
+
+class Preprocessor:
+    """`TextPreprocessor`'s two methods the backend calls, over the stand-ins' character frontend; calls recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def preprocess(self, text, lang, method, version):
+        self.calls.append(("preprocess", text, lang, method, version))
+        return [{"phones": s.phones.tolist(), "bert_features": s.bert, "norm_text": text}
+                for s in stand_ins.segments(text)]
+
+    def segment_and_extract_feature_for_text(self, text, lang, version):
+        self.calls.append(("prompt", text, lang, version))
+        segment = stand_ins.segments(text)[0]
+        return segment.phones.tolist(), segment.bert, text
+
+
+class TTS:
+    """Upstream's `TTS` attributes and reference methods, over the stand-in models of v2ProPlus."""
+
+    def __init__(self) -> None:
+        t2s, vits, _ = stand_ins.models("v2ProPlus")
+        self.configs = SimpleNamespace(version="v2ProPlus", languages=LANGUAGES, device="cpu", configs_path=None,
+                                       t2s_weights_path="s1.ckpt", vits_weights_path="s2.pth")
+        self.t2s_model, self.vits_model, self.vocoder = SimpleNamespace(model=t2s), vits, None
+        self.text_preprocessor, self.is_v2pro, self.prompt_cache = Preprocessor(), True, {}
+        bins, dim = VITSConfig(version="v2ProPlus").spec_bins, VITSConfig(version="v2ProPlus").sv_dim
+        self.sv_model = SimpleNamespace(compute_embedding3=lambda audio: torch.full((1, dim), float(audio.mean())))
+        self.bins = bins
+
+    def _read(self, path: str) -> torch.Tensor:
+        with wave.open(path) as f:
+            frames, rate = f.readframes(f.getnframes()), f.getframerate()
+        audio = torch.frombuffer(bytearray(frames), dtype=torch.int16).float() / 32768
+        if not 3 <= audio.numel() / rate <= 10:
+            raise OSError("参考音频在3~10秒范围外，请更换！")
+        return audio
+
+    def _set_prompt_semantic(self, path: str) -> None:
+        audio = self._read(path)
+        self.prompt_cache["prompt_semantic"] = (audio[:8].abs() * 1000).long() % 64
+
+    def _get_ref_spec(self, path: str):
+        audio = self._read(path)
+        self.prompt_cache["raw_audio"], self.prompt_cache["raw_sr"] = audio[None], 32000
+        return torch.rand(1, self.bins, 30, generator=torch.Generator().manual_seed(int(audio.numel()))), audio[None]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    tts = TTS()
+    backend = Pipeline(tts, EngineConfig(compile_mode="eager", max_rows=8), methods=("cut0", "cut5"))
+    with running(tmp_path_factory.mktemp("voices"), backend) as live:
+        live.tts = tts
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            live.client = client
+            yield live
+
+
+def test_a_voice_and_a_request_go_through_the_pipelines_own_methods(live) -> None:
+    client, tts = live.client, live.tts
+    answer = client.post("/voices", data={"name": "alice", "prompt_text": "你好", "prompt_lang": "zh"},
+                         files={"ref_audio": ("a.wav", reference(), "audio/wav")}, headers=AUTH)
+    assert answer.status_code == 201, answer.text
+    assert ("prompt", "你好。", "zh", "v2ProPlus") in tts.text_preprocessor.calls  # the end of sentence added
+    text = "今天天气很好！我们去公园吧。"
+    tts_answer = client.post("/tts_with_cached_voice", json={"voice_name": "alice", "text": text, "text_lang": "zh",
+                                                              "text_split_method": "cut0", "seed": 4})
+    assert tts_answer.status_code == 200, tts_answer.text
+    assert tts.text_preprocessor.calls[-1] == ("preprocess", text, "zh", "cut0", "v2ProPlus")
+    voice = live.state.voices.get("alice")
+    assert voice.sv_emb is not None and voice.prompt_tokens.dtype == torch.long
+    direct = live.backend.engine.submit(voice, live.backend.segments(text, "zh", "cut0"), Params(seed=4)).result(60)
+    with wave.open(io.BytesIO(tts_answer.content)) as f:
+        assert f.getframerate() == direct[1] and f.getnframes() == direct[0].numel()
+
+
+@pytest.mark.parametrize(("fields", "ref", "message"), [
+    ({"prompt_text": ""}, reference(), "prompt_text is required"),
+    ({"prompt_text": "你好"}, reference(12.0), "upstream cannot use this recording"),
+])
+def test_references_upstream_refuses_are_a_400(live, fields, ref, message) -> None:
+    answer = live.client.post("/voices", data={"name": "bad", "prompt_lang": "zh", **fields},
+                              files={"ref_audio": ("r.wav", ref, "audio/wav")}, headers=AUTH)
+    assert answer.status_code == 400 and message in answer.json()["message"], answer.text
+
+
+def test_the_pipelines_languages_and_split_methods_are_the_allowed_ones(live) -> None:
+    body = {"ref_audio_path": "alice/ref.wav", "prompt_lang": "zh", "prompt_text": "你好", "text": "好。"}
+    korean = live.client.post("/tts", json={**body, "text_lang": "ko"})
+    assert korean.status_code == 400 and "expected one of auto, en, zh, ja" in korean.json()["message"]
+    cut3 = live.client.post("/tts", json={**body, "text_lang": "zh", "text_split_method": "cut3"})
+    assert cut3.status_code == 400 and "expected one of cut0, cut5" in cut3.json()["message"]

@@ -1,0 +1,103 @@
+"""An upstream `TTS` pipeline's own text frontend and reference encoders, as the engine takes them: text -> segments
+(phones and BERT features, `text_preprocessor.preprocess` as `TTS.run` calls it) and a reference recording with its
+transcript -> `Voice` (SSL prompt tokens, spectrogram, v2Pro's speaker embedding, v3/v4's prompt mel), each computed
+by the pipeline's own methods and functions, so the features are upstream's. Upstream's pipeline keeps state between
+these calls (its prompt cache, BERT on one device), so calls are serialized.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.guard import InputError
+from ..engine import Segment, Voice
+from .upstream import HOME, use_upstream
+
+
+class PipelineFrontend:
+    """The frontend and reference encoders of upstream's `TTS` pipeline `tts`."""
+
+    def __init__(self, tts: Any) -> None:
+        self.tts = tts
+        self.version: str = tts.configs.version
+        self.languages: tuple[str, ...] = tuple(tts.configs.languages)
+        self._module = sys.modules[type(tts).__module__]  # upstream's TTS.py: mel functions, resample, splits
+        self._lock = threading.Lock()
+
+    def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
+        """The text cut by `split_method` into segments, each one's phones and BERT features (1024, phones)."""
+        with self._lock, torch.inference_mode():
+            items = self.tts.text_preprocessor.preprocess(text, lang, split_method, self.version)
+        if not items:
+            raise InputError(f"text={text[:40]!r} has nothing to speak in language {lang!r}")
+        return [Segment(torch.as_tensor(item["phones"], dtype=torch.long), item["bert_features"].detach())
+                for item in items]
+
+    def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
+        """A voice from a reference recording's bytes and its transcript, as `TTS.run` prepares a new
+        `ref_audio_path` and `prompt_text`; InputError for a recording upstream refuses (not 3-10 s, unreadable)."""
+        if not prompt_text.strip():
+            raise InputError("prompt_text is required with GPT-SoVITS models: the reference recording's transcript")
+        with tempfile.TemporaryDirectory() as folder, self._lock, torch.inference_mode():
+            path = os.path.join(folder, "reference.wav")
+            Path(path).write_bytes(ref_audio)
+            tts = self.tts
+            try:
+                tts._set_prompt_semantic(path)
+                spec, audio_16k = tts._get_ref_spec(path)
+            except (OSError, RuntimeError, ValueError, EOFError) as exc:
+                raise InputError(f"ref_audio: upstream cannot use this recording: {exc}") from None
+            tokens = tts.prompt_cache["prompt_semantic"].detach()
+            raw, rate = tts.prompt_cache["raw_audio"], tts.prompt_cache["raw_sr"]
+            text = self._prompt_text(prompt_text, prompt_lang)
+            phones, bert, _ = tts.text_preprocessor.segment_and_extract_feature_for_text(text, prompt_lang,
+                                                                                         self.version)
+            sv_emb = (tts.sv_model.compute_embedding3(audio_16k),) if getattr(tts, "is_v2pro", False) else None
+            mel = self._prompt_mel(raw, rate) if self.version in ("v3", "v4") else None
+        return Voice(tokens.flatten(), torch.as_tensor(phones, dtype=torch.long), bert.detach(), (spec,), sv_emb, mel)
+
+    def _prompt_text(self, text: str, lang: str) -> str:
+        """The transcript as `TTS.run` reads it: an end of sentence added where it has none."""
+        text = text.strip("\n")
+        if text[-1] not in self._module.splits:
+            text += "." if lang == "en" else "。"
+        return text
+
+    def _prompt_mel(self, raw: torch.Tensor, rate: int) -> torch.Tensor:
+        """v3/v4's prompt mel of the reference at the vocoder's rate, normalised (`norm_spec`) as `TTS.run` does."""
+        module, device = self._module, self.tts.configs.device
+        audio = raw.to(device).float()
+        if audio.shape[0] == 2:
+            audio = audio.mean(0, keepdim=True)
+        target = 24000 if self.version == "v3" else 32000
+        if rate != target:
+            audio = module.resample(audio, rate, target, device)
+        mel = module.mel_fn(audio) if self.version == "v3" else module.mel_fn_v4(audio)
+        return module.norm_spec(mel)
+
+
+def load_pipeline(config_path: str | os.PathLike) -> Any:
+    """Upstream's `TTS` pipeline from a `tts_infer.yaml`, its code from `GPT_SOVITS_HOME` (or, unset, the current
+    directory when it is a GPT-SoVITS checkout, where api_v2 runs)."""
+    root = None if os.environ.get(HOME) else Path.cwd()
+    try:
+        use_upstream(root)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; run from a GPT-SoVITS checkout or set {HOME}") from None
+    from TTS_infer_pack.TTS import TTS, TTS_Config  # upstream's own, from the user's checkout
+
+    return TTS(TTS_Config(str(config_path)))
+
+
+def split_methods() -> tuple[str, ...]:
+    """Upstream's text split methods (`cut0` ... `cut5`), once its code is on the path."""
+    from TTS_infer_pack.text_segmentation_method import get_method_names
+
+    return tuple(get_method_names())
