@@ -15,6 +15,7 @@ import torch
 from tests.serve.conftest import AUTH, hold_steps, reference, running
 from tts_compile.engine import Cancelled, stand_ins
 from tts_compile.serve.voices import VoiceStore
+from tts_compile.tools.client import ClientConfig, run
 
 TTS = {"ref_audio_path": "alice/ref.wav", "prompt_lang": "zh", "prompt_text": "你好。", "text_lang": "zh"}
 TEXT = "今天天气很好！我们去公园吧。好的。"  # three segments
@@ -256,3 +257,17 @@ def test_registered_voices_survive_a_restart(tmp_path) -> None:
     small.get("alice")
     small.reference("alice/ref.wav", "", "")
     assert len(small._held) == 1
+
+
+@pytest.mark.parametrize(("endpoint", "params"), [
+    ("tts", {**TTS, "streaming_mode": 1}),
+    ("tts_with_cached_voice", {"voice_name": "alice"}),
+    ("v1/audio/speech", {"voice": "alice"}),
+])
+def test_the_client_talks_to_every_synthesis_route(live, endpoint, params) -> None:
+    """`python -m tts_compile client` against this server: every request answered with audio, the first audio bytes
+    timed (before the end for streams)."""
+    report = run(ClientConfig(url=live.url, endpoint=endpoint, texts={"three": TEXT}, requests=3, concurrency=3,
+                              params=params, timeout_s=60), progress=False)
+    assert report["summary"]["ok"] == 3, report["summary"]
+    assert all(0 < r["first_audio_s"] <= r["latency_s"] for r in report["results"])

@@ -1,8 +1,9 @@
 """`python -m tts_compile client`: load a running GPT-SoVITS service and report latency and throughput.
 
-Endpoints: `tts` (upstream api_v2's parameters) or `tts_with_cached_voice` (a cached-voice endpoint: `voice_name`,
-`text`, `text_lang`, `temperature`, `speed_factor`). Every request is timed, its status kept and its WAV parsed
-for the audio duration; failures (HTTP errors, timeouts, refused connections, bad or truncated WAVs) are counted,
+Endpoints: `tts` (upstream api_v2's parameters), `tts_with_cached_voice` (a cached-voice endpoint: `voice_name`,
+`text`, `text_lang`, `temperature`, `speed_factor`) or `v1/audio/speech` (OpenAI's: `input`, `voice`). Every request
+is timed to its first audio bytes and to its end (the same unless the answer streams), its status kept and its WAV
+parsed for the audio duration; failures (HTTP errors, timeouts, refused connections, bad or truncated WAVs) are counted,
 never raised. Standard library only.
 """
 
@@ -23,7 +24,8 @@ from typing import Any
 
 from ..core.progress import ProgressBar
 
-ENDPOINTS = ("tts", "tts_with_cached_voice")
+ENDPOINTS = ("tts", "tts_with_cached_voice", "v1/audio/speech")
+WAV_HEADER = 44  # bytes before a (streamed) WAV's first sample
 TEXTS = {  # our own short / medium / long Chinese texts (about 2, 7 and 20 s of speech)
     "short": "你好，欢迎使用语音合成服务。",
     "medium": "今天天气很好，我们一起去公园散步吧。路边的花都开了，空气里有淡淡的香味，孩子们在草地上追逐嬉戏。",
@@ -65,13 +67,15 @@ def wav_duration(data: bytes) -> float:
 
 @dataclass
 class Result:
-    """One request: which text, HTTP status (None: no response), latency, audio seconds, error kind."""
+    """One request: which text, HTTP status (None: no response), latency, audio seconds, error kind, seconds to the
+    first audio bytes."""
 
     text: str
     status: int | None
     latency_s: float
     audio_s: float | None = None
     error: str | None = None
+    first_audio_s: float | None = None
 
 
 @dataclass
@@ -103,6 +107,9 @@ class ClientConfig:
 
     def body(self, text: str) -> dict[str, Any]:
         """The request parameters: the text, the endpoint's defaults, then the user's `params`."""
+        if self.endpoint == "v1/audio/speech":
+            return {"model": "tts_compile", "input": text, "voice": "default", "response_format": "wav",
+                    **self.params}
         base = {"text": text, "text_lang": "zh"}
         if self.endpoint == "tts":
             base.update(prompt_lang="zh", media_type="wav", streaming_mode=False)
@@ -123,7 +130,15 @@ def send(config: ClientConfig, label: str, text: str) -> Result:
     start = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
-            status, data = response.status, response.read()
+            status, parts, size, first = response.status, [], 0, None
+            while piece := response.read1(65536):
+                parts.append(piece)
+                size += len(piece)
+                if first is None and size > WAV_HEADER:
+                    first = time.perf_counter() - start
+            data = b"".join(parts)
+            if response.length:  # the connection closed before the declared Content-Length
+                raise http.client.IncompleteRead(data, response.length)
     except urllib.error.HTTPError as exc:
         return Result(label, exc.code, time.perf_counter() - start, error=f"HTTP {exc.code}")
     except (TimeoutError, OSError) as exc:  # URLError, refused, reset, socket timeout
@@ -137,7 +152,8 @@ def send(config: ClientConfig, label: str, text: str) -> Result:
         seconds = wav_duration(data)
     except WavError as exc:
         return Result(label, status, latency, error=f"bad wav: {exc}")
-    return Result(label, status, latency, audio_s=seconds, error=None if seconds > 0 else "bad wav: no audio")
+    return Result(label, status, latency, audio_s=seconds, error=None if seconds > 0 else "bad wav: no audio",
+                  first_audio_s=first)
 
 
 def run(config: ClientConfig, progress: bool = True) -> dict[str, Any]:
@@ -162,10 +178,13 @@ def summarize(results: list[Result], wall_s: float, texts: dict[str, str]) -> di
     per_text = {}
     for label in texts:
         latencies = sorted(r.latency_s for r in ok if r.text == label)
+        firsts = sorted(r.first_audio_s for r in ok if r.text == label)
         per_text[label] = {
             "ok": len(latencies), "errors": sum(r.text == label and r.error is not None for r in results),
             "p50_s": statistics.median(latencies) if latencies else None,
             "p95_s": _percentile(latencies, 0.95) if latencies else None,
+            "first_p50_s": statistics.median(firsts) if firsts else None,
+            "first_p95_s": _percentile(firsts, 0.95) if firsts else None,
             "audio_s": statistics.mean(r.audio_s for r in ok if r.text == label) if latencies else None,
         }
     errors = Counter(r.error.split(":")[0] for r in results if r.error)
@@ -181,10 +200,11 @@ def table(report: dict[str, Any]) -> str:
              f"{s['wall_s']:.1f} s, concurrency {report['config']['concurrency']}, "
              f"{_fmt(s['requests_per_s'])} req/s, {_fmt(s['audio_s_per_s'])} audio s/s"
              + (f", errors {s['errors']}" if s["errors"] else ""),
-             f"  {'text':8} {'ok':>4} {'err':>4} {'p50 s':>8} {'p95 s':>8} {'audio s':>8}"]
+             f"  {'text':8} {'ok':>4} {'err':>4} {'p50 s':>8} {'p95 s':>8} {'first p50':>9} {'first p95':>9} "
+             f"{'audio s':>8}"]
     for label, t in s["per_text"].items():
         lines.append(f"  {label:8} {t['ok']:4d} {t['errors']:4d} {_fmt(t['p50_s']):>8} {_fmt(t['p95_s']):>8} "
-                     f"{_fmt(t['audio_s']):>8}")
+                     f"{_fmt(t['first_p50_s']):>9} {_fmt(t['first_p95_s']):>9} {_fmt(t['audio_s']):>8}")
     return "\n".join(lines)
 
 
