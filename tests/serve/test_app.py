@@ -107,7 +107,10 @@ def test_every_route_answers(live) -> None:
     ("post", "/voices", {"data": {"name": "carol", "prompt_lang": "zh"}, "files": {"ref_audio": ("c.wav", b"RIFF")}},
      401, "API key"),
     ("delete", "/voices/alice", {}, 401, "API key"),
-    ("get", "/set_gpt_weights", {"params": {"weights_path": "x.ckpt"}, "headers": AUTH}, 400, "set_gpt_weights"),
+    ("get", "/set_gpt_weights", {"params": {"weights_path": "x.ckpt"}, "headers": AUTH}, 400, "no such file"),
+    ("get", "/set_sovits_weights", {"params": {"weights_path": __file__}, "headers": AUTH}, 400,
+     "the built-in stand-in models have no weights files"),
+    ("get", "/set_sovits_weights", {"params": {"weights_path": __file__}}, 401, "API key"),
     ("get", "/control", {"params": {"command": "dance"}, "headers": AUTH}, 400, "command='dance'"),
 ])
 def test_bad_input_gets_a_4xx_naming_the_field(live, method, path, kwargs, status, message) -> None:

@@ -6,6 +6,9 @@ wiring (what is called, with what, and how its answers become a request's audio)
 from __future__ import annotations
 
 import io
+import json
+import threading
+import time
 import wave
 from types import SimpleNamespace
 
@@ -13,7 +16,7 @@ import httpx
 import pytest
 import torch
 
-from tests.serve.conftest import AUTH, reference, running
+from tests.serve.conftest import AUTH, hold_steps, reference, running
 from tts_compile.engine import EngineConfig, Params, stand_ins
 from tts_compile.gpt_sovits.models.vits import VITSConfig
 from tts_compile.serve import Pipeline
@@ -47,10 +50,22 @@ class TTS:
         self.configs = SimpleNamespace(version="v2ProPlus", languages=LANGUAGES, device="cpu", configs_path=None,
                                        t2s_weights_path="s1.ckpt", vits_weights_path="s2.pth")
         self.t2s_model, self.vits_model, self.vocoder = SimpleNamespace(model=t2s), vits, None
+        self.loads: list[str] = []
         self.text_preprocessor, self.is_v2pro, self.prompt_cache = Preprocessor(), True, {}
         bins, dim = VITSConfig(version="v2ProPlus").spec_bins, VITSConfig(version="v2ProPlus").sv_dim
         self.sv_model = SimpleNamespace(compute_embedding3=lambda audio: torch.full((1, dim), float(audio.mean())))
         self.bins = bins
+
+    def init_t2s_weights(self, path: str) -> None:
+        """New modules, as upstream builds them (the old ones stay with whoever holds them)."""
+        self.loads.append(path)
+        self.configs.t2s_weights_path = path
+        self.t2s_model = SimpleNamespace(model=stand_ins.models("v2ProPlus", seed=len(self.loads) * 10)[0])
+
+    def init_vits_weights(self, path: str) -> None:
+        self.loads.append(path)
+        self.configs.vits_weights_path = path
+        self.vits_model = stand_ins.models("v2ProPlus", seed=len(self.loads) * 10)[1]
 
     def _read(self, path: str) -> torch.Tensor:
         with wave.open(path) as f:
@@ -115,3 +130,47 @@ def test_the_pipelines_languages_and_split_methods_are_the_allowed_ones(live) ->
     assert korean.status_code == 400 and "expected one of auto, en, zh, ja" in korean.json()["message"]
     cut3 = live.client.post("/tts", json={**body, "text_lang": "zh", "text_split_method": "cut3"})
     assert cut3.status_code == 400 and "expected one of cut0, cut5" in cut3.json()["message"]
+
+
+def test_weights_switch_mid_load_in_flight_requests_finish_on_the_old(live, tmp_path) -> None:
+    """A request held in the old engine while new GPT weights load finishes with the old weights' audio; requests
+    after the switch get the new weights' (the same as submitting to the new engine directly)."""
+    client, backend = live.client, live.backend
+    body = {"voice_name": "alice", "text": "今天天气很好！", "text_lang": "zh", "seed": 21}
+    before = client.post("/tts_with_cached_voice", json=body).content
+    old = backend.engine
+    gate = hold_steps(old)
+    box = []
+    caller = threading.Thread(target=lambda: box.append(client.post("/tts_with_cached_voice", json=body)))
+    caller.start()
+    while not old.stats()["requests"]:
+        time.sleep(0.01)
+    weights = tmp_path / "new-s1.ckpt"
+    weights.write_bytes(b"weights")
+    switched = client.get("/set_gpt_weights", params={"weights_path": str(weights)}, headers=AUTH)
+    assert switched.json() == {"message": "success"} and backend.engine is not old
+    gate.set()
+    caller.join(60)
+    assert box[0].status_code == 200 and box[0].content == before
+    after = client.post("/tts_with_cached_voice", json=body).content
+    voice = live.state.voices.get("alice")
+    direct = backend.engine.submit(voice, backend.segments(body["text"], "zh", "cut5"), Params(seed=21)).result(60)
+    assert after != before and (len(after) - 44) // 2 == direct[0].numel()
+    deadline = time.monotonic() + 30
+    while old._threads[0].is_alive() and time.monotonic() < deadline:  # the old engine drained and closed
+        time.sleep(0.05)
+    assert not old._threads[0].is_alive()
+
+
+def test_new_sovits_weights_prepare_registered_voices_again(live, tmp_path) -> None:
+    client, tts = live.client, live.tts
+    body = {"voice_name": "alice", "text": "好。", "text_lang": "zh", "seed": 1}
+    assert client.post("/tts_with_cached_voice", json=body).status_code == 200
+    prepared = sum(call[0] == "prompt" for call in tts.text_preprocessor.calls)
+    weights = tmp_path / "new-s2.pth"
+    weights.write_bytes(b"weights")
+    assert client.get("/set_sovits_weights", params={"weights_path": str(weights)}, headers=AUTH).status_code == 200
+    assert client.post("/tts_with_cached_voice", json=body).status_code == 200
+    assert sum(call[0] == "prompt" for call in tts.text_preprocessor.calls) == prepared + 1
+    meta = json.loads((live.state.voices.directory / "alice" / "voice.json").read_text())
+    assert meta["weights"] == str(weights)

@@ -66,6 +66,7 @@ class Engine:
         self._handles: dict[int, Handle] = {}  # request id -> its handle, until it finishes
         self._cv = threading.Condition()
         self._closing = False
+        self._draining = False  # no new requests; those held finish
         self._renders: queue.PriorityQueue[tuple[int, int, Request | None, tuple[int, ...]]] = queue.PriorityQueue()
         self._render_order = itertools.count()
         started = time.perf_counter()
@@ -90,7 +91,7 @@ class Engine:
             request.voice = voice.to(self.device, self.dtype)
         handle = Handle(request, self.version.sample_rate)
         with self._cv:
-            if self._closing:
+            if self._closing or self._draining:
                 raise EngineClosed("the engine is closed")
             if len(self._handles) >= self.config.queue_size:
                 self.counters["rejected"] += 1
@@ -109,6 +110,16 @@ class Engine:
             held = {"requests": len(self._handles), "queued": len(self._queued), "rows": len(self._rows)}
         return {**self.counters, **held, "max_rows": self.t2s.pool.rows, "kv_mib": self.t2s.pool.bytes / 2**20,
                 "startup_s": self.startup_s, "captures": self.t2s.runner.counters["captures"]}
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Stop taking requests (`EngineClosed`) and wait until those held have finished, at most `timeout` seconds;
+        True when none is left. `close()` afterwards stops the threads."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            self._draining = True
+            while self._handles and (deadline is None or time.monotonic() < deadline):
+                self._cv.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
+            return not self._handles
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop taking requests, fail those held with `EngineClosed`, and stop the threads."""

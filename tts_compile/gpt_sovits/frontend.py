@@ -31,6 +31,14 @@ class PipelineFrontend:
         self._module = sys.modules[type(tts).__module__]  # upstream's TTS.py: mel functions, resample, splits
         self._lock = threading.Lock()
 
+    def load_weights(self, kind: str, path: str) -> None:
+        """Upstream's own loading of new GPT (`gpt`: T2S) or SoVITS (`sovits`) weights into the pipeline; a SoVITS
+        file may change the version (and so the languages)."""
+        with self._lock:
+            load = self.tts.init_t2s_weights if kind == "gpt" else self.tts.init_vits_weights
+            load(path)
+            self.version, self.languages = self.tts.configs.version, tuple(self.tts.configs.languages)
+
     def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
         """The text cut by `split_method` into segments, each one's phones and BERT features (1024, phones)."""
         with self._lock, torch.inference_mode():

@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from ..core.guard import InputError
-from ..engine import Cancelled, EngineClosed, Handle, Params, QueueFull, Voice
+from ..engine import Cancelled, EngineClosed, Handle, QueueFull, Voice
 from .audio import MEDIA_TYPES, encode, pcm16, wav_header
 from .backend import Backend
 from .metrics import Metrics
@@ -75,7 +75,8 @@ class Server:
 
     def ready(self, backend: Backend) -> None:
         """The backend is built and warmed up: start serving."""
-        self.voices = VoiceStore(self.settings.voices_dir, backend.voice, int(self.settings.voice_cache_mib * 2**20))
+        self.voices = VoiceStore(self.settings.voices_dir, backend.voice, int(self.settings.voice_cache_mib * 2**20),
+                                 lambda: backend.weights)
         self.backend = backend
 
     def need_backend(self) -> Backend:
@@ -113,9 +114,16 @@ class Server:
             return await run_in_threadpool(self.voices.get, job.voice_name)
         return await run_in_threadpool(self.voices.reference, job.ref_audio_path, job.prompt_text, job.prompt_lang)
 
-    async def submit(self, backend: Backend, job: Synthesis, voice: Voice, params: Params | None = None) -> Handle:
+    async def submit(self, backend: Backend, job: Synthesis, voice: Voice) -> Handle:
+        """The request into the engine; one that met an engine retired by a weight switch goes to the new one."""
         segments = await run_in_threadpool(backend.segments, job.text, job.text_lang, job.split_method)
-        return backend.engine.submit(voice, segments, params or job.params, stream=job.stream)
+        engine = backend.engine
+        try:
+            return engine.submit(voice, segments, job.params, stream=job.stream)
+        except EngineClosed:
+            if backend.engine is engine:
+                raise
+            return backend.engine.submit(voice, segments, job.params, stream=job.stream)
 
     async def pieces(self, request: Request, handle: Handle, header: bool) -> AsyncIterator[bytes]:
         """A stream's bytes: a WAV header first (for wav), then each segment's PCM as it comes; the request is
@@ -358,12 +366,17 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     @app.get("/set_gpt_weights")
     @app.get("/set_sovits_weights")
     async def set_weights(request: Request, weights_path: str | None = None) -> Response:
+        """api_v2's routes: requests in flight finish on the old weights, new ones use the new (prepared voices are
+        prepared again under new SoVITS weights)."""
         server.check_key(request)
-        server.need_backend()
-        route = request.url.path.lstrip("/")
+        backend = server.need_backend()
+        kind = "gpt" if request.url.path == "/set_gpt_weights" else "sovits"
         if not weights_path:
             raise InputError("weights_path is required")
-        raise InputError(f"{route}: this server does not switch weights yet; restart it with the new weights")
+        if not Path(weights_path).is_file():
+            raise InputError(f"weights_path={weights_path!r}: no such file")
+        await run_in_threadpool(backend.set_weights, kind, weights_path)
+        return JSONResponse({"message": "success"})
 
     @app.get("/control")
     async def control(request: Request, command: str | None = None) -> Response:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import threading
 import wave
 from typing import Any
 
@@ -18,6 +20,8 @@ from ..gpt_sovits.frontend import PipelineFrontend, load_pipeline, split_methods
 LANGUAGES = ("auto", "auto_yue", "en", "zh", "ja", "yue", "ko", "all_zh", "all_ja", "all_yue", "all_ko")
 SPLIT_METHODS = ("cut0", "cut1", "cut2", "cut3", "cut4", "cut5")
 REFERENCE_SECONDS = (3.0, 10.0)  # upstream's limits on a reference's length
+
+logger = logging.getLogger(__name__)
 
 
 class Backend:
@@ -37,6 +41,16 @@ class Backend:
         """A voice from a reference recording (a WAV file's bytes) and its transcript; InputError when unusable."""
         raise NotImplementedError
 
+    @property
+    def weights(self) -> str:
+        """What prepared voices depend on (the SoVITS weights): a voice prepared under other weights is stale."""
+        return "built-in"
+
+    def set_weights(self, kind: str, path: str) -> None:
+        """Serve new GPT (`gpt`) or SoVITS (`sovits`) weights from now on."""
+        raise InputError(f"set_{kind}_weights: the built-in stand-in models have no weights files; start the server "
+                         "with --config to switch weights")
+
     def close(self) -> None:
         self.engine.close()
 
@@ -45,14 +59,36 @@ class Pipeline(Backend):
     """Upstream's `TTS` pipeline `tts`: the engine over its models, its frontend and reference encoders."""
 
     def __init__(self, tts: Any, config: EngineConfig | None = None,
-                 methods: tuple[str, ...] | None = None) -> None:
-        self.frontend = PipelineFrontend(tts)
+                 methods: tuple[str, ...] | None = None, drain_s: float = 300.0) -> None:
+        self.frontend, self.config, self.drain_s = PipelineFrontend(tts), config, drain_s
         self.version, self.languages = self.frontend.version, self.frontend.languages
         self.split_methods = methods or split_methods()
         self.engine = Engine.from_pipeline(tts, config)
-        configs = tts.configs
-        self.description = (f"GPT-SoVITS {self.version} ({getattr(configs, 't2s_weights_path', '?')}, "
-                            f"{getattr(configs, 'vits_weights_path', '?')}) on {self.engine.device}")
+        self._switching = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        configs = self.frontend.tts.configs
+        return (f"GPT-SoVITS {self.version} ({getattr(configs, 't2s_weights_path', '?')}, "
+                f"{getattr(configs, 'vits_weights_path', '?')}) on {self.engine.device}")
+
+    @property
+    def weights(self) -> str:
+        return str(getattr(self.frontend.tts.configs, "vits_weights_path", "?"))
+
+    def set_weights(self, kind: str, path: str) -> None:
+        """Upstream loads the weights; a new engine over the pipeline's models is built and warmed up while the old
+        one serves, then takes the new requests; the old one finishes those it holds (at most `drain_s`)."""
+        with self._switching:
+            try:
+                self.frontend.load_weights(kind, path)
+            except (OSError, RuntimeError, KeyError, ValueError) as exc:
+                raise InputError(f"set_{kind}_weights: upstream cannot load {path!r}: {exc}") from None
+            engine = Engine.from_pipeline(self.frontend.tts, self.config)
+            old, self.engine = self.engine, engine
+            self.version, self.languages = self.frontend.version, self.frontend.languages
+        threading.Thread(target=_retire, args=(old, self.drain_s), name="tts_compile-retire", daemon=True).start()
+        logger.info("serve: %s weights %s loaded; new requests go to the new engine", kind, path)
 
     @classmethod
     def from_config(cls, path: str, config: EngineConfig | None = None) -> "Pipeline":
@@ -86,6 +122,13 @@ class StandIns(Backend):
             raise InputError(f"ref_audio is {seconds:.1f} s long: expected {low:g} to {high:g} s")
         digest = hashlib.sha256(ref_audio + prompt_text.encode() + prompt_lang.encode()).digest()
         return stand_ins.voice(self.version, seed=int.from_bytes(digest[:7], "little"))
+
+
+def _retire(engine: Engine, seconds: float) -> None:
+    """An engine that new requests no longer reach: its held requests finish, then it closes."""
+    if not engine.drain(seconds):
+        logger.warning("serve: the old engine still held requests after %.0f s; they fail", seconds)
+    engine.close()
 
 
 def wav_seconds(data: bytes) -> float:

@@ -1,6 +1,7 @@
 """The voice registry: references prepared once (`Backend.voice`), kept in memory in an LRU bounded by bytes, and
 persisted under the voices directory (`<dir>/<name>/`: the reference, its transcript, the prepared tensors), so a
-restart keeps them. The same directory is the only place a request's `ref_audio_path` may point to."""
+restart keeps them. Prepared tensors depend on the SoVITS weights (`weights()`): a voice prepared under others is
+prepared again from its reference. The same directory is the only place a request's `ref_audio_path` may point to."""
 
 from __future__ import annotations
 
@@ -50,10 +51,11 @@ class VoiceInfo:
 class VoiceStore:
     """Registered voices under `directory`, prepared by `prepare`; at most `memory_bytes` of prepared tensors held."""
 
-    def __init__(self, directory: str | Path, prepare: Prepare, memory_bytes: int = 512 * 2**20) -> None:
+    def __init__(self, directory: str | Path, prepare: Prepare, memory_bytes: int = 512 * 2**20,
+                 weights: Callable[[], str] = lambda: "") -> None:
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.prepare, self.memory_bytes = prepare, memory_bytes
+        self.prepare, self.memory_bytes, self.weights = prepare, memory_bytes, weights
         self._lock = threading.Lock()
         self._held: OrderedDict[Hashable, tuple[Voice, int]] = OrderedDict()
 
@@ -63,35 +65,45 @@ class VoiceStore:
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise InputError(f"name={name!r} is invalid: expected 1-64 letters, digits, '_', '-' or '.', starting "
                              "with a letter or digit")
+        weights = self.weights()
         voice = self.prepare(ref_audio, prompt_text, prompt_lang)
         info = VoiceInfo(name, prompt_text, prompt_lang, time.time())
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.directory))
         (staging / "ref.wav").write_bytes(ref_audio)
-        (staging / "voice.json").write_text(json.dumps(asdict(info), ensure_ascii=False), encoding="utf-8")
-        torch.save(_state(voice), staging / "voice.pt")
+        _save(staging, info, weights, voice)
         target = self.directory / name
         with self._lock:
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
-            self._hold(("voice", name), voice)
+            self._hold(("voice", name, weights), voice)
         logger.info("voices: %s registered", name)
         return info
 
     def get(self, name: str) -> Voice:
-        """A registered voice, from memory or from disk; UnknownVoice when there is none of that name."""
+        """A registered voice, from memory or from disk (prepared again from its reference if the weights changed);
+        UnknownVoice when there is none of that name."""
+        weights = self.weights()
+        key = ("voice", name, weights)
         with self._lock:
-            held = self._held.get(("voice", name))
+            held = self._held.get(key)
             if held is not None:
-                self._held.move_to_end(("voice", name))
+                self._held.move_to_end(key)
                 return held[0]
         folder = self._folder(name)
         try:
-            voice = _voice(torch.load(folder / "voice.pt", weights_only=True))
+            meta = json.loads((folder / "voice.json").read_text(encoding="utf-8"))
+            if meta.get("weights") == weights:
+                voice = _voice(torch.load(folder / "voice.pt", weights_only=True))
+            else:
+                info = VoiceInfo(**{k: meta[k] for k in ("name", "prompt_text", "prompt_lang", "created")})
+                voice = self.prepare((folder / "ref.wav").read_bytes(), info.prompt_text, info.prompt_lang)
+                _save(folder, info, weights, voice)
+                logger.info("voices: %s prepared again for the weights now served", name)
         except FileNotFoundError:
             raise UnknownVoice(f"voice {name!r} is not registered") from None
         with self._lock:
-            self._hold(("voice", name), voice)
+            self._hold(key, voice)
         return voice
 
     def infos(self) -> list[VoiceInfo]:
@@ -99,14 +111,16 @@ class VoiceStore:
         infos = []
         for path in sorted(self.directory.glob("*/voice.json")):
             if NAME.fullmatch(path.parent.name):
-                infos.append(VoiceInfo(**json.loads(path.read_text(encoding="utf-8"))))
+                meta = json.loads(path.read_text(encoding="utf-8"))
+                infos.append(VoiceInfo(**{k: meta[k] for k in ("name", "prompt_text", "prompt_lang", "created")}))
         return infos
 
     def delete(self, name: str) -> None:
         """Forget a voice (memory and disk); UnknownVoice when there is none of that name."""
         folder = self._folder(name)
         with self._lock:
-            self._held.pop(("voice", name), None)
+            for key in [k for k in self._held if k[:2] == ("voice", name)]:
+                del self._held[key]
             if not (folder / "voice.json").exists():
                 raise UnknownVoice(f"voice {name!r} is not registered")
             shutil.rmtree(folder)
@@ -120,7 +134,7 @@ class VoiceStore:
             stat = resolved.stat()
         except OSError as exc:
             raise InputError(f"ref_audio_path={path!r} cannot be read: {exc.strerror}") from None
-        key = ("path", str(resolved), stat.st_mtime_ns, stat.st_size, prompt_text, prompt_lang)
+        key = ("path", str(resolved), stat.st_mtime_ns, stat.st_size, prompt_text, prompt_lang, self.weights())
         with self._lock:
             held = self._held.get(key)
             if held is not None:
@@ -167,6 +181,13 @@ def _bytes(voice: Voice) -> int:
     parts = [voice.prompt_tokens, voice.prompt_phones, voice.prompt_bert, *voice.refer, *(voice.sv_emb or ()),
              *(() if voice.mel is None else (voice.mel,))]
     return sum(t.numel() * t.element_size() for t in parts)
+
+
+def _save(folder: Path, info: VoiceInfo, weights: str, voice: Voice) -> None:
+    """A voice's transcript, the weights it was prepared under, and its tensors, into `folder`."""
+    torch.save(_state(voice), folder / "voice.pt")
+    meta = {**asdict(info), "weights": weights}
+    (folder / "voice.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
 
 def _state(voice: Voice) -> dict:
