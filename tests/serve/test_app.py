@@ -72,6 +72,8 @@ def test_every_route_answers(live) -> None:
     metrics = client.get("/metrics").text
     assert 'tts_requests_total{route="/tts",status="200"}' in metrics and "tts_engine_finished" in metrics
     assert "tts_first_audio_seconds_count" in metrics
+    assert 'tts_stage_fallbacks_total{stage="sovits"} 0.0' in metrics and 'tts_stage_calls_total{stage="sovits"}' \
+        in metrics
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "message"), [

@@ -49,9 +49,10 @@ class Engine:
     it. Build it from an upstream pipeline (`from_pipeline`) or from the stand-in models (`from_stand_ins`)."""
 
     def __init__(self, t2s_model: nn.Module, render: Render, version: Version, config: EngineConfig | None = None,
-                 **options: Any) -> None:
+                 stages: dict[str, Any] | None = None, **options: Any) -> None:
         config = (config or EngineConfig()).replace(**options)
         self.config, self.version, self._render = config, version, render
+        self.stages = stages or {}  # the render stages' optimizers (SoVITS, CFM, vocoder), for their counters
         param = next(t2s_model.parameters())
         self.device, self.dtype = param.device, param.dtype
         rows = min(config.max_rows, max(1, int(config.kv_budget_gib * 2**30 // slot_bytes(
@@ -110,6 +111,10 @@ class Engine:
             held = {"requests": len(self._handles), "queued": len(self._queued), "rows": len(self._rows)}
         return {**self.counters, **held, "max_rows": self.t2s.pool.rows, "kv_mib": self.t2s.pool.bytes / 2**20,
                 "startup_s": self.startup_s, "captures": self.t2s.runner.counters["captures"]}
+
+    def stage_stats(self) -> dict[str, dict[str, Any]]:
+        """Per render stage: its optimizer's counters (calls, optimized, eager, fallbacks, captures, ...)."""
+        return {name: stage.optimization_stats() for name, stage in self.stages.items()}
 
     def drain(self, timeout: float | None = None) -> bool:
         """Stop taking requests (`EngineClosed`) and wait until those held have finished, at most `timeout` seconds;
@@ -334,18 +339,26 @@ class Engine:
 
         config = (config or EngineConfig()).replace(**options)
         shape = version_of(version)
+        stages = {}
         if config.sovits:
-            attach_or_leave("engine", "SoVITS", optimize_sovits, lambda: vits, config)
+            stages["sovits"] = attach_or_leave("engine", "SoVITS", optimize_sovits, lambda: vits, config)
         if shape.renderer == "decode":
-            return cls(t2s_model, lambda *inputs: render_decode(vits, *inputs), shape, config)
+            return cls(t2s_model, lambda *inputs: render_decode(vits, *inputs), shape, config, _present(stages))
         if config.cfm:
-            attach_or_leave("engine", "CFM", optimize_cfm, lambda: vits.cfm, config)
+            stages["cfm"] = attach_or_leave("engine", "CFM", optimize_cfm, lambda: vits.cfm, config)
         if not isinstance(vocoder, OptimizedVocoder):
             vocoder = optimize_vocoder(vocoder, config=config)
-        return cls(t2s_model, lambda *inputs: render_cfm(vits, vocoder, shape, *inputs), shape, config)
+        stages["vocoder"] = vocoder.optimizer
+        return cls(t2s_model, lambda *inputs: render_cfm(vits, vocoder, shape, *inputs), shape, config,
+                   _present(stages))
 
     @classmethod
     def from_pipeline(cls, tts: Any, config: EngineConfig | None = None, **options: Any) -> "Engine":
         """An engine over an upstream `TTS` pipeline's models (`t2s_model.model`, `vits_model`, `vocoder`)."""
         return cls.from_models(tts.configs.version, tts.t2s_model.model, tts.vits_model,
                                getattr(tts, "vocoder", None), config, **options)
+
+
+def _present(stages: dict[str, Any]) -> dict[str, Any]:
+    """The stages that were attached (a module of another shape stays upstream's: no stage)."""
+    return {name: stage for name, stage in stages.items() if stage is not None}

@@ -70,7 +70,7 @@ class Server:
         self.settings = settings
         self.backend: Backend | None = None
         self.voices: VoiceStore | None = None
-        self.metrics = Metrics(lambda: self.backend.engine.stats() if self.backend else None)
+        self.metrics = Metrics(lambda: self.backend.engine if self.backend else None)
         self.shutdown: Callable[[], None] | None = None  # set by `serve`: stops uvicorn
 
     def ready(self, backend: Backend) -> None:

@@ -1,9 +1,10 @@
 """The server's Prometheus metrics (`/metrics`, prometheus_client's text format), in a registry of its own: requests
-by route and status, latency and first-audio histograms, and the engine's state read at every scrape."""
+by route and status, latency and first-audio histograms, and the engine's state and its render stages' counters
+(calls served optimized or eager, fallbacks) read at every scrape."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -12,12 +13,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ENGINE_COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "steps", "renders")
 ENGINE_GAUGES = ("requests", "queued", "rows", "max_rows")
+STAGE_COUNTERS = ("calls", "optimized", "eager", "fallbacks")
 
 
 class Metrics:
-    """What `/metrics` reports; `stats` reads the engine (None while it warms up)."""
+    """What `/metrics` reports; `engine` gives the engine (None while it warms up)."""
 
-    def __init__(self, stats: Callable[[], dict | None]) -> None:
+    def __init__(self, engine: Callable[[], Any]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("tts_requests", "HTTP requests answered, by route and status", ["route", "status"],
                                 registry=self.registry)
@@ -25,17 +27,24 @@ class Metrics:
                                  ["route"], buckets=BUCKETS, registry=self.registry)
         self.first_audio = Histogram("tts_first_audio_seconds", "Seconds from a request's arrival to its first "
                                      "audio bytes", ["route"], buckets=BUCKETS, registry=self.registry)
-        self.registry.register(_EngineCollector(stats))
+        self.registry.register(_EngineCollector(engine))
 
 
 class _EngineCollector:
-    def __init__(self, stats: Callable[[], dict | None]) -> None:
-        self.stats = stats
+    def __init__(self, engine: Callable[[], Any]) -> None:
+        self.engine = engine
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.stats()
-        if stats is None:
+        engine = self.engine()
+        if engine is None:
             return
+        stats, stages = engine.stats(), engine.stage_stats()
+        for name in STAGE_COUNTERS:
+            family = CounterMetricFamily(f"tts_stage_{name}", f"render stage counter: {name} (the optimizer's)",
+                                         labels=["stage"])
+            for stage, counters in stages.items():
+                family.add_metric([stage], counters.get(name, 0))
+            yield family
         for name in ENGINE_COUNTERS:
             yield CounterMetricFamily(f"tts_engine_{name}", f"engine counter: {name}", value=stats[name])
         for name in ENGINE_GAUGES:
