@@ -53,13 +53,14 @@ class Workload(Backend):
     """The workload's voice for any reference, and its segments for each of the client's texts."""
 
     def __init__(self, engine: Engine, voice, segments: dict, caps: dict, version: str) -> None:
+        super().__init__()
         self.engine = Capped(engine, {id(segments[label][0]): caps[label] for label in segments})
         self.version, self._voice = version, voice
-        self._segments = {TEXTS[label]: segments[label] for label in segments}
+        self._texts = {TEXTS[label]: segments[label] for label in segments}
         self.description = "the serving benchmark's workload"
 
     def segments(self, text: str, lang: str, split_method: str):
-        return self._segments[text]
+        return self._texts[text]
 
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str):
         return self._voice

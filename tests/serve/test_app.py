@@ -137,7 +137,9 @@ def test_bad_voices_are_rejected_with_the_field_named(live, fields, files, messa
 
 
 def test_a_stream_arrives_in_pieces_the_first_before_the_last_is_rendered(live) -> None:
-    """The last segment's render is held until the first pieces are at the client."""
+    """The last segment's render is held until the first pieces are at the client (a text not seen before: the
+    server keeps the segments of texts it has seen)."""
+    text = "春天来了！花开了。鸟儿在唱歌。"
     engine, backend = live.backend.engine, live.backend
     gate, render, segments = threading.Event(), engine._render, backend.segments
     last = []
@@ -154,7 +156,7 @@ def test_a_stream_arrives_in_pieces_the_first_before_the_last_is_rendered(live) 
 
     engine._render, backend.segments = held, remembered
     try:
-        with live.client.stream("POST", "/tts", json={**TTS, "text": TEXT, "streaming_mode": 2, "seed": 9}) as s:
+        with live.client.stream("POST", "/tts", json={**TTS, "text": text, "streaming_mode": 2, "seed": 9}) as s:
             assert s.status_code == 200
             pieces = s.iter_raw()
             body = next(pieces)
@@ -166,7 +168,7 @@ def test_a_stream_arrives_in_pieces_the_first_before_the_last_is_rendered(live) 
     finally:
         engine._render, backend.segments = render, segments
         gate.set()
-    whole = live.client.post("/tts", json={**TTS, "text": TEXT, "streaming_mode": 1, "seed": 9})
+    whole = live.client.post("/tts", json={**TTS, "text": text, "streaming_mode": 1, "seed": 9})
     assert body == whole.content
 
 

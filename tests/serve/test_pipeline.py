@@ -107,6 +107,10 @@ def test_a_voice_and_a_request_go_through_the_pipelines_own_methods(live) -> Non
                                                               "text_split_method": "cut0", "seed": 4})
     assert tts_answer.status_code == 200, tts_answer.text
     assert tts.text_preprocessor.calls[-1] == ("preprocess", text, "zh", "cut0", "v2ProPlus")
+    calls = len(tts.text_preprocessor.calls)
+    again = client.post("/tts_with_cached_voice", json={"voice_name": "alice", "text": text, "text_lang": "zh",
+                                                         "text_split_method": "cut0", "seed": 4})
+    assert again.content == tts_answer.content and len(tts.text_preprocessor.calls) == calls  # segments kept
     voice = live.state.voices.get("alice")
     assert voice.sv_emb is not None and voice.prompt_tokens.dtype == torch.long
     direct = live.backend.engine.submit(voice, live.backend.segments(text, "zh", "cut0"), Params(seed=4)).result(60)

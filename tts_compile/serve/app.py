@@ -116,7 +116,7 @@ class Server:
 
     async def submit(self, backend: Backend, job: Synthesis, voice: Voice) -> Handle:
         """The request into the engine; one that met an engine retired by a weight switch goes to the new one."""
-        segments = await run_in_threadpool(backend.segments, job.text, job.text_lang, job.split_method)
+        segments = await run_in_threadpool(backend.cached_segments, job.text, job.text_lang, job.split_method)
         engine = backend.engine
         try:
             return engine.submit(voice, segments, job.params, stream=job.stream)

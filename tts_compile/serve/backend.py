@@ -10,6 +10,7 @@ import io
 import logging
 import threading
 import wave
+from collections import OrderedDict
 from typing import Any
 
 from ..core.guard import InputError
@@ -20,6 +21,7 @@ from ..gpt_sovits.frontend import PipelineFrontend, load_pipeline, split_methods
 LANGUAGES = ("auto", "auto_yue", "en", "zh", "ja", "yue", "ko", "all_zh", "all_ja", "all_yue", "all_ko")
 SPLIT_METHODS = ("cut0", "cut1", "cut2", "cut3", "cut4", "cut5")
 REFERENCE_SECONDS = (3.0, 10.0)  # upstream's limits on a reference's length
+SEGMENT_CACHE_BYTES = 64 * 2**20  # texts' phones and BERT features kept (~16k phones of fp32 features)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,19 @@ class Backend:
     languages: tuple[str, ...] = LANGUAGES
     split_methods: tuple[str, ...] = SPLIT_METHODS
     description: str = ""
+
+    def __init__(self) -> None:
+        self._segments = SegmentCache(SEGMENT_CACHE_BYTES)
+
+    def cached_segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
+        """`segments`, kept for texts seen lately (a service hears the same phrases again): at most
+        `SEGMENT_CACHE_BYTES` of phones and features."""
+        key = (text, lang, split_method, self.version)
+        found = self._segments.get(key)
+        if found is None:
+            found = self.segments(text, lang, split_method)
+            self._segments.put(key, found)
+        return found
 
     def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
         """The text's segments (phones and BERT features); InputError when it has nothing to speak."""
@@ -60,6 +75,7 @@ class Pipeline(Backend):
 
     def __init__(self, tts: Any, config: EngineConfig | None = None,
                  methods: tuple[str, ...] | None = None, drain_s: float = 300.0) -> None:
+        super().__init__()
         self.frontend, self.config, self.drain_s = PipelineFrontend(tts), config, drain_s
         self.version, self.languages = self.frontend.version, self.frontend.languages
         self.split_methods = methods or split_methods()
@@ -106,6 +122,7 @@ class StandIns(Backend):
     """The stand-in models of `version` (random weights) on the CPU, float32."""
 
     def __init__(self, version: str = "v2ProPlus", config: EngineConfig | None = None) -> None:
+        super().__init__()
         self.version = version
         self.engine = stand_ins.engine(version, config=config)
         self.description = f"the built-in stand-in models of GPT-SoVITS {version} (random weights: the audio is noise)"
@@ -122,6 +139,35 @@ class StandIns(Backend):
             raise InputError(f"ref_audio is {seconds:.1f} s long: expected {low:g} to {high:g} s")
         digest = hashlib.sha256(ref_audio + prompt_text.encode() + prompt_lang.encode()).digest()
         return stand_ins.voice(self.version, seed=int.from_bytes(digest[:7], "little"))
+
+
+class SegmentCache:
+    """A thread-safe LRU of segment lists, bounded by the bytes of their tensors."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self._items: OrderedDict[tuple, tuple[list[Segment], int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> list[Segment] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: tuple, segments: list[Segment]) -> None:
+        size = sum(t.numel() * t.element_size() for s in segments for t in (s.phones, s.bert))
+        if size > self.budget:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (segments, size)
+            self.used += size
+            while self.used > self.budget:
+                self.used -= self._items.popitem(last=False)[1][1]
 
 
 def _retire(engine: Engine, seconds: float) -> None:
