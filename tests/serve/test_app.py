@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from tests.serve.conftest import AUTH, hold_steps, reference, running
-from tts_compile.engine import Cancelled, stand_ins
+from tts_compile.engine import Cancelled, Params, stand_ins
+from tts_compile.serve.audio import pcm16
 from tts_compile.serve.voices import VoiceStore
 from tts_compile.tools.client import ClientConfig, run
 
@@ -96,6 +97,10 @@ def test_every_route_answers(live) -> None:
     ("post", "/tts", {"json": {**TTS, "text": "好", "ref_audio_path": "../../etc/passwd"}}, 403, "outside"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "ref_audio_path": "/etc/hostname"}}, 403, "outside"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "ref_audio_path": "missing.wav"}}, 400, "cannot be read"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "aux_ref_audio_paths": ["/etc/hostname"]}}, 403,
+     "aux_ref_audio_paths='/etc/hostname' is outside"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "aux_ref_audio_paths": ["alice/ref.wav"] * 9}}, 400,
+     "at most 8 paths"),
     ("post", "/tts", {"content": b"[1, 2]"}, 400, "JSON object"),
     ("post", "/tts", {"content": b"{not json"}, 400, "not JSON"),
     ("post", "/tts", {"content": b"x" * (2**20 + 1)}, 413, "at most 1048576"),
@@ -278,3 +283,18 @@ def test_the_client_talks_to_every_synthesis_route(live, endpoint, params) -> No
                               params=params, timeout_s=60), progress=False)
     assert report["summary"]["ok"] == 3, report["summary"]
     assert all(0 < r["first_audio_s"] <= r["latency_s"] for r in report["results"])
+
+
+def test_auxiliary_references_average_their_timbre_in(live) -> None:
+    """api_v2's `aux_ref_audio_paths`: the voice gets each one's spectrogram and speaker embedding beside the main
+    reference's (v2ProPlus averages them); the audio is the engine's for that voice."""
+    (live.state.voices.directory / "bob.wav").write_bytes(reference(5.0, pitch=0.2))
+    body = {**TTS, "text": "你好，世界。", "seed": 8}
+    plain = live.client.post("/tts", json=body).content
+    mixed = live.client.post("/tts", json={**body, "aux_ref_audio_paths": ["bob.wav"]}).content
+    assert mixed != plain
+    voice = live.state.voices.reference("alice/ref.wav", "你好。", "zh", ("bob.wav",))
+    assert len(voice.refer) == len(voice.sv_emb) == 2
+    segments = live.backend.cached_segments("你好，世界。", "zh", "cut5")
+    audio, _ = live.backend.engine.submit(voice, segments, Params(seed=8)).result(60)
+    assert mixed[44:] == pcm16(audio)

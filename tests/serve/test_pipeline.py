@@ -178,3 +178,14 @@ def test_new_sovits_weights_prepare_registered_voices_again(live, tmp_path) -> N
     assert sum(call[0] == "prompt" for call in tts.text_preprocessor.calls) == prepared + 1
     meta = json.loads((live.state.voices.directory / "alice" / "voice.json").read_text())
     assert meta["weights"] == str(weights)
+
+
+def test_auxiliary_references_go_through_the_pipelines_reference_method(live) -> None:
+    (live.state.voices.directory / "aux.wav").write_bytes(reference(6.0, pitch=0.3))
+    body = {"ref_audio_path": "alice/ref.wav", "prompt_lang": "zh", "prompt_text": "你好", "text": "好。",
+            "text_lang": "zh", "aux_ref_audio_paths": ["aux.wav"]}
+    assert live.client.post("/tts", json=body).status_code == 200
+    voice = live.state.voices.reference("alice/ref.wav", "你好", "zh", ("aux.wav",))
+    assert len(voice.refer) == 2 and len(voice.sv_emb) == 2
+    assert voice.sv_emb[1][0, 0] == pytest.approx(float(live.tts._read(str(live.state.voices.directory / "aux.wav"))
+                                                        .mean()))

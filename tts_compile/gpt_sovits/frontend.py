@@ -71,6 +71,19 @@ class PipelineFrontend:
             mel = self._prompt_mel(raw, rate) if self.version in ("v3", "v4") else None
         return Voice(tokens.flatten(), torch.as_tensor(phones, dtype=torch.long), bert.detach(), (spec,), sv_emb, mel)
 
+    def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """An auxiliary reference's spectrogram and (v2Pro) speaker embedding, as `TTS.run` reads its
+        `aux_ref_audio_paths`."""
+        with tempfile.TemporaryDirectory() as folder, self._lock, torch.inference_mode():
+            path = os.path.join(folder, "reference.wav")
+            Path(path).write_bytes(ref_audio)
+            try:
+                spec, audio_16k = self.tts._get_ref_spec(path)
+            except (OSError, RuntimeError, ValueError, EOFError) as exc:
+                raise InputError(f"aux_ref_audio_paths: upstream cannot use this recording: {exc}") from None
+            sv_emb = self.tts.sv_model.compute_embedding3(audio_16k) if getattr(self.tts, "is_v2pro", False) else None
+        return spec, sv_emb
+
     def _prompt_text(self, text: str, lang: str) -> str:
         """The transcript as `TTS.run` reads it: an end of sentence added where it has none."""
         text = text.strip("\n")

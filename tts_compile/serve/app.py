@@ -76,7 +76,7 @@ class Server:
     def ready(self, backend: Backend) -> None:
         """The backend is built and warmed up: start serving."""
         self.voices = VoiceStore(self.settings.voices_dir, backend.voice, int(self.settings.voice_cache_mib * 2**20),
-                                 lambda: backend.weights)
+                                 lambda: backend.weights, backend.timbre)
         self.backend = backend
 
     def need_backend(self) -> Backend:
@@ -112,7 +112,8 @@ class Server:
     async def voice_of(self, job: Synthesis) -> Voice:
         if job.voice_name is not None:
             return await run_in_threadpool(self.voices.get, job.voice_name)
-        return await run_in_threadpool(self.voices.reference, job.ref_audio_path, job.prompt_text, job.prompt_lang)
+        return await run_in_threadpool(self.voices.reference, job.ref_audio_path, job.prompt_text, job.prompt_lang,
+                                       job.aux_ref_audio_paths)
 
     async def submit(self, backend: Backend, job: Synthesis, voice: Voice) -> Handle:
         """The request into the engine; one that met an engine retired by a weight switch goes to the new one."""

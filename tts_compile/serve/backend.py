@@ -13,6 +13,8 @@ import wave
 from collections import OrderedDict
 from typing import Any
 
+import torch
+
 from ..core.guard import InputError
 from ..engine import Engine, EngineConfig, Segment, Voice, stand_ins
 from ..gpt_sovits.frontend import PipelineFrontend, load_pipeline, split_methods
@@ -54,6 +56,10 @@ class Backend:
 
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
         """A voice from a reference recording (a WAV file's bytes) and its transcript; InputError when unusable."""
+        raise NotImplementedError
+
+    def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """An auxiliary reference's spectrogram and (v2Pro) speaker embedding: its timbre, averaged in."""
         raise NotImplementedError
 
     @property
@@ -117,6 +123,9 @@ class Pipeline(Backend):
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
         return self.frontend.voice(ref_audio, prompt_text, prompt_lang)
 
+    def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.frontend.timbre(ref_audio)
+
 
 class StandIns(Backend):
     """The stand-in models of `version` (random weights) on the CPU, float32."""
@@ -139,6 +148,10 @@ class StandIns(Backend):
             raise InputError(f"ref_audio is {seconds:.1f} s long: expected {low:g} to {high:g} s")
         digest = hashlib.sha256(ref_audio + prompt_text.encode() + prompt_lang.encode()).digest()
         return stand_ins.voice(self.version, seed=int.from_bytes(digest[:7], "little"))
+
+    def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+        voice = self.voice(ref_audio, "", "")
+        return voice.refer[0], None if voice.sv_emb is None else voice.sv_emb[0]
 
 
 class SegmentCache:

@@ -24,6 +24,7 @@ PARAMETERS: dict[str, tuple[type, Any]] = {
     "fragment_interval": (float, 0.3), "parallel_infer": (bool, True),
 }
 SPEED = (0.25, 4.0)
+MAX_AUX = 8  # auxiliary references per request
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Synthesis:
     ref_audio_path: str | None = None
     prompt_text: str = ""
     prompt_lang: str = ""
+    aux_ref_audio_paths: tuple[str, ...] = ()  # more references whose timbre is averaged in (v1-v2ProPlus)
 
     @property
     def stream(self) -> bool:
@@ -70,8 +72,9 @@ def parse(raw: Mapping[str, Any], languages: tuple[str, ...], split_methods: tup
     _one_of("streaming_mode", values["streaming_mode"], (0, 1, 2, 3))
     if values["super_sampling"]:
         raise InputError("super_sampling=True is not supported by this server: expected false")
-    if values.get("aux_ref_audio_paths"):
-        raise InputError("aux_ref_audio_paths is not supported by this server yet: expected an empty list")
+    aux = tuple(values["aux_ref_audio_paths"] or ())
+    if len(aux) > MAX_AUX or not all(isinstance(path, str) and path for path in aux):
+        raise InputError(f"aux_ref_audio_paths={list(aux)!r} is invalid: expected at most {MAX_AUX} paths")
     if values["min_chunk_length"] < 1:
         raise InputError(f"min_chunk_length={values['min_chunk_length']} is invalid: expected an int >= 1")
     if values["overlap_length"] < 0:
@@ -86,7 +89,7 @@ def parse(raw: Mapping[str, Any], languages: tuple[str, ...], split_methods: tup
                     repetition_penalty=values["repetition_penalty"], speed=speed,
                     sample_steps=values["sample_steps"], seed=None if seed == -1 else seed, timeout_s=timeout_s)
     return Synthesis(text, lang, values["text_split_method"], params, values["media_type"], values["streaming_mode"],
-                     values["voice_name"], values["ref_audio_path"], values.get("prompt_text") or "", prompt_lang)
+                     values["voice_name"], values["ref_audio_path"], values.get("prompt_text") or "", prompt_lang, aux)
 
 
 def _typed(name: str, value: Any, kind: type) -> Any:

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 Prepare = Callable[[bytes, str, str], Voice]  # (reference WAV bytes, prompt text, prompt language) -> Voice
+Timbre = Callable[[bytes], tuple[torch.Tensor, torch.Tensor | None]]  # an auxiliary reference -> (spec, sv_emb)
 
 
 class UnknownVoice(KeyError):
@@ -52,10 +53,10 @@ class VoiceStore:
     """Registered voices under `directory`, prepared by `prepare`; at most `memory_bytes` of prepared tensors held."""
 
     def __init__(self, directory: str | Path, prepare: Prepare, memory_bytes: int = 512 * 2**20,
-                 weights: Callable[[], str] = lambda: "") -> None:
+                 weights: Callable[[], str] = lambda: "", timbre: Timbre | None = None) -> None:
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.prepare, self.memory_bytes, self.weights = prepare, memory_bytes, weights
+        self.prepare, self.memory_bytes, self.weights, self.timbre = prepare, memory_bytes, weights, timbre
         self._lock = threading.Lock()
         self._held: OrderedDict[Hashable, tuple[Voice, int]] = OrderedDict()
 
@@ -127,14 +128,34 @@ class VoiceStore:
         logger.info("voices: %s deleted", name)
 
     # ------------------------------------------------------------------------------------------ reference paths
-    def reference(self, path: str, prompt_text: str, prompt_lang: str) -> Voice:
-        """The voice of a reference file inside the directory (prepared once per file version and transcript)."""
-        resolved = self.resolve(path)
+    def reference(self, path: str, prompt_text: str, prompt_lang: str, aux: tuple[str, ...] = ()) -> Voice:
+        """The voice of a reference file inside the directory (prepared once per file version and transcript), with
+        the timbre of the `aux` files (each read once per version) averaged in."""
+        voice = self._cached(path, ("voice", prompt_text, prompt_lang),
+                             lambda data: self.prepare(data, prompt_text, prompt_lang))
+        if not aux:
+            return voice
+        if self.timbre is None:
+            raise InputError("aux_ref_audio_paths: these models take one reference")
+        timbres = [self._cached(extra, ("timbre",), self._timbre_voice, "aux_ref_audio_paths") for extra in aux]
+        refer = voice.refer + tuple(t.refer[0] for t in timbres)
+        sv_emb = None if voice.sv_emb is None else voice.sv_emb + tuple(t.sv_emb[0] for t in timbres)
+        return Voice(voice.prompt_tokens, voice.prompt_phones, voice.prompt_bert, refer, sv_emb, voice.mel)
+
+    def _timbre_voice(self, data: bytes) -> Voice:
+        """An auxiliary reference's features as a voice's (only `refer` and `sv_emb` used), for the LRU."""
+        spec, sv_emb = self.timbre(data)
+        empty = torch.zeros(0, dtype=torch.long)
+        return Voice(empty, empty, torch.zeros(0, 0), (spec,), None if sv_emb is None else (sv_emb,))
+
+    def _cached(self, path: str, what: tuple, make: Callable[[bytes], Voice], field: str = "ref_audio_path") -> Voice:
+        """`make(the file's bytes)`, kept per file version, `what` and the weights."""
+        resolved = self.resolve(path, field)
         try:
             stat = resolved.stat()
         except OSError as exc:
-            raise InputError(f"ref_audio_path={path!r} cannot be read: {exc.strerror}") from None
-        key = ("path", str(resolved), stat.st_mtime_ns, stat.st_size, prompt_text, prompt_lang, self.weights())
+            raise InputError(f"{field}={path!r} cannot be read: {exc.strerror}") from None
+        key = ("path", str(resolved), stat.st_mtime_ns, stat.st_size, *what, self.weights())
         with self._lock:
             held = self._held.get(key)
             if held is not None:
@@ -143,18 +164,17 @@ class VoiceStore:
         try:
             data = resolved.read_bytes()
         except OSError as exc:
-            raise InputError(f"ref_audio_path={path!r} cannot be read: {exc.strerror}") from None
-        voice = self.prepare(data, prompt_text, prompt_lang)
+            raise InputError(f"{field}={path!r} cannot be read: {exc.strerror}") from None
+        voice = make(data)
         with self._lock:
             self._hold(key, voice)
         return voice
 
-    def resolve(self, path: str) -> Path:
+    def resolve(self, path: str, field: str = "ref_audio_path") -> Path:
         """`path` (relative to the directory, or absolute) resolved; Forbidden unless it lies inside the directory."""
         resolved = (self.directory / path).resolve()
         if not resolved.is_relative_to(self.directory):
-            raise Forbidden(f"ref_audio_path={path!r} is outside the voices directory; reference audio must lie "
-                            "inside it")
+            raise Forbidden(f"{field}={path!r} is outside the voices directory; reference audio must lie inside it")
         return resolved
 
     # ------------------------------------------------------------------------------------------ memory
