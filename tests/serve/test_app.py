@@ -4,6 +4,7 @@ streams in pieces, the same seed the same bytes alone or amid others, overload, 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ import torch
 
 from tests.serve.conftest import AUTH, hold_steps, reference, running
 from tts_compile.engine import Cancelled, Params, stand_ins
-from tts_compile.serve.audio import pcm16
+from tts_compile.serve.audio import MEDIA_TYPES, pcm16
 from tts_compile.serve.voices import VoiceStore
 from tts_compile.tools.client import ClientConfig, run
 
@@ -87,6 +88,7 @@ def test_every_route_answers(live) -> None:
     ("post", "/tts", {"json": {**TTS, "text": "好", "top_p": 1.5}}, 400, "top_p=1.5"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "speed_factor": 9}}, 400, "speed_factor=9"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "media_type": "mp3"}}, 400, "media_type='mp3'"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "media_type": "aac"}}, 400, "media_type='aac'"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "streaming_mode": 7}}, 400, "streaming_mode=7"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "min_chunk_length": 0}}, 400, "min_chunk_length=0"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "overlap_length": -1}}, 400, "overlap_length=-1"),
@@ -298,3 +300,17 @@ def test_auxiliary_references_average_their_timbre_in(live) -> None:
     segments = live.backend.cached_segments("你好，世界。", "zh", "cut5")
     audio, _ = live.backend.engine.submit(voice, segments, Params(seed=8)).result(60)
     assert mixed[44:] == pcm16(audio)
+
+
+@pytest.mark.skipif("ogg" not in MEDIA_TYPES, reason="soundfile cannot write Ogg here")
+def test_ogg_whole_and_streamed(live) -> None:
+    import soundfile
+
+    body = {**TTS, "text": TEXT, "seed": 2, "media_type": "ogg"}
+    whole = live.client.post("/tts", json=body)
+    assert whole.status_code == 200 and whole.headers["content-type"] == "audio/ogg"
+    audio, rate = soundfile.read(io.BytesIO(whole.content))
+    wav = live.client.post("/tts", json={**body, "media_type": "wav"}).content
+    assert rate == 32000 and len(audio) == (len(wav) - 44) // 2
+    streamed = live.client.post("/tts", json={**body, "streaming_mode": 1}).content
+    assert streamed.count(b"OggS") > whole.content.count(b"OggS")  # one Ogg stream per segment, chained

@@ -104,10 +104,11 @@ class Server:
         handle = await self.submit(backend, job, voice)
         headers = {"X-TTS-Seed": str(handle.seed), "X-TTS-Request-Id": str(handle.id)}
         if job.stream:
-            return StreamingResponse(self.pieces(request, handle, job.media_type == "wav"),
+            return StreamingResponse(self.pieces(request, handle, job.media_type),
                                      media_type=MEDIA_TYPES[job.media_type], headers=headers)
         audio, rate = await wait(request, handle)
-        return Response(encode(audio, rate, job.media_type), media_type=MEDIA_TYPES[job.media_type], headers=headers)
+        body = await run_in_threadpool(encode, audio, rate, job.media_type)
+        return Response(body, media_type=MEDIA_TYPES[job.media_type], headers=headers)
 
     async def voice_of(self, job: Synthesis) -> Voice:
         if job.voice_name is not None:
@@ -126,18 +127,21 @@ class Server:
                 raise
             return backend.engine.submit(voice, segments, job.params, stream=job.stream)
 
-    async def pieces(self, request: Request, handle: Handle, header: bool) -> AsyncIterator[bytes]:
-        """A stream's bytes: a WAV header first (for wav), then each segment's PCM as it comes; the request is
-        cancelled if the client goes away."""
+    async def pieces(self, request: Request, handle: Handle, media_type: str) -> AsyncIterator[bytes]:
+        """A stream's bytes: for wav a header first, then each segment's PCM as it comes (raw: the PCM; ogg: an Ogg
+        stream per segment); the request is cancelled if the client goes away."""
         try:
-            if header:
+            if media_type == "wav":
                 yield wav_header(handle.sample_rate)
             first = True
             async for chunk in handle:
                 if first:
                     self.metrics.first_audio.labels(request.url.path).observe(time.monotonic() - request_start(request))
                     first = False
-                yield pcm16(chunk)
+                if media_type == "ogg":
+                    yield await run_in_threadpool(encode, chunk, handle.sample_rate, "ogg")
+                else:
+                    yield pcm16(chunk)
         finally:
             handle.cancel()  # a no-op once it is done; else the client left or the stream failed
 
@@ -169,14 +173,14 @@ class Server:
         if stream_format == "sse":
             return StreamingResponse(self.events(request, handle), media_type="text/event-stream", headers=headers)
         media = "audio/wav" if response_format == "wav" else "audio/pcm"
-        return StreamingResponse(self.pieces(request, handle, response_format == "wav"), media_type=media,
-                                 headers=headers)
+        return StreamingResponse(self.pieces(request, handle, "wav" if response_format == "wav" else "raw"),
+                                 media_type=media, headers=headers)
 
     async def events(self, request: Request, handle: Handle) -> AsyncIterator[bytes]:
         """OpenAI's speech events: `speech.audio.delta` with base64 PCM per segment, then `speech.audio.done`."""
         samples = 0
         try:
-            async for piece in self.pieces(request, handle, header=False):
+            async for piece in self.pieces(request, handle, "raw"):
                 samples += len(piece) // 2
                 event = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
                 yield f"data: {json.dumps(event)}\n\n".encode()

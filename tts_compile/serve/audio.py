@@ -1,13 +1,22 @@
 """Audio as the server sends it: 16-bit PCM, in a WAV file or raw, whole or streamed (a WAV header whose sizes say
-"to the end", then raw PCM pieces, as api_v2 streams)."""
+"to the end", then raw PCM pieces, as api_v2 streams); Ogg Vorbis where `soundfile` (libsndfile) can write it, a
+stream of it as one Ogg stream per piece, chained, as api_v2 streams ogg."""
 
 from __future__ import annotations
 
+import io
 import struct
 
 import torch
 
+try:
+    import soundfile
+except (ImportError, OSError):  # not installed, or no libsndfile: no ogg
+    soundfile = None
+
 MEDIA_TYPES = {"wav": "audio/wav", "raw": "audio/raw"}
+if soundfile is not None and "OGG" in soundfile.available_formats():
+    MEDIA_TYPES["ogg"] = "audio/ogg"
 STREAMED = 0xFFFFFFFF  # a streamed WAV's RIFF and data sizes: unknown, read to the end
 
 
@@ -25,6 +34,11 @@ def wav_header(rate: int, data_bytes: int | None = None) -> bytes:
 
 
 def encode(audio: torch.Tensor, rate: int, media_type: str) -> bytes:
-    """The whole audio as a WAV file or raw PCM."""
+    """The whole audio (or a stream's piece) as a WAV file, raw PCM or an Ogg Vorbis stream."""
+    if media_type == "ogg":
+        buffer = io.BytesIO()
+        soundfile.write(buffer, audio.detach().float().cpu().clamp(-1, 1).numpy(), rate, format="OGG",
+                        subtype="VORBIS")
+        return buffer.getvalue()
     samples = pcm16(audio)
     return wav_header(rate, len(samples)) + samples if media_type == "wav" else samples
