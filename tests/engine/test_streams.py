@@ -69,20 +69,20 @@ def test_a_stream_is_the_same_alone_or_amid_others(engine, data) -> None:
 
 
 def test_the_first_segment_arrives_before_the_last_is_rendered() -> None:
-    """The later segments' renders are held (a worker for each): the first one's audio still comes, and the handle
-    is not done."""
-    with stand_ins.engine("v2", **EAGER, render_workers=3) as engine:
-        gate, render = threading.Event(), engine._render
+    """The later segments' renders are held back (queued only once the gate opens): the first one's audio still
+    comes, and the handle is not done."""
+    with stand_ins.engine("v2", **EAGER) as engine:
+        gate, later = threading.Event(), engine._render_later
 
-        def held(voice, params, segments, tokens):
-            if segments[0] is not first_segment:
-                gate.wait(60)
-            return render(voice, params, segments, tokens)
+        def held(request, indices):
+            if indices != (0,):
+                threading.Thread(target=lambda: (gate.wait(60), later(request, indices))).start()
+            else:
+                later(request, indices)
 
-        engine._render = held
-        segments = stand_ins.segments(TEXT)
-        first_segment = segments[0]
-        handle = engine.submit(stand_ins.voice("v2"), segments, Params(seed=1, max_tokens=20), stream=True)
+        engine._render_later = held
+        handle = engine.submit(stand_ins.voice("v2"), stand_ins.segments(TEXT), Params(seed=1, max_tokens=20),
+                               stream=True)
         chunks = handle.chunks(60)
         first = next(chunks)
         assert first.numel() > 0 and not handle.done()

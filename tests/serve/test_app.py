@@ -144,26 +144,19 @@ def test_bad_voices_are_rejected_with_the_field_named(live, fields, files, messa
 
 
 def test_a_stream_arrives_in_pieces_the_first_before_the_last_is_rendered(live) -> None:
-    """The last segment's render is held until the first pieces are at the client (a text not seen before: the
-    server keeps the segments of texts it has seen)."""
-    text = "春天来了！花开了。鸟儿在唱歌。"
-    engine, backend = live.backend.engine, live.backend
-    gate, render, segments = threading.Event(), engine._render, backend.segments
-    last = []
+    """The last segment's render is held back (queued once the first pieces are at the client)."""
+    engine = live.backend.engine
+    gate, later = threading.Event(), engine._render_later
 
-    def held(voice, params, parts, tokens):
-        if parts[0] is last[0]:
-            gate.wait(60)
-        return render(voice, params, parts, tokens)
+    def held(request, indices):
+        if indices == (len(request.segments) - 1,):
+            threading.Thread(target=lambda: (gate.wait(60), later(request, indices))).start()
+        else:
+            later(request, indices)
 
-    def remembered(*args):
-        result = segments(*args)
-        last[:] = [result[-1]]
-        return result
-
-    engine._render, backend.segments = held, remembered
+    engine._render_later = held
     try:
-        with live.client.stream("POST", "/tts", json={**TTS, "text": text, "streaming_mode": 2, "seed": 9}) as s:
+        with live.client.stream("POST", "/tts", json={**TTS, "text": TEXT, "streaming_mode": 2, "seed": 9}) as s:
             assert s.status_code == 200
             pieces = s.iter_raw()
             body = next(pieces)
@@ -173,9 +166,9 @@ def test_a_stream_arrives_in_pieces_the_first_before_the_last_is_rendered(live) 
             gate.set()
             body += b"".join(pieces)
     finally:
-        engine._render, backend.segments = render, segments
+        engine._render_later = later
         gate.set()
-    whole = live.client.post("/tts", json={**TTS, "text": text, "streaming_mode": 1, "seed": 9})
+    whole = live.client.post("/tts", json={**TTS, "text": TEXT, "streaming_mode": 1, "seed": 9})
     assert body == whole.content
 
 
