@@ -1,7 +1,7 @@
 """An upstream `TTS` pipeline's own text frontend and reference encoders, as the engine takes them: text -> segments
-(phones and BERT features, `text_preprocessor.preprocess` as `TTS.run` calls it) and a reference recording with its
-transcript -> `Voice` (SSL prompt tokens, spectrogram, v2Pro's speaker embedding, v3/v4's prompt mel), each computed
-by the pipeline's own methods and functions, so the features are upstream's. Upstream's pipeline keeps state between
+(phones and BERT features: the steps of `text_preprocessor.preprocess`) and a reference recording with its transcript
+-> `Voice` (SSL prompt tokens, spectrogram, v2Pro's speaker embedding, v3/v4's prompt mel), each computed by the
+pipeline's own methods and functions, so the features are upstream's. Upstream's pipeline keeps state between
 these calls (its prompt cache, BERT on one device), so calls are serialized.
 """
 
@@ -40,13 +40,21 @@ class PipelineFrontend:
             self.version, self.languages = self.tts.configs.version, tuple(self.tts.configs.languages)
 
     def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
-        """The text cut by `split_method` into segments, each one's phones and BERT features (1024, phones)."""
-        with self._lock, torch.inference_mode():
-            items = self.tts.text_preprocessor.preprocess(text, lang, split_method, self.version)
-        if not items:
+        """The text cut by `split_method` into segments, each one's phones and BERT features (1024, phones), as
+        `text_preprocessor.preprocess` makes them, one segment per hold of the pipeline: a short text waits for one
+        segment of a long one, not for all of it."""
+        pre = self.tts.text_preprocessor
+        with self._lock:
+            pieces = pre.pre_seg_text(pre.replace_consecutive_punctuation(text), lang, split_method)
+        segments = []
+        for piece in pieces:
+            with self._lock, torch.inference_mode():
+                phones, bert, norm_text = pre.segment_and_extract_feature_for_text(piece, lang, self.version)
+            if phones is not None and norm_text != "":
+                segments.append(Segment(torch.as_tensor(phones, dtype=torch.long), bert.detach()))
+        if not segments:
             raise InputError(f"text={text[:40]!r} has nothing to speak in language {lang!r}")
-        return [Segment(torch.as_tensor(item["phones"], dtype=torch.long), item["bert_features"].detach())
-                for item in items]
+        return segments
 
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
         """A voice from a reference recording's bytes and its transcript, as `TTS.run` prepares a new
