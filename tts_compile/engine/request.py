@@ -218,11 +218,9 @@ class Handle:
         index = 0
         while True:
             with self._changed:
-                if not self._changed.wait_for(lambda: len(self._chunks) > index or self._done.is_set(), timeout):
+                if not self._changed.wait_for(lambda: self._ready(index), timeout):
                     raise TimeoutError(f"request {self.id}: no audio within {timeout} s")
-                chunk = self._chunks[index] if len(self._chunks) > index else None
-            if chunk is None:
-                self.result(0)
+            if (chunk := self._piece(index)) is None:
                 return
             index += 1
             yield chunk
@@ -242,14 +240,23 @@ class Handle:
     async def __aiter__(self) -> AsyncIterator[torch.Tensor]:
         index = 0
         while True:
-            await self._until(lambda: len(self._chunks) > index or self._done.is_set())
-            with self._lock:
-                chunk = self._chunks[index] if len(self._chunks) > index else None
-            if chunk is None:
-                self.result(0)
+            await self._until(lambda: self._ready(index))
+            if (chunk := self._piece(index)) is None:
                 return
             index += 1
             yield chunk
+
+    def _ready(self, index: int) -> bool:
+        """Piece `index` is delivered, or the request is done (read under the lock)."""
+        return len(self._chunks) > index or self._done.is_set()
+
+    def _piece(self, index: int) -> torch.Tensor | None:
+        """Piece `index` once `_ready`; None when the request finished without it (its error raised)."""
+        with self._lock:
+            if len(self._chunks) > index:
+                return self._chunks[index]
+        self.result(0)
+        return None
 
     async def _until(self, ready: Callable[[], bool]) -> None:
         """Wait in asyncio until `ready()` (read under the lock) holds; the engine's threads wake the loop."""
