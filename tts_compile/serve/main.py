@@ -13,13 +13,15 @@ from .app import Settings, create_app
 from .backend import Backend
 
 logger = logging.getLogger(__name__)
+GRACE_S = 30  # seconds the requests in flight get to finish once the server is told to stop
 
 
 def serve(settings: Settings, build: Callable[[], Backend], host: str = "127.0.0.1", port: int = 9880) -> None:
     """Serve until stopped (Ctrl-C, SIGTERM or `/control?command=exit`); the backend from `build()`."""
     app = create_app(settings)
     server = app.state.server
-    web = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    web = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                        timeout_graceful_shutdown=GRACE_S))
     server.shutdown = lambda: setattr(web, "should_exit", True)
     failed: list[BaseException] = []
 
