@@ -78,6 +78,22 @@ def test_greedy_tokens_equal_upstreams_alone_and_amid_others(text) -> None:
             assert handle.request.tokens[i] == rows[0][len(voice.prompt_tokens):].tolist()
 
 
+def test_greedy_tokens_without_a_prompt_equal_the_models_own() -> None:
+    """Upstream's no-prompt mode (an empty transcript): a voice of no prompt tokens, phones or features; each
+    segment's greedy tokens are the T2S's own decode of it with `prompts=None`."""
+    with stand_ins.engine("v2", **EAGER) as engine:
+        voice, segments = stand_ins.voice("v2", prompt=False), stand_ins.segments(TEXTS[1])
+        params = Params(top_k=1, max_tokens=30, seed=1)
+        handle = engine.submit(voice, segments, params)
+        handle.result(120)
+        t2s = stand_ins.models("v2")[0]
+        for i, segment in enumerate(segments):
+            rows, _ = t2s.infer_panel_batch_infer([segment.phones], None, None, [segment.bert], top_k=1,
+                                                  early_stop_num=params.max_tokens - 1,
+                                                  repetition_penalty=params.repetition_penalty)
+            assert handle.request.tokens[i] == rows[0].tolist()
+
+
 def _gate(engine) -> threading.Event:
     """Hold the engine's decode steps until the returned event is set: what a test sees cannot race the decode."""
     gate, steps = threading.Event(), engine.t2s.steps

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from tests.serve.conftest import AUTH, hold_steps, reference, running
-from tts_compile.engine import Cancelled, Params, stand_ins
+from tts_compile.engine import Cancelled, EngineConfig, Params, stand_ins
+from tts_compile.serve import StandIns
 from tts_compile.serve.audio import MEDIA_TYPES, pcm16
 from tts_compile.serve.voices import VoiceStore
 from tts_compile.tools.client import ClientConfig, run
@@ -307,3 +308,14 @@ def test_ogg_whole_and_streamed(live) -> None:
     assert rate == 32000 and len(audio) == (len(wav) - 44) // 2
     streamed = live.client.post("/tts", json={**body, "streaming_mode": 1}).content
     assert streamed.count(b"OggS") > whole.content.count(b"OggS")  # one Ogg stream per segment, chained
+
+
+def test_an_empty_transcript_serves_v2_and_is_refused_for_v4(live, tmp_path) -> None:
+    """api_v2's no-prompt mode for v1-v2ProPlus; v3/v4 need the transcript, as upstream says."""
+    assert live.client.post("/tts", json={**TTS, "prompt_text": "", "text": "好。"}).status_code == 200
+    v4 = StandIns("v4", EngineConfig(compile_mode="eager", max_rows=4))
+    with running(tmp_path, v4) as server:
+        (tmp_path / "ref.wav").write_bytes(reference())
+        answer = httpx.post(f"{server.url}/tts", json={**TTS, "ref_audio_path": "ref.wav", "prompt_text": "",
+                                                        "text": "好。"}, timeout=60)
+    assert answer.status_code == 400 and "prompt_text is required with v4" in answer.json()["message"]

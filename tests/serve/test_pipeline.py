@@ -121,14 +121,23 @@ def test_a_voice_and_a_request_go_through_the_pipelines_own_methods(live) -> Non
         assert f.getframerate() == direct[1] and f.getnframes() == direct[0].numel()
 
 
-@pytest.mark.parametrize(("fields", "ref", "message"), [
-    ({"prompt_text": ""}, reference(), "prompt_text is required"),
-    ({"prompt_text": "你好"}, reference(12.0), "upstream cannot use this recording"),
-])
-def test_references_upstream_refuses_are_a_400(live, fields, ref, message) -> None:
-    answer = live.client.post("/voices", data={"name": "bad", "prompt_lang": "zh", **fields},
-                              files={"ref_audio": ("r.wav", ref, "audio/wav")}, headers=AUTH)
-    assert answer.status_code == 400 and message in answer.json()["message"], answer.text
+def test_a_reference_upstream_refuses_is_a_400(live) -> None:
+    answer = live.client.post("/voices", data={"name": "bad", "prompt_lang": "zh", "prompt_text": "你好"},
+                              files={"ref_audio": ("r.wav", reference(12.0), "audio/wav")}, headers=AUTH)
+    assert answer.status_code == 400 and "upstream cannot use this recording" in answer.json()["message"]
+
+
+def test_an_empty_transcript_is_upstreams_no_prompt_mode(live) -> None:
+    """No prompt tokens are extracted and no transcript read: the voice is the reference's timbre alone."""
+    calls = len(live.tts.text_preprocessor.calls)
+    answer = live.client.post("/voices", data={"name": "timbre", "prompt_lang": "zh", "prompt_text": ""},
+                              files={"ref_audio": ("r.wav", reference(5.0), "audio/wav")}, headers=AUTH)
+    assert answer.status_code == 201, answer.text
+    voice = live.state.voices.get("timbre")
+    assert voice.prompt_tokens.numel() == voice.prompt_phones.numel() == voice.prompt_bert.shape[1] == 0
+    assert len(live.tts.text_preprocessor.calls) == calls and voice.sv_emb is not None
+    tts = live.client.post("/tts_with_cached_voice", json={"voice_name": "timbre", "text": "好。", "text_lang": "zh"})
+    assert tts.status_code == 200
 
 
 def test_the_pipelines_languages_and_split_methods_are_the_allowed_ones(live) -> None:

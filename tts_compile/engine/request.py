@@ -47,8 +47,9 @@ class Segment:
 @dataclass(frozen=True)
 class Voice:
     """A prepared reference voice. `prompt_tokens` (Q,), `prompt_phones` (P,), `prompt_bert` (1024, P): the T2S
-    prefix every segment starts from; `refer` the reference spectrograms (1, bins, frames); `sv_emb` v2Pro's speaker
-    embeddings, one per reference; `mel` v3/v4's prompt mel (1, 100, frames), normalised as upstream normalises it."""
+    prefix every segment starts from (all empty: upstream's no-prompt mode, v1-v2ProPlus); `refer` the reference
+    spectrograms (1, bins, frames); `sv_emb` v2Pro's speaker embeddings, one per reference; `mel` v3/v4's prompt mel
+    (1, 100, frames), normalised as upstream normalises it."""
 
     prompt_tokens: torch.Tensor
     prompt_phones: torch.Tensor

@@ -41,14 +41,17 @@ def engine(version: str = "v2ProPlus", seed: int = 0, config: EngineConfig | Non
     return Engine.from_models(version, *models(version, seed, device, dtype), config, **options)
 
 
-def voice(version: str, seed: int = 0) -> Voice:
-    """A voice of random prompt tokens, phones, BERT features and references, in the stand-ins' shapes."""
+def voice(version: str, seed: int = 0, prompt: bool = True) -> Voice:
+    """A voice of random prompt tokens, phones, BERT features and references, in the stand-ins' shapes (without
+    `prompt`: no prompt tokens, phones or features, upstream's no-prompt mode)."""
     gen = torch.Generator().manual_seed(seed)
     config = VITSConfig(version=version)
     phones = torch.randint(1, PHONES + 1, (6,), generator=gen)
     pro = "Pro" in version
-    return Voice(prompt_tokens=torch.randint(0, 64, (8,), generator=gen), prompt_phones=phones,
-                 prompt_bert=0.1 * torch.randn(1024, 6, generator=gen),
+    tokens, bert = torch.randint(0, 64, (8,), generator=gen), 0.1 * torch.randn(1024, 6, generator=gen)
+    if not prompt:
+        tokens, phones, bert = tokens[:0], phones[:0], bert[:, :0]
+    return Voice(prompt_tokens=tokens, prompt_phones=phones, prompt_bert=bert,
                  refer=(torch.rand(1, config.spec_bins, 30, generator=gen),),
                  sv_emb=(torch.randn(1, config.sv_dim, generator=gen),) if pro else None,
                  mel=torch.rand(1, MELS, 40, generator=gen) * 2 - 1 if version in ("v3", "v4") else None)

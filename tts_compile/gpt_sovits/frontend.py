@@ -58,24 +58,30 @@ class PipelineFrontend:
 
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
         """A voice from a reference recording's bytes and its transcript, as `TTS.run` prepares a new
-        `ref_audio_path` and `prompt_text`; InputError for a recording upstream refuses (not 3-10 s, unreadable)."""
-        if not prompt_text.strip():
-            raise InputError("prompt_text is required with GPT-SoVITS models: the reference recording's transcript")
+        `ref_audio_path` and `prompt_text` (an empty transcript: upstream's no-prompt mode, v1-v2ProPlus); InputError
+        for a recording upstream refuses (not 3-10 s, unreadable)."""
+        prompted = bool(prompt_text.strip())
+        if not prompted and self.version in ("v3", "v4"):
+            raise InputError(f"prompt_text is required with {self.version}: the reference recording's transcript")
         with tempfile.TemporaryDirectory() as folder, self._lock, torch.inference_mode():
             path = os.path.join(folder, "reference.wav")
             Path(path).write_bytes(ref_audio)
             tts = self.tts
             try:
-                tts._set_prompt_semantic(path)
+                if prompted:
+                    tts._set_prompt_semantic(path)
                 spec, audio_16k = tts._get_ref_spec(path)
             except (OSError, RuntimeError, ValueError, EOFError) as exc:
                 raise InputError(f"ref_audio: upstream cannot use this recording: {exc}") from None
+            sv_emb = (tts.sv_model.compute_embedding3(audio_16k),) if getattr(tts, "is_v2pro", False) else None
+            if not prompted:  # upstream's no-prompt mode: the reference's timbre only
+                empty = torch.zeros(0, dtype=torch.long)
+                return Voice(empty, empty, torch.zeros(1024, 0, dtype=spec.dtype), (spec,), sv_emb)
             tokens = tts.prompt_cache["prompt_semantic"].detach()
             raw, rate = tts.prompt_cache["raw_audio"], tts.prompt_cache["raw_sr"]
             text = self._prompt_text(prompt_text, prompt_lang)
             phones, bert, _ = tts.text_preprocessor.segment_and_extract_feature_for_text(text, prompt_lang,
                                                                                          self.version)
-            sv_emb = (tts.sv_model.compute_embedding3(audio_16k),) if getattr(tts, "is_v2pro", False) else None
             mel = self._prompt_mel(raw, rate) if self.version in ("v3", "v4") else None
         return Voice(tokens.flatten(), torch.as_tensor(phones, dtype=torch.long), bert.detach(), (spec,), sv_emb, mel)
 

@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from ..core import verify
+from ..core.caches import use_cache_dir
 from ..core.config import OptimizeConfig
 from ..core.guard import Guard, Uncovered
+from ..core.rng import DRAWS, RngState
 from ..core.runner import Execution, Runner
 from ..core.weights import storage_fingerprint
 from .config import PipelineConfig, pipeline_config
-from ..core.caches import use_cache_dir
-from ..core.rng import DRAWS, RngState
 
 logger = logging.getLogger(__name__)
 

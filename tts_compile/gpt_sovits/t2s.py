@@ -58,12 +58,18 @@ from ..core import verify
 from ..core.buckets import Ladder
 from ..core.config import OptimizeConfig
 from ..core.guard import Uncovered
+from ..core.rng import DRAWS, RngState, own_rng
 from .chunks import THRESHOLD, Chunker
 from .config import PipelineConfig
-from .kernels.t2s_decode import flatten, prefix_visible, stack, t2s_decode_step, visible_columns
+from .kernels.t2s_decode import (
+    flatten,
+    prefix_visible,
+    stack,
+    t2s_decode_step,
+    visible_columns,
+)
 from .kernels.t2s_sample import Embedding, Sampling, sample
 from .models.t2s import load_t2s_checkpoint
-from ..core.rng import DRAWS, RngState, own_rng
 from .stage import Stage, attach, detach
 
 logger = logging.getLogger(__name__)

@@ -146,11 +146,14 @@ class StandIns(Backend):
         low, high = REFERENCE_SECONDS
         if not low <= seconds <= high:
             raise InputError(f"ref_audio is {seconds:.1f} s long: expected {low:g} to {high:g} s")
+        if not prompt_text.strip() and self.version in ("v3", "v4"):
+            raise InputError(f"prompt_text is required with {self.version}: the reference recording's transcript")
         digest = hashlib.sha256(ref_audio + prompt_text.encode() + prompt_lang.encode()).digest()
-        return stand_ins.voice(self.version, seed=int.from_bytes(digest[:7], "little"))
+        seed = int.from_bytes(digest[:7], "little")
+        return stand_ins.voice(self.version, seed=seed, prompt=bool(prompt_text.strip()))
 
     def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
-        voice = self.voice(ref_audio, "", "")
+        voice = self.voice(ref_audio, "timbre", "")
         return voice.refer[0], None if voice.sv_emb is None else voice.sv_emb[0]
 
 
