@@ -8,7 +8,7 @@ beside it), each request's audio depending on its own inputs and seed only.
 
 from .config import EngineConfig
 from .engine import Engine
-from .request import Cancelled, EngineClosed, Handle, Params, QueueFull, Segment, Status, Voice
+from .request import Cancelled, DeadlinePassed, EngineClosed, Handle, Params, QueueFull, Segment, Status, Voice
 
 __all__ = ["Engine", "EngineConfig", "Handle", "Params", "Segment", "Voice", "Status", "QueueFull", "Cancelled",
-           "EngineClosed"]
+           "DeadlinePassed", "EngineClosed"]

@@ -184,7 +184,7 @@ class Engine:
         running = list({request.id: request for request, _ in self._rows.values()}.values())
         plan = schedule(queued, running, len(self.t2s.free), time.monotonic())
         for request in plan.leave:
-            self._drop(request, Cancelled(f"request {request.id} was cancelled or passed its deadline"))
+            self._drop(request, request.stopped())
         changed = bool(plan.leave)
         admit = [(r, i) for r, i in plan.admit if r.status not in (Status.FAILED, Status.CANCELLED)]
         if admit:
@@ -281,8 +281,7 @@ class Engine:
                 if request.status in (Status.FAILED, Status.CANCELLED):
                     continue
                 if request.expired(time.monotonic()):
-                    self._finish(request, error=Cancelled(f"request {request.id} was cancelled or passed its "
-                                                          "deadline"))
+                    self._finish(request, error=request.stopped())
                     continue
                 started = time.perf_counter()
                 seed = row_seed(request.seed, indices[0]) if request.stream else request.seed

@@ -29,7 +29,11 @@ class QueueFull(RuntimeError):
 
 
 class Cancelled(RuntimeError):
-    """The request was cancelled, or its deadline passed, before it finished (HTTP 499 / 504)."""
+    """The request was cancelled before it finished (HTTP 499)."""
+
+
+class DeadlinePassed(Cancelled):
+    """The request's deadline (`timeout_s`) passed before it finished (HTTP 504)."""
 
 
 class EngineClosed(RuntimeError):
@@ -147,6 +151,12 @@ class Request:
 
     def expired(self, now: float) -> bool:
         return self.cancelled.is_set() or (self.deadline is not None and now > self.deadline)
+
+    def stopped(self) -> Cancelled:
+        """The error of a request that `expired`: cancelled, or past its deadline."""
+        if self.cancelled.is_set():
+            return Cancelled(f"request {self.id} was cancelled")
+        return DeadlinePassed(f"request {self.id} passed its deadline ({self.params.timeout_s} s)")
 
 
 def new_request(voice: Voice, segments: list[Segment] | tuple[Segment, ...], params: Params,

@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from ..core.guard import InputError
-from ..engine import Cancelled, EngineClosed, Handle, QueueFull, Voice
+from ..engine import Cancelled, DeadlinePassed, EngineClosed, Handle, QueueFull, Voice
 from .audio import MEDIA_TYPES, encode, pcm16, wav_header
 from .backend import Backend
 from .metrics import Metrics
@@ -229,8 +229,10 @@ def error_message(exc: BaseException) -> tuple[int, str, dict[str, str]]:
         return 503, str(exc), {"Retry-After": "1"}
     if isinstance(exc, EngineClosed):
         return 503, str(exc), {}
+    if isinstance(exc, DeadlinePassed):
+        return 504, str(exc), {}
     if isinstance(exc, Cancelled):
-        return (504 if "deadline" in str(exc) else 499), str(exc), {}
+        return 499, str(exc), {}
     logger.error("server: a request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
     return 500, "the request failed on the server (see its log)", {}
 
