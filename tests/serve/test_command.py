@@ -92,3 +92,10 @@ def test_the_command_refuses_bad_flags_in_one_line() -> None:
     answer = subprocess.run([sys.executable, "-m", "tts_compile", "serve", "--port", "0"], capture_output=True,
                             text=True, timeout=60)
     assert answer.returncode == 2 and answer.stderr.splitlines()[-1].endswith("argument --port: 0 is not >= 1")
+
+
+def test_the_plugin_alone_never_imports_the_servers_dependencies() -> None:
+    code = ("import sys, tts_compile, tts_compile.engine, tts_compile.gpt_sovits, tts_compile.vocoder; "
+            "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'prometheus_client') if m in sys.modules))")
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0 and answer.stdout.strip() == "[]", answer.stderr
