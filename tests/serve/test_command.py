@@ -54,13 +54,26 @@ def resident_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_the_command_serves_and_stops_on_control_exit(tmp_path) -> None:
+def test_the_command_serves_restarts_and_stops_on_control(tmp_path) -> None:
     with command(tmp_path) as (process, url):
         with httpx.Client(base_url=url, timeout=60) as client:
             assert client.get("/health").json() == {"status": "alive"}
             answer = client.post("/tts", json={**BODY, "text": "你好，世界。"})
             assert answer.status_code == 200 and answer.content[:4] == b"RIFF"
             assert client.get("/control", params={"command": "exit"}).status_code == 401
+            restart = client.get("/control", params={"command": "restart"}, headers=AUTH)
+            assert restart.json() == {"message": "restarting"}
+            deadline = time.monotonic() + 120  # the same process started again: a new engine, nothing served yet
+            while time.monotonic() < deadline:
+                assert process.poll() is None
+                with contextlib.suppress(httpx.TransportError):
+                    if "tts_engine_submitted_total 0.0" in client.get("/metrics").text:
+                        break
+                time.sleep(0.2)
+            else:
+                pytest.fail("the server did not come back within 120 s")
+            again = client.post("/tts", json={**BODY, "text": "再见。"})
+            assert again.status_code == 200 and again.headers["X-TTS-Request-Id"] == "1"
             assert client.get("/control", params={"command": "exit"}, headers=AUTH).json() == {"message": "stopping"}
         assert process.wait(30) == 0
 

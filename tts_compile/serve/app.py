@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 access = logging.getLogger("tts_compile.access")
 
 OPENAI_FORMATS = ("wav", "pcm")
-CONTROL = ("exit",)
+CONTROL = ("exit", "restart")
 ROUTES = {"/tts", "/tts_with_cached_voice", "/v1/audio/speech", "/voices", "/set_refer_audio", "/set_gpt_weights",
           "/set_sovits_weights", "/control", "/health", "/ready", "/metrics"}
 
@@ -71,7 +71,7 @@ class Server:
         self.backend: Backend | None = None
         self.voices: VoiceStore | None = None
         self.metrics = Metrics(lambda: self.backend.engine if self.backend else None)
-        self.shutdown: Callable[[], None] | None = None  # set by `serve`: stops uvicorn
+        self.shutdown: Callable[[str], None] | None = None  # set by `serve`: stops uvicorn ("exit" or "restart")
 
     def ready(self, backend: Backend) -> None:
         """The backend is built and warmed up: start serving."""
@@ -392,8 +392,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             raise InputError(f"command={command!r} is not supported: expected one of {', '.join(CONTROL)}")
         if server.shutdown is None:
             raise HTTPError(503, "this server cannot be stopped through /control")
-        server.shutdown()
-        return JSONResponse({"message": "stopping"})
+        server.shutdown(command)
+        return JSONResponse({"message": "stopping" if command == "exit" else "restarting"})
 
     @app.get("/health")
     async def health() -> Response:

@@ -1,9 +1,12 @@
 """Running the server: uvicorn answers at once (`/health`), the models are built and warmed up beside it, and
-`/ready` and the other routes serve once they are."""
+`/ready` and the other routes serve once they are. `/control?command=restart` stops it as `exit` does, then starts
+the same command again in the same process (as api_v2 does)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from typing import Callable
 
@@ -17,12 +20,18 @@ GRACE_S = 30  # seconds the requests in flight get to finish once the server is 
 
 
 def serve(settings: Settings, build: Callable[[], Backend], host: str = "127.0.0.1", port: int = 9880) -> None:
-    """Serve until stopped (Ctrl-C, SIGTERM or `/control?command=exit`); the backend from `build()`."""
+    """Serve until stopped (Ctrl-C, SIGTERM or `/control?command=exit|restart`); the backend from `build()`."""
     app = create_app(settings)
     server = app.state.server
     web = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                         timeout_graceful_shutdown=GRACE_S))
-    server.shutdown = lambda: setattr(web, "should_exit", True)
+    stop: list[str] = []
+
+    def shutdown(command: str) -> None:
+        stop.append(command)
+        web.should_exit = True
+
+    server.shutdown = shutdown
     failed: list[BaseException] = []
 
     def warm_up() -> None:
@@ -45,3 +54,6 @@ def serve(settings: Settings, build: Callable[[], Backend], host: str = "127.0.0
             server.backend.close()
     if failed:
         raise SystemExit(f"serve: the models could not be built: {failed[0]}")
+    if stop[:1] == ["restart"]:
+        logger.info("serve: restarting")
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
