@@ -187,7 +187,10 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
                         help="bearer token the routes that change state require (default: $TTS_COMPILE_API_KEY)")
     parser.add_argument("--version", default="v2ProPlus", choices=sorted(VERSIONS),
                         help="GPT-SoVITS version of the built-in stand-in models (without --config)")
-    parser.add_argument("--max-text-chars", type=positive, default=5000)
+    parser.add_argument("--max-text-chars", type=positive, default=5000, help="a request's text at most (then 400)")
+    parser.add_argument("--max-body-mib", type=positive, default=16, help="a request's body at most (then 413)")
+    parser.add_argument("--voice-cache-mib", type=positive, default=512,
+                        help="memory for prepared voices (least recently used dropped; they stay on disk)")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds a request may take (then 504)")
     parser.set_defaults(run=_run_serve)
 
@@ -206,7 +209,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not args.request_timeout > 0:
         raise SystemExit(f"serve: --request-timeout {args.request_timeout}: expected seconds > 0")
     settings = Settings(Path(args.voices_dir), api_key=args.api_key or os.environ.get("TTS_COMPILE_API_KEY"),
-                        max_text_chars=args.max_text_chars, request_timeout_s=args.request_timeout)
+                        max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_mib * 2**20,
+                        request_timeout_s=args.request_timeout, voice_cache_mib=args.voice_cache_mib)
     if args.config is not None:
         if not Path(args.config).is_file():
             raise SystemExit(f"serve: --config {args.config}: no such file")
