@@ -130,3 +130,52 @@ def test_stream_must_be_a_bool() -> None:
     with stand_ins.engine("v2", **EAGER) as engine:
         with pytest.raises(InputError, match="stream='yes' is invalid"):
             engine.submit(stand_ins.voice("v2"), stand_ins.segments("好。"), stream="yes")
+
+
+def test_a_stream_whose_pieces_arrive_out_of_order_is_whole() -> None:
+    """Segment 0's piece is handed over last (after 1 and 2 are in): the stream and its result still hold every
+    piece, in order, and no render worker dies."""
+    with stand_ins.engine("v2", **EAGER, render_workers=3) as engine:
+        handle = engine.submit(stand_ins.voice("v2"), stand_ins.segments(TEXT), Params(seed=5, max_tokens=20),
+                               stream=True)
+        deliver, later = handle.deliver, threading.Event()
+        seen = set()
+
+        def out_of_order(index, audio):
+            if index == 0:
+                assert later.wait(60)
+            count = deliver(index, audio)
+            seen.add(index)
+            if {1, 2} <= seen:
+                later.set()
+            return count
+
+        handle.deliver = out_of_order
+        chunks = list(handle.chunks(120))
+        audio, _ = handle.result(0)
+        assert len(chunks) == 3 and torch.equal(audio, torch.cat(chunks))
+        assert all(thread.is_alive() for thread in engine._threads)
+
+
+def test_a_stream_that_fails_while_its_segments_wait_does_not_block_others() -> None:
+    """Two rows, a stream of four segments whose first render fails while the last two still wait for rows: the
+    stream fails, its waiting segments leave the queue, and the next request is served."""
+    with stand_ins.engine("v2", compile_mode="eager", max_rows=2) as engine:
+        render = engine._render
+
+        def failing(voice, params, segments, tokens):
+            if segments[0] is doomed[0]:
+                raise RuntimeError("a broken render")
+            return render(voice, params, segments, tokens)
+
+        engine._render = failing
+        doomed = stand_ins.segments("好。一二三。四五六。七八九。")
+        handle = engine.submit(stand_ins.voice("v2"), doomed, Params(seed=1, max_tokens=300), stream=True)
+        with pytest.raises(RuntimeError, match="a broken render"):
+            list(handle.chunks(60))
+        after = engine.submit(stand_ins.voice("v2"), stand_ins.segments(OTHERS[2]), Params(max_tokens=10))
+        after.result(60)
+        deadline = time.monotonic() + 30
+        while (engine.stats()["queued"] or engine.stats()["rows"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.stats()["queued"] == 0 and engine.stats()["rows"] == 0

@@ -39,7 +39,7 @@ from .t2s import BatchedT2S, Prefix, slot_bytes
 logger = logging.getLogger(__name__)
 
 Render = Callable[[Voice, Params, Sequence[Segment], list[list[int]]], torch.Tensor]
-FIRST, NEXT = 0, 1  # render priorities: a stream's first segment, then everything else in arrival order
+STOP, FIRST, NEXT = -1, 0, 1  # render priorities: close, a stream's first segment, the rest in arrival order
 COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "prefills", "steps", "syncs", "renders",
             "row_steps", "decode_s", "render_s")
 
@@ -132,7 +132,7 @@ class Engine:
             self._closing = True
             self._cv.notify_all()
         for _ in range(self.config.render_workers):
-            self._renders.put((NEXT + 1, next(self._render_order), None, ()))
+            self._renders.put((STOP, next(self._render_order), None, ()))
         for thread in self._threads:
             thread.join(timeout)
         for handle in list(self._handles.values()):
@@ -204,11 +204,9 @@ class Engine:
             request.tokens[index] = tokens
             if request.stream and request.status == Status.DECODING:
                 self._render_later(request, (index,))
-            all_done = len(request.tokens) == len(request.segments)
-            if all_done and request.status == Status.DECODING:
-                request.status = Status.RENDERING
-                if not request.stream:
-                    self._render_later(request, tuple(range(len(request.segments))))
+            if len(request.tokens) == len(request.segments) and self._advance(request, Status.RENDERING) and \
+                    not request.stream:
+                self._render_later(request, tuple(range(len(request.segments))))
         if finished and self._rows:
             self.t2s.arrange(list(self._rows))
 
@@ -240,16 +238,23 @@ class Engine:
             return False
         self.counters["prefills"] += len(slots)
         for slot, (request, index) in zip(slots, owners):
-            if request.status in (Status.FAILED, Status.CANCELLED):  # another of its segments failed above
-                self.t2s.release(slot)
+            if request.status != Status.DECODING and not self._advance(request, Status.DECODING):
+                self.t2s.release(slot)  # it ended meanwhile (another of its segments, or a render, failed)
                 continue
             self._rows[slot] = (request, index)
-            request.status = Status.DECODING
             request.next_segment = index + 1
             if request.pending == 0:
                 with self._cv:
                     self._queued.remove(request)
         return bool(slots)
+
+    def _advance(self, request: Request, status: Status) -> bool:
+        """Move `request` to `status` unless it has ended (failed or cancelled by another thread meanwhile)."""
+        with self._cv:
+            if request.status in (Status.DONE, Status.FAILED, Status.CANCELLED):
+                return False
+            request.status = status
+            return True
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` on the engine's device, copied without waiting for the GPU's queued work (pinned host memory)."""
@@ -278,36 +283,35 @@ class Engine:
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             while (job := self._renders.get())[2] is not None:
                 _, _, request, indices = job
-                if request.status in (Status.FAILED, Status.CANCELLED):
-                    continue
-                if request.expired(time.monotonic()):
-                    self._finish(request, error=request.stopped())
-                    continue
-                started = time.perf_counter()
-                seed = row_seed(request.seed, indices[0]) if request.stream else request.seed
                 try:
-                    segments = [request.segments[i] for i in indices]
-                    with seeded(seed, self.device):
-                        audio = self._render(request.voice, request.params, segments,
-                                             [request.tokens[i] for i in indices])
-                    audio = audio.float().cpu()
-                except Exception as exc:  # noqa: BLE001 - this request fails, the engine goes on
+                    self._render_job(request, indices)
+                except Exception as exc:  # noqa: BLE001 - this request fails, the worker and the engine go on
                     logger.warning("engine: request %d failed while rendering: %s: %s", request.id,
                                    type(exc).__name__, exc)
                     self._finish(request, error=exc)
-                    continue
-                with self._cv:
-                    self.counters["renders"] += 1
-                    self.counters["render_s"] += time.perf_counter() - started
-                    handle = self._handles.get(request.id)
-                    request.rendered += len(indices)
-                    whole = request.rendered == len(request.segments)
-                if not request.stream:
-                    self._finish(request, result=(audio, self.version.sample_rate))
-                elif handle is not None:
-                    handle.deliver(indices[0], audio)
-                    if whole:
-                        self._finish(request, result=(torch.cat(handle.delivered()), self.version.sample_rate))
+
+    def _render_job(self, request: Request, indices: tuple[int, ...]) -> None:
+        """Render these segments of `request` and deliver them: its result, or a stream's piece (the result once
+        its last piece is in, in order)."""
+        if request.status in (Status.FAILED, Status.CANCELLED):
+            return
+        if request.expired(time.monotonic()):
+            self._finish(request, error=request.stopped())
+            return
+        started = time.perf_counter()
+        seed = row_seed(request.seed, indices[0]) if request.stream else request.seed
+        with seeded(seed, self.device):
+            audio = self._render(request.voice, request.params, [request.segments[i] for i in indices],
+                                 [request.tokens[i] for i in indices])
+        audio = audio.float().cpu()
+        with self._cv:
+            self.counters["renders"] += 1
+            self.counters["render_s"] += time.perf_counter() - started
+            handle = self._handles.get(request.id)
+        if not request.stream:
+            self._finish(request, result=(audio, self.version.sample_rate))
+        elif handle is not None and handle.deliver(indices[0], audio) == len(request.segments):
+            self._finish(request, result=(torch.cat(handle.delivered()), self.version.sample_rate))
 
     def _finish(self, request: Request, result: tuple[torch.Tensor, int] | None = None,
                 error: BaseException | None = None) -> None:

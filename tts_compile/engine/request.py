@@ -137,7 +137,6 @@ class Request:
     status: Status = Status.QUEUED
     next_segment: int = 0  # segments before it have rows (or are done)
     tokens: dict[int, list[int]] = field(default_factory=dict)  # segment -> its semantic tokens, once done
-    rendered: int = 0  # segments rendered (a stream's; the render workers' count)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -150,7 +149,10 @@ class Request:
         return len(self.segments) - self.next_segment
 
     def expired(self, now: float) -> bool:
-        return self.cancelled.is_set() or (self.deadline is not None and now > self.deadline)
+        """Cancelled, past its deadline, or ended elsewhere (a stream's render failed): it leaves the batch and the
+        queue."""
+        return self.cancelled.is_set() or (self.deadline is not None and now > self.deadline) or \
+            self.status in (Status.FAILED, Status.CANCELLED)
 
     def stopped(self) -> Cancelled:
         """The error of a request that `expired`: cancelled, or past its deadline."""
@@ -279,13 +281,15 @@ class Handle:
                 self._wakers.append(future)
             await future
 
-    def deliver(self, index: int, audio: torch.Tensor) -> None:
-        """Called by the engine: segment `index`'s audio of a stream (any order; handed out in order)."""
+    def deliver(self, index: int, audio: torch.Tensor) -> int:
+        """Called by the engine: segment `index`'s audio of a stream (any order; handed out in order). Returns how
+        many pieces are out in order now: the one call that completes them sees the whole count."""
         with self._changed:
             self._ahead[index] = audio
             while len(self._chunks) in self._ahead:
                 self._chunks.append(self._ahead.pop(len(self._chunks)))
             self._wake()
+            return len(self._chunks)
 
     def finish(self, result: tuple[torch.Tensor, int] | None = None, error: BaseException | None = None) -> None:
         """Called by the engine once: the result or the error, and every waiter woken."""
