@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -122,6 +123,8 @@ def test_every_route_answers(live) -> None:
      "the built-in stand-in models have no weights files"),
     ("get", "/set_sovits_weights", {"params": {"weights_path": __file__}}, 401, "API key"),
     ("get", "/control", {"params": {"command": "dance"}, "headers": AUTH}, 400, "command='dance'"),
+    ("get", "/no/such/route", {}, 404, "Not Found"),
+    ("delete", "/tts", {}, 405, "Method Not Allowed"),
 ])
 def test_bad_input_gets_a_4xx_naming_the_field(live, method, path, kwargs, status, message) -> None:
     answer = getattr(live.client, method)(path, **kwargs)
@@ -137,6 +140,7 @@ def test_bad_input_gets_a_4xx_naming_the_field(live, method, path, kwargs, statu
     ({"name": "junk", "prompt_lang": "zh"}, {"ref_audio": ("r.wav", b"not audio")}, "not a readable PCM WAV"),
     ({"name": "lang", "prompt_lang": "xx"}, {"ref_audio": ("r.wav", reference())}, "prompt_lang='xx'"),
     ({"name": "none", "prompt_lang": "zh"}, {}, "ref_audio or as ref_audio_path"),
+    ({"name": "gone", "prompt_lang": "zh", "ref_audio_path": "missing.wav"}, {}, "cannot be read"),
     ({"prompt_lang": "zh"}, {"ref_audio": ("r.wav", reference())}, "name: Field required"),
 ])
 def test_bad_voices_are_rejected_with_the_field_named(live, fields, files, message) -> None:
@@ -232,19 +236,21 @@ def test_a_client_that_disconnects_cancels_its_request(tmp_path) -> None:
 
 
 def test_a_request_past_its_deadline_answers_504(tmp_path) -> None:
+    """The steps are held until the request's deadline has passed."""
     with running(tmp_path, request_timeout_s=0.5) as live:
         (tmp_path / "ref.wav").write_bytes(reference())
-        gate = hold_steps(live.backend.engine)
-        with httpx.Client(base_url=live.url, timeout=60) as client:
-            answer_box = []
-            caller = threading.Thread(target=lambda: answer_box.append(
-                client.post("/tts", json={**TTS, "ref_audio_path": "ref.wav", "text": TEXT})))
-            caller.start()
-            threading.Event().wait(1.0)  # past the deadline while its rows are held
-            gate.set()
-            caller.join(60)
-        answer = answer_box[0]
-        assert answer.status_code == 504 and "deadline" in answer.json()["message"]
+        engine = live.backend.engine
+        gate, box = hold_steps(engine), []
+        caller = threading.Thread(target=lambda: box.append(httpx.post(
+            f"{live.url}/tts", json={**TTS, "ref_audio_path": "ref.wav", "text": TEXT}, timeout=60)))
+        caller.start()
+        while not (held := list(engine._handles.values())):
+            time.sleep(0.01)
+        while time.monotonic() <= held[0].request.deadline:
+            time.sleep(0.01)
+        gate.set()
+        caller.join(60)
+    assert box[0].status_code == 504 and "deadline" in box[0].json()["message"]
 
 
 def test_registered_voices_survive_a_restart(tmp_path) -> None:
@@ -319,3 +325,44 @@ def test_an_empty_transcript_serves_v2_and_is_refused_for_v4(live, tmp_path) -> 
         answer = httpx.post(f"{server.url}/tts", json={**TTS, "ref_audio_path": "ref.wav", "prompt_text": "",
                                                         "text": "好。"}, timeout=60)
     assert answer.status_code == 400 and "prompt_text is required with v4" in answer.json()["message"]
+
+
+def test_a_stream_that_cannot_start_answers_its_status_not_200(tmp_path) -> None:
+    """The answer of a stream starts with its first piece: a deadline passed before it is a 504 (the steps are held
+    until the request's deadline has passed)."""
+    with running(tmp_path, request_timeout_s=0.5) as live:
+        (tmp_path / "ref.wav").write_bytes(reference())
+        engine = live.backend.engine
+        gate, box = hold_steps(engine), []
+        caller = threading.Thread(target=lambda: box.append(httpx.post(
+            f"{live.url}/tts", json={**TTS, "ref_audio_path": "ref.wav", "text": TEXT, "streaming_mode": 1},
+            timeout=60)))
+        caller.start()
+        while not (held := list(engine._handles.values())):
+            time.sleep(0.01)
+        while time.monotonic() <= held[0].request.deadline:
+            time.sleep(0.01)
+        gate.set()
+        caller.join(60)
+    assert box[0].status_code == 504 and "deadline" in box[0].json()["message"]
+
+
+def test_streaming_mode_true_in_a_query_string_streams(live) -> None:
+    answer = live.client.get("/tts", params={**TTS, "text": TEXT, "seed": 9, "streaming_mode": "true"})
+    streamed = live.client.post("/tts", json={**TTS, "text": TEXT, "seed": 9, "streaming_mode": 1})
+    assert answer.status_code == 200 and answer.content == streamed.content
+
+
+def test_set_refer_audio_prepares_the_voice_requests_then_use(live) -> None:
+    (live.state.voices.directory / "carol.wav").write_bytes(reference(4.5, pitch=0.11))
+    params = {"refer_audio_path": "carol.wav", "prompt_text": "你好。", "prompt_lang": "zh"}
+    assert live.client.get("/set_refer_audio", params=params, headers=AUTH).json() == {"message": "success"}
+    held = len(live.state.voices._held)
+    answer = live.client.post("/tts", json={**TTS, "ref_audio_path": "carol.wav", "text": "好。"})
+    assert answer.status_code == 200 and len(live.state.voices._held) == held
+
+
+def test_weights_cannot_be_switched_from_the_network_without_a_key(tmp_path) -> None:
+    with running(tmp_path, api_key=None, exposed=True) as live:
+        answer = httpx.get(f"{live.url}/set_gpt_weights", params={"weights_path": __file__}, timeout=60)
+    assert answer.status_code == 403 and "--api-key" in answer.json()["message"]

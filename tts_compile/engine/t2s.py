@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.buckets import Ladder
+from ..core.guard import InputError
 from ..core.rng import own_rng
 from ..core.runner import Runner
 from ..gpt_sovits.kernels.t2s_decode import decode_step_reference, flatten, prefix_visible, stack, t2s_decode_step
@@ -151,9 +152,9 @@ class BatchedT2S:
         return self.model.EOS
 
     def check(self, prefix: Prefix) -> None:
-        """Raise ValueError when `prefix` does not fit a row's KV cache."""
+        """Raise InputError (a ValueError) when `prefix` does not fit a row's KV cache: the text is too long."""
         if prefix.positions >= self.pool.capacity:
-            raise ValueError(f"the prefix of {prefix.positions} positions ({prefix.phones.shape[0]} phones, "
+            raise InputError(f"the prefix of {prefix.positions} positions ({prefix.phones.shape[0]} phones, "
                              f"{prefix.prompt.shape[0]} prompt tokens) does not fit a row's KV cache of "
                              f"{self.pool.capacity}")
 

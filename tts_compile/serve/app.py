@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.guard import InputError
-from ..engine import Cancelled, DeadlinePassed, EngineClosed, Handle, QueueFull, Voice
+from ..engine import Cancelled, DeadlinePassed, EngineClosed, Handle, QueueFull
 from .audio import MEDIA_TYPES, encode, pcm16, wav_header
 from .backend import Backend
 from .metrics import Metrics
@@ -53,14 +55,15 @@ class Settings:
     max_body_bytes: int = 16 * 2**20
     request_timeout_s: float = 300.0
     voice_cache_mib: float = 512.0
+    exposed: bool = False  # listening beyond the loopback address
 
 
-class HTTPError(Exception):
-    """An answer other than 200, with its status and message."""
+class HTTPError(StarletteHTTPException):
+    """An answer other than 200, with its status and message (Starlette's kind: FastAPI passes it through its
+    body parsing untouched)."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+        super().__init__(status, message, headers)
 
 
 class Server:
@@ -95,55 +98,60 @@ class Server:
 
     # ------------------------------------------------------------------------------------------------ synthesis
     async def synthesize(self, request: Request, raw: dict[str, Any], cached_voice: bool = False) -> Response:
-        """api_v2's `/tts` (and the cached-voice route): the audio whole, or streamed segment by segment."""
+        """api_v2's `/tts` (and the cached-voice route): the audio whole, or streamed segment by segment once the
+        first segment is ready (an error before it answers with its status)."""
         backend = self.need_backend()
         settings = self.settings
         job = parse(raw, backend.languages, backend.split_methods, settings.max_text_chars,
                     settings.request_timeout_s, cached_voice)
-        voice = await self.voice_of(job)
-        handle = await self.submit(backend, job, voice)
+        handle = await run_in_threadpool(self.start, backend, job)
         headers = {"X-TTS-Seed": str(handle.seed), "X-TTS-Request-Id": str(handle.id)}
         if job.stream:
-            return StreamingResponse(self.pieces(request, handle, job.media_type),
+            pieces = await self.first_piece(request, handle)
+            return StreamingResponse(self.stream(request, handle, pieces, job.media_type),
                                      media_type=MEDIA_TYPES[job.media_type], headers=headers)
-        audio, rate = await wait(request, handle)
+        audio, rate = await until(request, handle, asyncio.ensure_future(handle))
         body = await run_in_threadpool(encode, audio, rate, job.media_type)
         return Response(body, media_type=MEDIA_TYPES[job.media_type], headers=headers)
 
-    async def voice_of(self, job: Synthesis) -> Voice:
-        if job.voice_name is not None:
-            return await run_in_threadpool(self.voices.get, job.voice_name)
-        return await run_in_threadpool(self.voices.reference, job.ref_audio_path, job.prompt_text, job.prompt_lang,
-                                       job.aux_ref_audio_paths)
-
-    async def submit(self, backend: Backend, job: Synthesis, voice: Voice) -> Handle:
-        """The request into the engine; one that met an engine retired by a weight switch goes to the new one."""
-        segments = await run_in_threadpool(backend.cached_segments, job.text, job.text_lang, job.split_method)
-        engine = backend.engine
-        try:
-            return engine.submit(voice, segments, job.params, stream=job.stream)
-        except EngineClosed:
-            if backend.engine is engine:
-                raise
+    def start(self, backend: Backend, job: Synthesis) -> Handle:
+        """The request's voice and segments prepared and submitted (in a worker thread), all under the backend's
+        current weights: a weight switch waits for it, and it for a switch."""
+        with backend.serving():
+            if job.voice_name is not None:
+                voice = self.voices.get(job.voice_name)
+            else:
+                voice = self.voices.reference(job.ref_audio_path, job.prompt_text, job.prompt_lang,
+                                              job.aux_ref_audio_paths)
+            segments = backend.cached_segments(job.text, job.text_lang, job.split_method)
             return backend.engine.submit(voice, segments, job.params, stream=job.stream)
 
-    async def pieces(self, request: Request, handle: Handle, media_type: str) -> AsyncIterator[bytes]:
+    async def first_piece(self, request: Request, handle: Handle) -> tuple[torch.Tensor, AsyncIterator]:
+        """A stream's first piece of audio (its error raised here, before the answer starts) and the rest."""
+        rest = handle.__aiter__()
+        first = await until(request, handle, asyncio.ensure_future(rest.__anext__()))
+        self.metrics.first_audio.labels(request.url.path).observe(time.monotonic() - request_start(request))
+        return first, rest
+
+    async def stream(self, request: Request, handle: Handle, pieces: tuple[torch.Tensor, AsyncIterator],
+                     media_type: str) -> AsyncIterator[bytes]:
         """A stream's bytes: for wav a header first, then each segment's PCM as it comes (raw: the PCM; ogg: an Ogg
         stream per segment); the request is cancelled if the client goes away."""
+        first, rest = pieces
         try:
             if media_type == "wav":
                 yield wav_header(handle.sample_rate)
-            first = True
-            async for chunk in handle:
-                if first:
-                    self.metrics.first_audio.labels(request.url.path).observe(time.monotonic() - request_start(request))
-                    first = False
-                if media_type == "ogg":
-                    yield await run_in_threadpool(encode, chunk, handle.sample_rate, "ogg")
-                else:
-                    yield pcm16(chunk)
+            yield await self.encoded(first, handle.sample_rate, media_type)
+            async for chunk in rest:
+                yield await self.encoded(chunk, handle.sample_rate, media_type)
         finally:
             handle.cancel()  # a no-op once it is done; else the client left or the stream failed
+
+    @staticmethod
+    async def encoded(chunk: torch.Tensor, rate: int, media_type: str) -> bytes:
+        if media_type == "ogg":
+            return await run_in_threadpool(encode, chunk, rate, "ogg")
+        return pcm16(chunk)
 
     # ------------------------------------------------------------------------------------------------ OpenAI
     async def speech(self, request: Request, body: dict[str, Any]) -> Response:
@@ -168,19 +176,22 @@ class Server:
                      "speed_factor": speed, "streaming_mode": 1, "seed": body.get("seed", -1)},
                     backend.languages, backend.split_methods, self.settings.max_text_chars,
                     self.settings.request_timeout_s, cached_voice=True)
-        handle = await self.submit(backend, job, await self.voice_of(job))
+        handle = await run_in_threadpool(self.start, backend, job)
         headers = {"X-TTS-Seed": str(handle.seed), "X-TTS-Request-Id": str(handle.id)}
+        pieces = await self.first_piece(request, handle)
         if stream_format == "sse":
-            return StreamingResponse(self.events(request, handle), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(self.events(request, handle, pieces), media_type="text/event-stream",
+                                     headers=headers)
         media = "audio/wav" if response_format == "wav" else "audio/pcm"
-        return StreamingResponse(self.pieces(request, handle, "wav" if response_format == "wav" else "raw"),
+        return StreamingResponse(self.stream(request, handle, pieces, "wav" if response_format == "wav" else "raw"),
                                  media_type=media, headers=headers)
 
-    async def events(self, request: Request, handle: Handle) -> AsyncIterator[bytes]:
+    async def events(self, request: Request, handle: Handle, pieces: tuple[torch.Tensor, AsyncIterator]
+                     ) -> AsyncIterator[bytes]:
         """OpenAI's speech events: `speech.audio.delta` with base64 PCM per segment, then `speech.audio.done`."""
         samples = 0
         try:
-            async for piece in self.pieces(request, handle, "raw"):
+            async for piece in self.stream(request, handle, pieces, "raw"):
                 samples += len(piece) // 2
                 event = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
                 yield f"data: {json.dumps(event)}\n\n".encode()
@@ -192,19 +203,22 @@ class Server:
         yield f"data: {json.dumps(done)}\n\n".encode()
 
 
-async def wait(request: Request, handle: Handle) -> tuple[Any, int]:
-    """The request's audio; cancels it (and raises `Cancelled`) when the client disconnects first."""
-    result = asyncio.ensure_future(handle)
+async def until(request: Request, handle: Handle, task: asyncio.Future) -> Any:
+    """`task`'s result (the request's audio, or a stream's next piece); the request is cancelled (and `Cancelled`
+    raised) when the client disconnects first, and cancelled too when this handler is."""
     try:
         while True:
-            done, _ = await asyncio.wait({result}, timeout=0.25)
+            done, _ = await asyncio.wait({task}, timeout=0.25)
             if done:
-                return result.result()
+                return task.result()
             if await request.is_disconnected():
                 handle.cancel()
                 raise Cancelled(f"request {handle.id}: the client disconnected")
+    except BaseException:
+        handle.cancel()
+        raise
     finally:
-        result.cancel()
+        task.cancel()
 
 
 def request_start(request: Request) -> float:
@@ -214,7 +228,9 @@ def request_start(request: Request) -> float:
 def error_message(exc: BaseException) -> tuple[int, str, dict[str, str]]:
     """The status, message and headers an error answers with."""
     if isinstance(exc, HTTPError):
-        return exc.status, exc.message, exc.headers
+        return exc.status_code, exc.detail, dict(exc.headers or {})
+    if isinstance(exc, StarletteHTTPException):  # FastAPI's own: an unknown route, a method not allowed
+        return exc.status_code, str(exc.detail), dict(exc.headers or {})
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "the request"
@@ -223,7 +239,7 @@ def error_message(exc: BaseException) -> tuple[int, str, dict[str, str]]:
         return 403, str(exc), {}
     if isinstance(exc, UnknownVoice):
         return 404, str(exc), {}
-    if isinstance(exc, (InputError, ValueError)):
+    if isinstance(exc, InputError):
         return 400, str(exc), {}
     if isinstance(exc, QueueFull):
         return 503, str(exc), {"Retry-After": "1"}
@@ -304,7 +320,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     app = FastAPI(title="tts_compile", docs_url="/docs", redoc_url=None)
     app.state.server = server
 
-    for kind in (HTTPError, InputError, ValueError, UnknownVoice, Forbidden, QueueFull, EngineClosed, Cancelled,
+    for kind in (StarletteHTTPException, InputError, UnknownVoice, Forbidden, QueueFull, EngineClosed, Cancelled,
                  RequestValidationError, Exception):
         app.add_exception_handler(kind, answer_error)
     app.add_middleware(Observe, server=server)
@@ -344,14 +360,15 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         if ref_audio is not None:
             data = await ref_audio.read()
         else:
-            data = await run_in_threadpool(server.voices.resolve(ref_audio_path).read_bytes)
+            data = await run_in_threadpool(server.voices.read, ref_audio_path)
         info = await run_in_threadpool(server.voices.register, name, data, prompt_text, prompt_lang.lower())
         return JSONResponse({"message": "success", "voice": info.__dict__}, status_code=201)
 
     @app.get("/voices")
     async def list_voices() -> Response:
         server.need_backend()
-        return JSONResponse({"voices": [info.__dict__ for info in server.voices.infos()]})
+        infos = await run_in_threadpool(server.voices.infos)
+        return JSONResponse({"voices": [info.__dict__ for info in infos]})
 
     @app.delete("/voices/{name}")
     async def delete_voice(request: Request, name: str) -> Response:
@@ -361,13 +378,15 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         return JSONResponse({"message": "success"})
 
     @app.get("/set_refer_audio")
-    async def set_refer_audio(request: Request, refer_audio_path: str | None = None) -> Response:
-        """api_v2's route: here, the reference is prepared and kept ready for the requests that name it."""
+    async def set_refer_audio(request: Request, refer_audio_path: str | None = None, prompt_text: str = "",
+                              prompt_lang: str = "") -> Response:
+        """api_v2's route: here, the reference (with `prompt_text` and `prompt_lang`, as the requests that name it
+        will send them; without, upstream's no-prompt voice) is checked, prepared and kept ready."""
         server.check_key(request)
         server.need_backend()
         if not refer_audio_path:
             raise InputError("refer_audio_path is required")
-        await run_in_threadpool(server.voices.reference, refer_audio_path, "", "")
+        await run_in_threadpool(server.voices.reference, refer_audio_path, prompt_text, prompt_lang.lower())
         return JSONResponse({"message": "success"})
 
     @app.get("/set_gpt_weights")
@@ -377,6 +396,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         prepared again under new SoVITS weights)."""
         server.check_key(request)
         backend = server.need_backend()
+        if settings.exposed and settings.api_key is None:
+            raise HTTPError(403, "weights load as pickles: switching them needs --api-key when the server listens "
+                                 "beyond this machine")
         kind = "gpt" if request.url.path == "/set_gpt_weights" else "sovits"
         if not weights_path:
             raise InputError("weights_path is required")

@@ -5,12 +5,14 @@ frontend, voices drawn from the reference's bytes (noise, but every stage and en
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import threading
 import wave
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,6 +41,12 @@ class Backend:
 
     def __init__(self) -> None:
         self._segments = SegmentCache(SEGMENT_CACHE_BYTES)
+        self._switch = SharedLock()
+
+    def serving(self) -> contextlib.AbstractContextManager:
+        """Held while a request's voice and segments are prepared and it is submitted: a weight switch waits for
+        these, and they for a switch, so no request mixes old and new weights."""
+        return self._switch.shared()
 
     def cached_segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
         """`segments`, kept for texts seen lately (a service hears the same phrases again): at most
@@ -86,7 +94,7 @@ class Pipeline(Backend):
         self.version, self.languages = self.frontend.version, self.frontend.languages
         self.split_methods = methods or split_methods()
         self.engine = Engine.from_pipeline(tts, config)
-        self._switching = threading.Lock()
+        self._retiring: threading.Thread | None = None
 
     @property
     def description(self) -> str:
@@ -99,17 +107,23 @@ class Pipeline(Backend):
         return str(getattr(self.frontend.tts.configs, "vits_weights_path", "?"))
 
     def set_weights(self, kind: str, path: str) -> None:
-        """Upstream loads the weights; a new engine over the pipeline's models is built and warmed up while the old
-        one serves, then takes the new requests; the old one finishes those it holds (at most `drain_s`)."""
-        with self._switching:
+        """Upstream loads the weights and a new engine over the pipeline's models warms up, while requests already
+        submitted go on in the old engine and new ones wait; then the new engine takes them and the old one finishes
+        what it holds (at most `drain_s`; one old engine at a time)."""
+        if self._retiring is not None:
+            self._retiring.join(self.drain_s)
+        with self._switch.exclusive():
             try:
                 self.frontend.load_weights(kind, path)
-            except (OSError, RuntimeError, KeyError, ValueError) as exc:
-                raise InputError(f"set_{kind}_weights: upstream cannot load {path!r}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - whatever upstream's loading raises: the caller's file
+                raise InputError(f"set_{kind}_weights: upstream cannot load {path!r}: {type(exc).__name__}: "
+                                 f"{exc}") from None
             engine = Engine.from_pipeline(self.frontend.tts, self.config)
             old, self.engine = self.engine, engine
             self.version, self.languages = self.frontend.version, self.frontend.languages
-        threading.Thread(target=_retire, args=(old, self.drain_s), name="tts_compile-retire", daemon=True).start()
+        self._retiring = threading.Thread(target=_retire, args=(old, self.drain_s), name="tts_compile-retire",
+                                          daemon=True)
+        self._retiring.start()
         logger.info("serve: %s weights %s loaded; new requests go to the new engine", kind, path)
 
     @classmethod
@@ -155,6 +169,39 @@ class StandIns(Backend):
     def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
         voice = self.voice(ref_audio, "timbre", "")
         return voice.refer[0], None if voice.sv_emb is None else voice.sv_emb[0]
+
+
+class SharedLock:
+    """Many holders at once (`shared`), or one alone (`exclusive`); a waiting exclusive holder goes first."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._shared, self._exclusive = 0, False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._shared -= 1
+                self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            self._cv.wait_for(lambda: self._shared == 0)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._exclusive = False
+                self._cv.notify_all()
 
 
 class SegmentCache:

@@ -97,6 +97,8 @@ def _typed(name: str, value: Any, kind: type) -> Any:
     try:
         if isinstance(value, bool) and kind in (int, float) and name != "streaming_mode":
             raise ValueError
+        if name == "streaming_mode" and isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"  # api_v2 takes a bool or an int here
         if kind is bool or (name == "streaming_mode" and isinstance(value, bool)):
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
                 value = value.lower() in ("true", "1")

@@ -59,6 +59,7 @@ class VoiceStore:
         self.prepare, self.memory_bytes, self.weights, self.timbre = prepare, memory_bytes, weights, timbre
         self._lock = threading.Lock()
         self._held: OrderedDict[Hashable, tuple[Voice, int]] = OrderedDict()
+        self._generations: dict[str, int] = {}  # per name: registrations and deletions so far
 
     # ------------------------------------------------------------------------------------------ registered voices
     def register(self, name: str, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> VoiceInfo:
@@ -77,6 +78,9 @@ class VoiceStore:
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
+            self._generations[name] = self._generations.get(name, 0) + 1
+            for key in [k for k in self._held if k[:2] == ("voice", name)]:
+                del self._held[key]
             self._hold(("voice", name, weights), voice)
         logger.info("voices: %s registered", name)
         return info
@@ -91,6 +95,7 @@ class VoiceStore:
             if held is not None:
                 self._held.move_to_end(key)
                 return held[0]
+            generation = self._generations.get(name, 0)
         folder = self._folder(name)
         try:
             meta = json.loads((folder / "voice.json").read_text(encoding="utf-8"))
@@ -99,13 +104,17 @@ class VoiceStore:
             else:
                 info = VoiceInfo(**{k: meta[k] for k in ("name", "prompt_text", "prompt_lang", "created")})
                 voice = self.prepare((folder / "ref.wav").read_bytes(), info.prompt_text, info.prompt_lang)
-                _save(folder, info, weights, voice)
+                with self._lock:
+                    if self._generations.get(name, 0) == generation:
+                        _save(folder, info, weights, voice)
                 logger.info("voices: %s prepared again for the weights now served", name)
         except FileNotFoundError:
             raise UnknownVoice(f"voice {name!r} is not registered") from None
         with self._lock:
-            self._hold(key, voice)
-        return voice
+            current = self._generations.get(name, 0) == generation
+            if current:
+                self._hold(key, voice)
+        return voice if current else self.get(name)  # registered again or deleted meanwhile: read anew
 
     def infos(self) -> list[VoiceInfo]:
         """Every registered voice, by name."""
@@ -124,6 +133,7 @@ class VoiceStore:
                 del self._held[key]
             if not (folder / "voice.json").exists():
                 raise UnknownVoice(f"voice {name!r} is not registered")
+            self._generations[name] = self._generations.get(name, 0) + 1
             shutil.rmtree(folder)
         logger.info("voices: %s deleted", name)
 
@@ -170,6 +180,13 @@ class VoiceStore:
             self._hold(key, voice)
         return voice
 
+    def read(self, path: str, field: str = "ref_audio_path") -> bytes:
+        """The bytes of a file inside the directory; Forbidden outside it, InputError when it cannot be read."""
+        try:
+            return self.resolve(path, field).read_bytes()
+        except OSError as exc:
+            raise InputError(f"{field}={path!r} cannot be read: {exc.strerror}") from None
+
     def resolve(self, path: str, field: str = "ref_audio_path") -> Path:
         """`path` (relative to the directory, or absolute) resolved; Forbidden unless it lies inside the directory."""
         resolved = (self.directory / path).resolve()
@@ -204,10 +221,13 @@ def _bytes(voice: Voice) -> int:
 
 
 def _save(folder: Path, info: VoiceInfo, weights: str, voice: Voice) -> None:
-    """A voice's transcript, the weights it was prepared under, and its tensors, into `folder`."""
-    torch.save(_state(voice), folder / "voice.pt")
+    """A voice's tensors, then its transcript and the weights it was prepared under, into `folder`: each file
+    written aside and moved in place, so a reader never sees half of one."""
+    torch.save(_state(voice), folder / ".voice.pt")
+    os.replace(folder / ".voice.pt", folder / "voice.pt")
     meta = {**asdict(info), "weights": weights}
-    (folder / "voice.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    (folder / ".voice.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    os.replace(folder / ".voice.json", folder / "voice.json")
 
 
 def _state(voice: Voice) -> dict:

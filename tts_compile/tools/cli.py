@@ -210,7 +210,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"serve: --request-timeout {args.request_timeout}: expected seconds > 0")
     settings = Settings(Path(args.voices_dir), api_key=args.api_key or os.environ.get("TTS_COMPILE_API_KEY"),
                         max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_mib * 2**20,
-                        request_timeout_s=args.request_timeout, voice_cache_mib=args.voice_cache_mib)
+                        request_timeout_s=args.request_timeout, voice_cache_mib=args.voice_cache_mib,
+                        exposed=args.host not in ("127.0.0.1", "localhost", "::1"))
     if args.config is not None:
         if not Path(args.config).is_file():
             raise SystemExit(f"serve: --config {args.config}: no such file")
