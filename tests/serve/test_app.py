@@ -235,14 +235,14 @@ def test_a_client_that_disconnects_cancels_its_request(tmp_path) -> None:
             assert client.post("/tts", json=body).status_code == 200
 
 
-def test_a_request_past_its_deadline_answers_504(tmp_path) -> None:
-    """The steps are held until the request's deadline has passed."""
+def _held_past_its_deadline(tmp_path, body: dict) -> httpx.Response:
+    """`body` posted to `/tts` of a server whose requests time out after 0.5 s, its steps held until the request's
+    deadline has passed."""
     with running(tmp_path, request_timeout_s=0.5) as live:
         (tmp_path / "ref.wav").write_bytes(reference())
         engine = live.backend.engine
         gate, box = hold_steps(engine), []
-        caller = threading.Thread(target=lambda: box.append(httpx.post(
-            f"{live.url}/tts", json={**TTS, "ref_audio_path": "ref.wav", "text": TEXT}, timeout=60)))
+        caller = threading.Thread(target=lambda: box.append(httpx.post(f"{live.url}/tts", json=body, timeout=60)))
         caller.start()
         while not (held := list(engine._handles.values())):
             time.sleep(0.01)
@@ -250,7 +250,12 @@ def test_a_request_past_its_deadline_answers_504(tmp_path) -> None:
             time.sleep(0.01)
         gate.set()
         caller.join(60)
-    assert box[0].status_code == 504 and "deadline" in box[0].json()["message"]
+    return box[0]
+
+
+def test_a_request_past_its_deadline_answers_504(tmp_path) -> None:
+    answer = _held_past_its_deadline(tmp_path, {**TTS, "ref_audio_path": "ref.wav", "text": TEXT})
+    assert answer.status_code == 504 and "deadline" in answer.json()["message"]
 
 
 def test_registered_voices_survive_a_restart(tmp_path) -> None:
@@ -328,23 +333,9 @@ def test_an_empty_transcript_serves_v2_and_is_refused_for_v4(live, tmp_path) -> 
 
 
 def test_a_stream_that_cannot_start_answers_its_status_not_200(tmp_path) -> None:
-    """The answer of a stream starts with its first piece: a deadline passed before it is a 504 (the steps are held
-    until the request's deadline has passed)."""
-    with running(tmp_path, request_timeout_s=0.5) as live:
-        (tmp_path / "ref.wav").write_bytes(reference())
-        engine = live.backend.engine
-        gate, box = hold_steps(engine), []
-        caller = threading.Thread(target=lambda: box.append(httpx.post(
-            f"{live.url}/tts", json={**TTS, "ref_audio_path": "ref.wav", "text": TEXT, "streaming_mode": 1},
-            timeout=60)))
-        caller.start()
-        while not (held := list(engine._handles.values())):
-            time.sleep(0.01)
-        while time.monotonic() <= held[0].request.deadline:
-            time.sleep(0.01)
-        gate.set()
-        caller.join(60)
-    assert box[0].status_code == 504 and "deadline" in box[0].json()["message"]
+    """The answer of a stream starts with its first piece: a deadline passed before it is a 504."""
+    answer = _held_past_its_deadline(tmp_path, {**TTS, "ref_audio_path": "ref.wav", "text": TEXT, "streaming_mode": 1})
+    assert answer.status_code == 504 and "deadline" in answer.json()["message"]
 
 
 def test_streaming_mode_true_in_a_query_string_streams(live) -> None:
