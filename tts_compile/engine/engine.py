@@ -119,12 +119,9 @@ class Engine:
     def drain(self, timeout: float | None = None) -> bool:
         """Stop taking requests (`EngineClosed`) and wait until those held have finished, at most `timeout` seconds;
         True when none is left. `close()` afterwards stops the threads."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._draining = True
-            while self._handles and (deadline is None or time.monotonic() < deadline):
-                self._cv.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
-            return not self._handles
+            return self._cv.wait_for(lambda: not self._handles, timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop taking requests, fail those held with `EngineClosed`, and stop the threads."""
@@ -186,9 +183,8 @@ class Engine:
         for request in plan.leave:
             self._drop(request, request.stopped())
         changed = bool(plan.leave)
-        admit = [(r, i) for r, i in plan.admit if r.status not in (Status.FAILED, Status.CANCELLED)]
-        if admit:
-            changed |= self._admit(admit)
+        if plan.admit:
+            changed |= self._admit(list(plan.admit))
         if not self._rows:
             return
         if changed:
@@ -293,9 +289,7 @@ class Engine:
     def _render_job(self, request: Request, indices: tuple[int, ...]) -> None:
         """Render these segments of `request` and deliver them: its result, or a stream's piece (the result once
         its last piece is in, in order)."""
-        if request.status in (Status.FAILED, Status.CANCELLED):
-            return
-        if request.expired(time.monotonic()):
+        if request.expired(time.monotonic()):  # cancelled, late, or ended already (then a no-op)
             self._finish(request, error=request.stopped())
             return
         started = time.perf_counter()
@@ -328,6 +322,7 @@ class Engine:
                 return
             request.status = status
             self.counters[counter] += 1
+            self._cv.notify_all()  # `drain` waits for the handles to go
         handle.finish(result, error)
 
     # ------------------------------------------------------------------------------------------------ builders
