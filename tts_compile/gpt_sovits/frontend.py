@@ -7,10 +7,12 @@ these calls (its prompt cache, BERT on one device), so calls are serialized.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +65,11 @@ class PipelineFrontend:
         prompted = bool(prompt_text.strip())
         if not prompted and self.version in ("v3", "v4"):
             raise InputError(f"prompt_text is required with {self.version}: the reference recording's transcript")
-        with tempfile.TemporaryDirectory() as folder, self._lock, torch.inference_mode():
-            path = os.path.join(folder, "reference.wav")
-            Path(path).write_bytes(ref_audio)
-            tts = self.tts
-            try:
-                if prompted:
-                    tts._set_prompt_semantic(path)
-                spec, audio_16k = tts._get_ref_spec(path)
-            except (OSError, RuntimeError, ValueError, EOFError) as exc:
-                raise InputError(f"ref_audio: upstream cannot use this recording: {exc}") from None
-            sv_emb = (tts.sv_model.compute_embedding3(audio_16k),) if getattr(tts, "is_v2pro", False) else None
+        tts = self.tts
+        with self._reference(ref_audio) as path:
+            if prompted:
+                self._upstream(tts._set_prompt_semantic, path, field="ref_audio")
+            spec, sv_emb = self._timbre_of(path, "ref_audio")
             if not prompted:  # upstream's no-prompt mode: the reference's timbre only
                 empty = torch.zeros(0, dtype=torch.long)
                 return Voice(empty, empty, torch.zeros(1024, 0, dtype=spec.dtype), (spec,), sv_emb)
@@ -88,15 +84,31 @@ class PipelineFrontend:
     def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
         """An auxiliary reference's spectrogram and (v2Pro) speaker embedding, as `TTS.run` reads its
         `aux_ref_audio_paths`."""
+        with self._reference(ref_audio) as path:
+            spec, sv_emb = self._timbre_of(path, "aux_ref_audio_paths")
+        return spec, None if sv_emb is None else sv_emb[0]
+
+    @contextlib.contextmanager
+    def _reference(self, ref_audio: bytes) -> Iterator[str]:
+        """A recording's bytes as a file upstream's methods can read, the pipeline held meanwhile."""
         with tempfile.TemporaryDirectory() as folder, self._lock, torch.inference_mode():
             path = os.path.join(folder, "reference.wav")
             Path(path).write_bytes(ref_audio)
-            try:
-                spec, audio_16k = self.tts._get_ref_spec(path)
-            except (OSError, RuntimeError, ValueError, EOFError) as exc:
-                raise InputError(f"aux_ref_audio_paths: upstream cannot use this recording: {exc}") from None
-            sv_emb = self.tts.sv_model.compute_embedding3(audio_16k) if getattr(self.tts, "is_v2pro", False) else None
+            yield path
+
+    def _timbre_of(self, path: str, field: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The reference spectrogram (`_get_ref_spec`) and, for v2Pro, its speaker embedding, of a recording."""
+        spec, audio_16k = self._upstream(self.tts._get_ref_spec, path, field=field)
+        sv_emb = (self.tts.sv_model.compute_embedding3(audio_16k),) if getattr(self.tts, "is_v2pro", False) else None
         return spec, sv_emb
+
+    @staticmethod
+    def _upstream(method: Any, path: str, field: str) -> Any:
+        """`method(path)`; InputError naming `field` for a recording upstream refuses (not 3-10 s, unreadable)."""
+        try:
+            return method(path)
+        except (OSError, RuntimeError, ValueError, EOFError) as exc:
+            raise InputError(f"{field}: upstream cannot use this recording: {exc}") from None
 
     def _prompt_text(self, text: str, lang: str) -> str:
         """The transcript as `TTS.run` reads it: an end of sentence added where it has none."""
