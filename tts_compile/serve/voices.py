@@ -78,9 +78,7 @@ class VoiceStore:
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
-            self._generations[name] = self._generations.get(name, 0) + 1
-            for key in [k for k in self._held if k[:2] == ("voice", name)]:
-                del self._held[key]
+            self._forget(name)
             self._hold(("voice", name, weights), voice)
         logger.info("voices: %s registered", name)
         return info
@@ -91,10 +89,8 @@ class VoiceStore:
         weights = self.weights()
         key = ("voice", name, weights)
         with self._lock:
-            held = self._held.get(key)
-            if held is not None:
-                self._held.move_to_end(key)
-                return held[0]
+            if (held := self._recall(key)) is not None:
+                return held
             generation = self._generations.get(name, 0)
         folder = self._folder(name)
         try:
@@ -102,7 +98,7 @@ class VoiceStore:
             if meta.get("weights") == weights:
                 voice = _voice(torch.load(folder / "voice.pt", weights_only=True))
             else:
-                info = VoiceInfo(**{k: meta[k] for k in ("name", "prompt_text", "prompt_lang", "created")})
+                info = _info(meta)
                 voice = self.prepare((folder / "ref.wav").read_bytes(), info.prompt_text, info.prompt_lang)
                 with self._lock:
                     if self._generations.get(name, 0) == generation:
@@ -121,19 +117,16 @@ class VoiceStore:
         infos = []
         for path in sorted(self.directory.glob("*/voice.json")):
             if NAME.fullmatch(path.parent.name):
-                meta = json.loads(path.read_text(encoding="utf-8"))
-                infos.append(VoiceInfo(**{k: meta[k] for k in ("name", "prompt_text", "prompt_lang", "created")}))
+                infos.append(_info(json.loads(path.read_text(encoding="utf-8"))))
         return infos
 
     def delete(self, name: str) -> None:
         """Forget a voice (memory and disk); UnknownVoice when there is none of that name."""
         folder = self._folder(name)
         with self._lock:
-            for key in [k for k in self._held if k[:2] == ("voice", name)]:
-                del self._held[key]
             if not (folder / "voice.json").exists():
                 raise UnknownVoice(f"voice {name!r} is not registered")
-            self._generations[name] = self._generations.get(name, 0) + 1
+            self._forget(name)
             shutil.rmtree(folder)
         logger.info("voices: %s deleted", name)
 
@@ -167,15 +160,9 @@ class VoiceStore:
             raise InputError(f"{field}={path!r} cannot be read: {exc.strerror}") from None
         key = ("path", str(resolved), stat.st_mtime_ns, stat.st_size, *what, self.weights())
         with self._lock:
-            held = self._held.get(key)
-            if held is not None:
-                self._held.move_to_end(key)
-                return held[0]
-        try:
-            data = resolved.read_bytes()
-        except OSError as exc:
-            raise InputError(f"{field}={path!r} cannot be read: {exc.strerror}") from None
-        voice = make(data)
+            if (held := self._recall(key)) is not None:
+                return held
+        voice = make(self.read(path, field))
         with self._lock:
             self._hold(key, voice)
         return voice
@@ -199,6 +186,20 @@ class VoiceStore:
         with self._lock:
             return sum(size for _, size in self._held.values())
 
+    def _recall(self, key: Hashable) -> Voice | None:
+        """The voice held under `key`, now the most recent, or None (the lock held)."""
+        held = self._held.get(key)
+        if held is None:
+            return None
+        self._held.move_to_end(key)
+        return held[0]
+
+    def _forget(self, name: str) -> None:
+        """A registered voice replaced or deleted: its held copies dropped, its generation moved on (the lock held)."""
+        self._generations[name] = self._generations.get(name, 0) + 1
+        for key in [k for k in self._held if k[:2] == ("voice", name)]:
+            del self._held[key]
+
     def _hold(self, key: Hashable, voice: Voice) -> None:
         """Keep `voice` as the most recent; drop the least recently used beyond the budget (the lock held)."""
         self._held[key] = (voice, _bytes(voice))
@@ -218,6 +219,11 @@ def _bytes(voice: Voice) -> int:
     parts = [voice.prompt_tokens, voice.prompt_phones, voice.prompt_bert, *voice.refer, *(voice.sv_emb or ()),
              *(() if voice.mel is None else (voice.mel,))]
     return sum(t.numel() * t.element_size() for t in parts)
+
+
+def _info(meta: dict) -> VoiceInfo:
+    """A voice's `voice.json` as its info (the weights it was prepared under left out)."""
+    return VoiceInfo(**{k: meta[k] for k in ("name", "prompt_text", "prompt_lang", "created")})
 
 
 def _save(folder: Path, info: VoiceInfo, weights: str, voice: Voice) -> None:
