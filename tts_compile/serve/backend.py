@@ -11,7 +11,6 @@ import io
 import logging
 import threading
 import wave
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from ..core.guard import InputError
 from ..engine import Engine, EngineConfig, Segment, Voice, stand_ins
 from ..gpt_sovits.frontend import PipelineFrontend, load_pipeline, split_methods
+from .lru import ByteLRU, tensor_bytes
 
 # api_v2's names: the languages of v2 and later (v1 has fewer) and its text split methods
 LANGUAGES = ("auto", "auto_yue", "en", "zh", "ja", "yue", "ko", "all_zh", "all_ja", "all_yue", "all_ko")
@@ -40,7 +40,9 @@ class Backend:
     description: str = ""
 
     def __init__(self) -> None:
-        self._segments = SegmentCache(SEGMENT_CACHE_BYTES)
+        self._segments: ByteLRU[list[Segment]] = ByteLRU(
+            SEGMENT_CACHE_BYTES, lambda found: tensor_bytes(*(t for s in found for t in (s.phones, s.bert))),
+            keep_oversized=False)
         self._switch = SharedLock()
 
     def serving(self) -> contextlib.AbstractContextManager:
@@ -52,8 +54,7 @@ class Backend:
         """`segments`, kept for texts seen lately (a service hears the same phrases again): at most
         `SEGMENT_CACHE_BYTES` of phones and features."""
         key = (text, lang, split_method, self.version)
-        found = self._segments.get(key)
-        if found is None:
+        if (found := self._segments.get(key)) is None:
             found = self.segments(text, lang, split_method)
             self._segments.put(key, found)
         return found
@@ -202,35 +203,6 @@ class SharedLock:
             with self._cv:
                 self._exclusive = False
                 self._cv.notify_all()
-
-
-class SegmentCache:
-    """A thread-safe LRU of segment lists, bounded by the bytes of their tensors."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget, self.used = budget, 0
-        self._items: OrderedDict[tuple, tuple[list[Segment], int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> list[Segment] | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            return item[0]
-
-    def put(self, key: tuple, segments: list[Segment]) -> None:
-        size = sum(t.numel() * t.element_size() for s in segments for t in (s.phones, s.bert))
-        if size > self.budget:
-            return
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = (segments, size)
-            self.used += size
-            while self.used > self.budget:
-                self.used -= self._items.popitem(last=False)[1][1]
 
 
 def _retire(engine: Engine, seconds: float) -> None:

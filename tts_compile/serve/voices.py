@@ -13,15 +13,15 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Hashable
+from typing import Callable
 
 import torch
 
 from ..core.guard import InputError
 from ..engine import Voice
+from .lru import ByteLRU, tensor_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,9 @@ class VoiceStore:
                  weights: Callable[[], str] = lambda: "", timbre: Timbre | None = None) -> None:
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.prepare, self.memory_bytes, self.weights, self.timbre = prepare, memory_bytes, weights, timbre
+        self.prepare, self.weights, self.timbre = prepare, weights, timbre
         self._lock = threading.Lock()
-        self._held: OrderedDict[Hashable, tuple[Voice, int]] = OrderedDict()
+        self._held: ByteLRU[Voice] = ByteLRU(memory_bytes, _bytes, keep_oversized=True)
         self._generations: dict[str, int] = {}  # per name: registrations and deletions so far
 
     # ------------------------------------------------------------------------------------------ registered voices
@@ -79,7 +79,7 @@ class VoiceStore:
                 shutil.rmtree(target)
             os.replace(staging, target)
             self._forget(name)
-            self._hold(("voice", name, weights), voice)
+            self._held.put(("voice", name, weights), voice)
         logger.info("voices: %s registered", name)
         return info
 
@@ -89,7 +89,7 @@ class VoiceStore:
         weights = self.weights()
         key = ("voice", name, weights)
         with self._lock:
-            if (held := self._recall(key)) is not None:
+            if (held := self._held.get(key)) is not None:
                 return held
             generation = self._generations.get(name, 0)
         folder = self._folder(name)
@@ -109,7 +109,7 @@ class VoiceStore:
         with self._lock:
             current = self._generations.get(name, 0) == generation
             if current:
-                self._hold(key, voice)
+                self._held.put(key, voice)
         return voice if current else self.get(name)  # registered again or deleted meanwhile: read anew
 
     def infos(self) -> list[VoiceInfo]:
@@ -159,12 +159,10 @@ class VoiceStore:
         except OSError as exc:
             raise InputError(f"{field}={path!r} cannot be read: {exc.strerror}") from None
         key = ("path", str(resolved), stat.st_mtime_ns, stat.st_size, *what, self.weights())
-        with self._lock:
-            if (held := self._recall(key)) is not None:
-                return held
+        if (held := self._held.get(key)) is not None:
+            return held
         voice = make(self.read(path, field))
-        with self._lock:
-            self._hold(key, voice)
+        self._held.put(key, voice)
         return voice
 
     def read(self, path: str, field: str = "ref_audio_path") -> bytes:
@@ -181,33 +179,10 @@ class VoiceStore:
             raise Forbidden(f"{field}={path!r} is outside the voices directory; reference audio must lie inside it")
         return resolved
 
-    # ------------------------------------------------------------------------------------------ memory
-    def held_bytes(self) -> int:
-        with self._lock:
-            return sum(size for _, size in self._held.values())
-
-    def _recall(self, key: Hashable) -> Voice | None:
-        """The voice held under `key`, now the most recent, or None (the lock held)."""
-        held = self._held.get(key)
-        if held is None:
-            return None
-        self._held.move_to_end(key)
-        return held[0]
-
     def _forget(self, name: str) -> None:
         """A registered voice replaced or deleted: its held copies dropped, its generation moved on (the lock held)."""
         self._generations[name] = self._generations.get(name, 0) + 1
-        for key in [k for k in self._held if k[:2] == ("voice", name)]:
-            del self._held[key]
-
-    def _hold(self, key: Hashable, voice: Voice) -> None:
-        """Keep `voice` as the most recent; drop the least recently used beyond the budget (the lock held)."""
-        self._held[key] = (voice, _bytes(voice))
-        self._held.move_to_end(key)
-        total = sum(size for _, size in self._held.values())
-        while total > self.memory_bytes and len(self._held) > 1:
-            _, (_, size) = self._held.popitem(last=False)
-            total -= size
+        self._held.discard(lambda key: key[:2] == ("voice", name))
 
     def _folder(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME.fullmatch(name):
@@ -216,9 +191,8 @@ class VoiceStore:
 
 
 def _bytes(voice: Voice) -> int:
-    parts = [voice.prompt_tokens, voice.prompt_phones, voice.prompt_bert, *voice.refer, *(voice.sv_emb or ()),
-             *(() if voice.mel is None else (voice.mel,))]
-    return sum(t.numel() * t.element_size() for t in parts)
+    return tensor_bytes(voice.prompt_tokens, voice.prompt_phones, voice.prompt_bert, *voice.refer,
+                        *(voice.sv_emb or ()), *(() if voice.mel is None else (voice.mel,)))
 
 
 def _info(meta: dict) -> VoiceInfo:
