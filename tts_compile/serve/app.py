@@ -108,7 +108,7 @@ class Server:
         headers = {"X-TTS-Seed": str(handle.seed), "X-TTS-Request-Id": str(handle.id)}
         if job.stream:
             pieces = await self.first_piece(request, handle)
-            return StreamingResponse(self.stream(request, handle, pieces, job.media_type),
+            return StreamingResponse(self.stream(handle, pieces, job.media_type),
                                      media_type=MEDIA_TYPES[job.media_type], headers=headers)
         audio, rate = await until(request, handle, asyncio.ensure_future(handle))
         body = await run_in_threadpool(encode, audio, rate, job.media_type)
@@ -133,7 +133,7 @@ class Server:
         self.metrics.first_audio.labels(request.url.path).observe(time.monotonic() - request_start(request))
         return first, rest
 
-    async def stream(self, request: Request, handle: Handle, pieces: tuple[torch.Tensor, AsyncIterator],
+    async def stream(self, handle: Handle, pieces: tuple[torch.Tensor, AsyncIterator],
                      media_type: str) -> AsyncIterator[bytes]:
         """A stream's bytes: for wav a header first, then each segment's PCM as it comes (raw: the PCM; ogg: an Ogg
         stream per segment); the request is cancelled if the client goes away."""
@@ -180,18 +180,16 @@ class Server:
         headers = {"X-TTS-Seed": str(handle.seed), "X-TTS-Request-Id": str(handle.id)}
         pieces = await self.first_piece(request, handle)
         if stream_format == "sse":
-            return StreamingResponse(self.events(request, handle, pieces), media_type="text/event-stream",
-                                     headers=headers)
+            return StreamingResponse(self.events(handle, pieces), media_type="text/event-stream", headers=headers)
         media = "audio/wav" if response_format == "wav" else "audio/pcm"
-        return StreamingResponse(self.stream(request, handle, pieces, "wav" if response_format == "wav" else "raw"),
+        return StreamingResponse(self.stream(handle, pieces, "wav" if response_format == "wav" else "raw"),
                                  media_type=media, headers=headers)
 
-    async def events(self, request: Request, handle: Handle, pieces: tuple[torch.Tensor, AsyncIterator]
-                     ) -> AsyncIterator[bytes]:
+    async def events(self, handle: Handle, pieces: tuple[torch.Tensor, AsyncIterator]) -> AsyncIterator[bytes]:
         """OpenAI's speech events: `speech.audio.delta` with base64 PCM per segment, then `speech.audio.done`."""
         samples = 0
         try:
-            async for piece in self.stream(request, handle, pieces, "raw"):
+            async for piece in self.stream(handle, pieces, "raw"):
                 samples += len(piece) // 2
                 event = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
                 yield f"data: {json.dumps(event)}\n\n".encode()
