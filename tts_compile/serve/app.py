@@ -33,7 +33,7 @@ from ..engine import Cancelled, DeadlinePassed, EngineClosed, Handle, QueueFull
 from .audio import MEDIA_TYPES, encode, pcm16, wav_header
 from .backend import Backend
 from .metrics import Metrics
-from .requests import SPEED, Synthesis, parse
+from .requests import Synthesis, check_speed, parse
 from .voices import Forbidden, UnknownVoice, VoiceStore
 
 logger = logging.getLogger(__name__)
@@ -169,9 +169,7 @@ class Server:
         stream_format = body.get("stream_format", "audio")
         if stream_format not in ("audio", "sse"):
             raise InputError(f"stream_format={stream_format!r} is not supported: expected audio or sse")
-        speed = body.get("speed", 1.0)
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not SPEED[0] <= speed <= SPEED[1]:
-            raise InputError(f"speed={speed!r} is invalid: expected a number from {SPEED[0]} to {SPEED[1]}")
+        speed = check_speed("speed", body.get("speed", 1.0))
         job = parse({"text": text, "text_lang": body.get("language", "auto"), "voice_name": voice_name,
                      "speed_factor": speed, "streaming_mode": 1, "seed": body.get("seed", -1)},
                     backend.languages, backend.split_methods, self.settings.max_text_chars,

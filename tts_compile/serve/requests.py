@@ -79,9 +79,7 @@ def parse(raw: Mapping[str, Any], languages: tuple[str, ...], split_methods: tup
         raise InputError(f"min_chunk_length={values['min_chunk_length']} is invalid: expected an int >= 1")
     if values["overlap_length"] < 0:
         raise InputError(f"overlap_length={values['overlap_length']} is invalid: expected an int >= 0")
-    speed = values["speed_factor"]
-    if not (math.isfinite(speed) and SPEED[0] <= speed <= SPEED[1]):
-        raise InputError(f"speed_factor={speed!r} is invalid: expected a number from {SPEED[0]} to {SPEED[1]}")
+    speed = check_speed("speed_factor", values["speed_factor"])
     seed = values["seed"]
     if seed != -1 and not 0 <= seed < 2**63:
         raise InputError(f"seed={seed} is invalid: expected -1 (random) or an int in [0, 2**63)")
@@ -90,6 +88,14 @@ def parse(raw: Mapping[str, Any], languages: tuple[str, ...], split_methods: tup
                     sample_steps=values["sample_steps"], seed=None if seed == -1 else seed, timeout_s=timeout_s)
     return Synthesis(text, lang, values["text_split_method"], params, values["media_type"], values["streaming_mode"],
                      values["voice_name"], values["ref_audio_path"], values.get("prompt_text") or "", prompt_lang, aux)
+
+
+def check_speed(name: str, value: Any) -> float:
+    """`value` as a speed factor; InputError naming `name` outside SPEED's range or not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            not SPEED[0] <= value <= SPEED[1]:
+        raise InputError(f"{name}={value!r} is invalid: expected a number from {SPEED[0]} to {SPEED[1]}")
+    return float(value)
 
 
 def _typed(name: str, value: Any, kind: type) -> Any:
