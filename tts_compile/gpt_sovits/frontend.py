@@ -1,7 +1,8 @@
-"""An upstream `TTS` pipeline's own text frontend and reference encoders, as the engine takes them: text -> segments
-(phones and BERT features: the steps of `text_preprocessor.preprocess`) and a reference recording with its transcript
--> `Voice` (SSL prompt tokens, spectrogram, v2Pro's speaker embedding, v3/v4's prompt mel), each computed by the
-pipeline's own methods and functions, so the features are upstream's. Upstream's pipeline keeps state between
+"""An upstream `TTS` pipeline's own text frontend and reference encoders, in the shapes the engine takes: text ->
+segments (phones and BERT features: the steps of `text_preprocessor.preprocess`) and a reference recording with its
+transcript -> a voice's fields (SSL prompt tokens, spectrogram, v2Pro's speaker embedding, v3/v4's prompt mel; the
+engine's `Voice`, which sits a layer above), each computed by the pipeline's own methods and functions, so the
+features are upstream's. Upstream's pipeline keeps state between
 these calls (its prompt cache, BERT on one device), so calls are serialized.
 """
 
@@ -19,7 +20,6 @@ from typing import Any
 import torch
 
 from ..core.guard import InputError
-from ..engine import Segment, Voice
 from .upstream import HOME, use_upstream
 
 
@@ -41,8 +41,8 @@ class PipelineFrontend:
             load(path)
             self.version, self.languages = self.tts.configs.version, tuple(self.tts.configs.languages)
 
-    def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
-        """The text cut by `split_method` into segments, each one's phones and BERT features (1024, phones), as
+    def segments(self, text: str, lang: str, split_method: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The text cut by `split_method` into segments, each one's phones (L,) and BERT features (1024, L), as
         `text_preprocessor.preprocess` makes them, one segment per hold of the pipeline: a short text waits for one
         segment of a long one, not for all of it."""
         pre = self.tts.text_preprocessor
@@ -53,15 +53,15 @@ class PipelineFrontend:
             with self._lock, torch.inference_mode():
                 phones, bert, norm_text = pre.segment_and_extract_feature_for_text(piece, lang, self.version)
             if phones is not None and norm_text != "":
-                segments.append(Segment(torch.as_tensor(phones, dtype=torch.long), bert.detach()))
+                segments.append((torch.as_tensor(phones, dtype=torch.long), bert.detach()))
         if not segments:
             raise InputError(f"text={text[:40]!r} has nothing to speak in language {lang!r}")
         return segments
 
-    def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
-        """A voice from a reference recording's bytes and its transcript, as `TTS.run` prepares a new
-        `ref_audio_path` and `prompt_text` (an empty transcript: upstream's no-prompt mode, v1-v2ProPlus); InputError
-        for a recording upstream refuses (not 3-10 s, unreadable)."""
+    def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> dict[str, Any]:
+        """A voice's fields (the engine's `Voice`'s) from a reference recording's bytes and its transcript, as
+        `TTS.run` prepares a new `ref_audio_path` and `prompt_text` (an empty transcript: upstream's no-prompt mode,
+        v1-v2ProPlus); InputError for a recording upstream refuses (not 3-10 s, unreadable)."""
         prompted = bool(prompt_text.strip())
         if not prompted and self.version in ("v3", "v4"):
             raise InputError(f"prompt_text is required with {self.version}: the reference recording's transcript")
@@ -72,14 +72,14 @@ class PipelineFrontend:
             spec, sv_emb = self._timbre_of(path, "ref_audio")
             if not prompted:  # upstream's no-prompt mode: the reference's timbre only
                 empty = torch.zeros(0, dtype=torch.long)
-                return Voice(empty, empty, torch.zeros(1024, 0, dtype=spec.dtype), (spec,), sv_emb)
+                return _voice(empty, empty, torch.zeros(1024, 0, dtype=spec.dtype), spec, sv_emb)
             tokens = tts.prompt_cache["prompt_semantic"].detach()
             raw, rate = tts.prompt_cache["raw_audio"], tts.prompt_cache["raw_sr"]
             text = self._prompt_text(prompt_text, prompt_lang)
             phones, bert, _ = tts.text_preprocessor.segment_and_extract_feature_for_text(text, prompt_lang,
                                                                                          self.version)
             mel = self._prompt_mel(raw, rate) if self.version in ("v3", "v4") else None
-        return Voice(tokens.flatten(), torch.as_tensor(phones, dtype=torch.long), bert.detach(), (spec,), sv_emb, mel)
+        return _voice(tokens.flatten(), torch.as_tensor(phones, dtype=torch.long), bert.detach(), spec, sv_emb, mel)
 
     def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
         """An auxiliary reference's spectrogram and (v2Pro) speaker embedding, as `TTS.run` reads its
@@ -128,6 +128,12 @@ class PipelineFrontend:
             audio = module.resample(audio, rate, target, device)
         mel = module.mel_fn(audio) if self.version == "v3" else module.mel_fn_v4(audio)
         return module.norm_spec(mel)
+
+
+def _voice(tokens: torch.Tensor, phones: torch.Tensor, bert: torch.Tensor, spec: torch.Tensor,
+           sv_emb: tuple[torch.Tensor, ...] | None, mel: torch.Tensor | None = None) -> dict[str, Any]:
+    return {"prompt_tokens": tokens, "prompt_phones": phones, "prompt_bert": bert, "refer": (spec,), "sv_emb": sv_emb,
+            "mel": mel}
 
 
 def load_pipeline(config_path: str | os.PathLike) -> Any:

@@ -133,10 +133,10 @@ class Pipeline(Backend):
         return cls(load_pipeline(path), config)
 
     def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
-        return self.frontend.segments(text, lang, split_method)
+        return [Segment(phones, bert) for phones, bert in self.frontend.segments(text, lang, split_method)]
 
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
-        return self.frontend.voice(ref_audio, prompt_text, prompt_lang)
+        return Voice(**self.frontend.voice(ref_audio, prompt_text, prompt_lang))
 
     def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.frontend.timbre(ref_audio)
