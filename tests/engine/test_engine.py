@@ -57,6 +57,43 @@ def test_a_request_is_the_same_alone_or_amid_others(engine, data) -> None:
         handle.result(120)
 
 
+def test_finished_segments_of_many_requests_share_render_calls() -> None:
+    """One render worker held while six requests decode: their segments then render in shared padded calls (fewer
+    calls than segments), and each request's audio is still the audio it had rendered alone."""
+    with stand_ins.engine("v2ProPlus", **EAGER, render_workers=1) as engine:
+        voice = stand_ins.voice("v2ProPlus")
+        requests = [(stand_ins.segments(TEXTS[i % 4]), Params(seed=i, max_tokens=20)) for i in range(6)]
+        alone = [engine.submit(voice, *request).result(120)[0] for request in requests]
+        gate, render = threading.Event(), engine.renderer.render
+        engine.renderer.render = lambda jobs: gate.wait(60) and render(jobs)
+        before = engine.stats()
+        handles = [engine.submit(voice, *request) for request in requests]
+        deadline = time.monotonic() + 60
+        while (engine.stats()["queued"] or engine.stats()["rows"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        for handle, audio in zip(handles, alone):
+            assert torch.equal(handle.result(120)[0], audio)
+        stats = engine.stats()
+        segments = sum(len(segments) for segments, _ in requests)
+        assert stats["rendered"] - before["rendered"] == segments > stats["renders"] - before["renders"]
+
+
+def test_the_audio_is_each_segments_then_its_silence() -> None:
+    """As upstream's audio_postprocess hands segments out: each one's audio, then fragment_interval seconds of
+    silence; the sound before it does not depend on the interval."""
+    with stand_ins.engine("v2", **EAGER) as engine:
+        voice, segments = stand_ins.voice("v2"), stand_ins.segments(TEXTS[1])
+        results = {}
+        for interval in (0.0, 0.3):
+            handle = engine.submit(voice, segments, Params(seed=4, max_tokens=20, fragment_interval=interval),
+                                   stream=True)
+            results[interval] = list(handle.chunks(60))
+        silence = int(0.3 * engine.version.sample_rate)
+        for bare, spaced in zip(*results.values()):
+            assert torch.equal(spaced[:-silence], bare) and not spaced[-silence:].any()
+
+
 @pytest.mark.parametrize("text", TEXTS[:2])
 def test_greedy_tokens_equal_upstreams_alone_and_amid_others(text) -> None:
     """top_k=1: each segment's tokens are the stand-in T2S's own greedy batch decode of it (upstream's interface),
@@ -172,6 +209,8 @@ def test_bad_requests_are_rejected_with_the_field_named() -> None:
             engine.submit(voice, [Segment(torch.ones(3, dtype=torch.long), torch.zeros(1024, 4))])
         with pytest.raises(InputError, match="top_k=0"):
             engine.submit(voice, stand_ins.segments("好。"), Params(top_k=0))
+        with pytest.raises(InputError, match="fragment_interval=-0.1 is invalid: expected a number >= 0.0 and <= 10"):
+            Params(fragment_interval=-0.1)
 
 
 def test_handles_are_awaitable_and_threads_can_submit() -> None:

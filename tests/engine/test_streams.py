@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tts_compile.core.guard import InputError
 from tts_compile.engine import Cancelled, Params, stand_ins
-from tts_compile.engine.render import seeded
+from tts_compile.engine.render import Job, fragment
 from tts_compile.engine.request import Status
 from tts_compile.engine.sampling import row_seed
 
@@ -40,12 +40,20 @@ def test_a_stream_gives_each_segment_in_order_and_the_whole_at_the_end(engine) -
     assert len(chunks) == len(segments) == 3 and rate == engine.version.sample_rate
     assert torch.equal(audio, torch.cat(chunks))
     for index, chunk in enumerate(chunks):  # segment `index`'s tokens, rendered alone with its own seed
-        with torch.inference_mode(), seeded(row_seed(params.seed, index), engine.device):
-            alone = engine._render(engine.voice_, params, [segments[index]], [handle.request.tokens[index]])
-        assert torch.equal(chunk, alone.float())
-    whole = engine.submit(engine.voice_, segments, params)  # not streamed: the same tokens, one decode
-    whole.result(120)
+        assert torch.equal(chunk, _alone(engine, handle.request, index))
+    whole = engine.submit(engine.voice_, segments, params)  # not streamed: the same tokens
+    audio_whole, _ = whole.result(120)
     assert whole.request.tokens == handle.request.tokens
+    if engine.renderer.per_segment:  # v1-v2ProPlus render a request segment by segment too: the same audio
+        assert torch.equal(audio_whole, audio)
+
+
+def _alone(engine, request, index: int) -> torch.Tensor:
+    """Segment `index` of `request` rendered in a call of its own, as the engine hands it out."""
+    job = Job(request, (index,), row_seed(request.seed, index), engine.renderer.bucket(request, (index,)))
+    with torch.inference_mode():
+        [[audio]] = engine.renderer.render([job])
+    return fragment(audio.float().cpu(), request.params.fragment_interval, engine.version.sample_rate)
 
 
 @settings(max_examples=4, deadline=None)
@@ -161,14 +169,14 @@ def test_a_stream_that_fails_while_its_segments_wait_does_not_block_others() -> 
     """Two rows, a stream of four segments whose first render fails while the last two still wait for rows: the
     stream fails, its waiting segments leave the queue, and the next request is served."""
     with stand_ins.engine("v2", compile_mode="eager", max_rows=2) as engine:
-        render = engine._render
+        render = engine.renderer.render
 
-        def failing(voice, params, segments, tokens):
-            if segments[0] is doomed[0]:
+        def failing(jobs):
+            if any(job.request.segments[job.indices[0]] is doomed[0] for job in jobs):
                 raise RuntimeError("a broken render")
-            return render(voice, params, segments, tokens)
+            return render(jobs)
 
-        engine._render = failing
+        engine.renderer.render = failing
         doomed = stand_ins.segments("好。一二三。四五六。七八九。")
         handle = engine.submit(stand_ins.voice("v2"), doomed, Params(seed=1, max_tokens=300), stream=True)
         with pytest.raises(RuntimeError, match="a broken render"):

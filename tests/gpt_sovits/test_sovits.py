@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from tts_compile.gpt_sovits import optimize_sovits, restore_sovits
 from tts_compile.gpt_sovits import sovits as sovits_module
-from tts_compile.gpt_sovits.sovits import DecodeRow
 from tts_compile.gpt_sovits.models.vits import VITSConfig, build_vits
+from tts_compile.gpt_sovits.sovits import DecodeRow
 
 FAST = {"compile_mode": "eager", "warmup": "lazy", "verify": False, "chunk_size": 40}
 PADDED = 2e-5  # fp32 max abs, padded vs exact lengths on CPU (reduction order): measured 4.3e-6 over 60 requests

@@ -36,7 +36,8 @@ def _tensor(shape: tuple[int, int, int], dtype: str, channels_last: bool, seed: 
 @settings(max_examples=60, deadline=None)
 @given(batch=st.integers(1, 2), channels=st.integers(1, 40), length=st.integers(1, 300),
        dtype=st.sampled_from(sorted(DTYPES)), channels_last=st.booleans(), slope=st.sampled_from([0.1, 0.01, 0.3]),
-       beyond=st.lists(st.integers(-3, 3), min_size=1, max_size=2), per_item=st.booleans(), terms=st.sets(st.sampled_from(["bias", "residual", "total"])),
+       beyond=st.lists(st.integers(-3, 3), min_size=1, max_size=2), per_item=st.booleans(),
+       terms=st.sets(st.sampled_from(["bias", "residual", "total"])),
        divisor=st.sampled_from([1, 3, 7]), outputs=st.sampled_from([(True, True), (True, False), (False, True)]),
        seed=st.integers(0, 10_000))
 def test_triton_equals_the_reference(batch, channels, length, dtype, channels_last, slope, beyond, per_item, terms,

@@ -76,7 +76,7 @@ _RANGES = {  # name: (type, lowest, highest, lowest excluded)
     "top_k": (int, 1, None, False), "top_p": (float, 0.0, 1.0, True), "temperature": (float, 0.0, None, False),
     "repetition_penalty": (float, 0.0, None, True), "speed": (float, 0.0, None, True),
     "noise_scale": (float, 0.0, None, False), "sample_steps": (int, 1, 128, False),
-    "max_tokens": (int, 1, 1500, False),
+    "max_tokens": (int, 1, 1500, False), "fragment_interval": (float, 0.0, 10.0, False),
 }
 
 
@@ -92,6 +92,7 @@ class Params:
     noise_scale: float = 0.5  # v1-v2ProPlus: the SoVITS flow's noise
     sample_steps: int = 32  # v3/v4: CFM steps
     max_tokens: int = 1500  # per segment (upstream's cap)
+    fragment_interval: float = 0.3  # seconds of silence after each segment's audio (upstream's audio_postprocess)
     seed: int | None = None
     timeout_s: float | None = None  # from submission; None: no deadline
 
@@ -137,6 +138,7 @@ class Request:
     status: Status = Status.QUEUED
     next_segment: int = 0  # segments before it have rows (or are done)
     tokens: dict[int, list[int]] = field(default_factory=dict)  # segment -> its semantic tokens, once done
+    pieces: dict[int, torch.Tensor] = field(default_factory=dict)  # segment -> its audio, once rendered
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property

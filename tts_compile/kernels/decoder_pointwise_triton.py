@@ -24,9 +24,9 @@ def _rounded_add(s, term):
 
 @triton.jit
 def _pointwise_kernel(y_ptr, bias_ptr, residual_ptr, total_ptr, s_ptr, h_ptr, valid_ptr, valid_stride, rows, cols,
-                      length, channels, slope, reciprocal, TIME_IN_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                      HAS_TOTAL: tl.constexpr, DIVIDE: tl.constexpr, KEEP_SUM: tl.constexpr, ACTIVATE: tl.constexpr,
-                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                      length, channels, slope, reciprocal, TIME_IN_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      HAS_RESIDUAL: tl.constexpr, HAS_TOTAL: tl.constexpr, DIVIDE: tl.constexpr,
+                      KEEP_SUM: tl.constexpr, ACTIVATE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     inside = (r < rows)[:, None] & (c < cols)[None, :]
@@ -71,12 +71,11 @@ def pointwise_triton(y: torch.Tensor, valid: torch.Tensor | None, slope: float, 
     rows, cols = (batch * length, channels) if channels_last else (batch * channels, length)
     block_c = min(triton.next_power_of_2(cols), 256) if channels_last else CONTIGUOUS_COLUMNS
     grid = (triton.cdiv(rows, TILE // block_c), triton.cdiv(cols, block_c))
+    per_item = 0 if valid is None or valid.numel() == 1 else valid.stride(0)
     _pointwise_kernel[grid](y, y if bias is None else bias, y if residual is None else residual,
                             y if total is None else total, y if s is None else s, y if h is None else h,
-                            y if valid is None else valid, 0 if valid is None or valid.numel() == 1 else valid.stride(0),
-                            rows,
-                            cols, length, channels, slope, 1 / divisor, TIME_IN_ROWS=channels_last,
-                            HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+                            y if valid is None else valid, per_item, rows, cols, length, channels, slope, 1 / divisor,
+                            TIME_IN_ROWS=channels_last, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
                             HAS_TOTAL=total is not None, DIVIDE=divisor != 1, KEEP_SUM=keep_sum,
                             ACTIVATE=activate, BLOCK_R=TILE // block_c, BLOCK_C=block_c, num_warps=NUM_WARPS)
     return s, h

@@ -85,7 +85,8 @@ def parse(raw: Mapping[str, Any], languages: tuple[str, ...], split_methods: tup
         raise InputError(f"seed={seed} is invalid: expected -1 (random) or an int in [0, 2**63)")
     params = Params(top_k=values["top_k"], top_p=values["top_p"], temperature=values["temperature"],
                     repetition_penalty=values["repetition_penalty"], speed=speed,
-                    sample_steps=values["sample_steps"], seed=None if seed == -1 else seed, timeout_s=timeout_s)
+                    sample_steps=values["sample_steps"], fragment_interval=values["fragment_interval"],
+                    seed=None if seed == -1 else seed, timeout_s=timeout_s)
     return Synthesis(text, lang, values["text_split_method"], params, values["media_type"], values["streaming_mode"],
                      values["voice_name"], values["ref_audio_path"], values.get("prompt_text") or "", prompt_lang, aux)
 
