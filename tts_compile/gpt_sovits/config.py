@@ -35,10 +35,14 @@ class PipelineConfig(OptimizeConfig):
         "optimize_pipeline on GPT-SoVITS v3/v4: run the flow-matching loop (`vits_model.cfm`) compiled, each "
         "(batch, frames, steps) bucket captured as one CUDA graph on its second call (at most 8 per model; "
         "memory: one DiT forward's activations per bucket). False: leave the CFM eager."))
+    bert: bool = field(default=True, metadata=doc(
+        "optimize_pipeline and the server: run the text frontend's BERT (`text_preprocessor.get_bert_feature`, "
+        "once per Chinese text segment) as one captured graph per padded token bucket (16 to 512 tokens, masked), "
+        "without the masked-LM head upstream computes and never reads. False: leave it eager."))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_bool(self, "sovits", "t2s", "t2s_kernels", "cfm")
+        check_bool(self, "sovits", "t2s", "t2s_kernels", "cfm", "bert")
 
 
 def pipeline_config(config: OptimizeConfig | None, options: dict[str, Any]) -> PipelineConfig:

@@ -4,7 +4,8 @@ Every version gets its T2S decode (`tts.t2s_model.model`, `optimize_t2s`) accele
 `tts.vocoder` optimized (BigVGAN, the v4 vocoder), their flow-matching loop `tts.vits_model.cfm.inference` captured
 (`optimize_cfm`) and its conditioning `tts.vits_model.decode_encp` captured stage by stage (`optimize_sovits`);
 v1/v2/v2Pro/v2ProPlus get `tts.vits_model.decode` captured stage by stage, its decoder `dec` included
-(`optimize_sovits`). Vocoders are swapped for `OptimizedVocoder` modules with the original's call signature, and the
+(`optimize_sovits`). Every version's text frontend gets its BERT captured (`tts.text_preprocessor`, `optimize_bert`).
+Vocoders are swapped for `OptimizedVocoder` modules with the original's call signature, and the
 CFM, T2S and SoVITS keep their methods' signatures, so upstream's `TTS.run`, `using_vocoder_synthesis`, the batched
 path and api_v2 run unchanged. `init_vits_weights` and `init_t2s_weights` (api_v2's /set_sovits_weights and
 /set_gpt_weights, and upstream's reload after a failed request) are wrapped to re-apply optimization to the new
@@ -26,6 +27,7 @@ from torch import nn
 
 from ..core.config import OptimizeConfig, load_config
 from ..vocoder import OptimizedVocoder, optimize_vocoder
+from .bert import optimize_bert
 from .cfm import optimize_cfm
 from .config import PipelineConfig, pipeline_config
 from .sovits import optimize_sovits
@@ -86,6 +88,8 @@ class PipelineOptimizer:
             "vocoder": lambda: self._vocoder(tts, version),
         }
         stages = {name: optimizers[name]() for name in wanted}
+        if self.config.bert and getattr(tts, "text_preprocessor", None) is not None:
+            stages["text_preprocessor"] = self._attached("BERT", optimize_bert, lambda: tts.text_preprocessor)
         stages = {name: stage for name, stage in stages.items() if stage is not None}
         for stage in stages.values():
             stage.guard.switch = self.enabled
@@ -103,8 +107,7 @@ class PipelineOptimizer:
             tts.vocoder = optimize_vocoder(tts.vocoder, config=self.config)
         return tts.vocoder.optimizer
 
-    def _attached(self, label: str, optimize: Callable[..., nn.Module],
-                  module: Callable[[], nn.Module]) -> Stage | None:
+    def _attached(self, label: str, optimize: Callable[..., Any], module: Callable[[], Any]) -> Stage | None:
         return attach_or_leave("optimize_pipeline", label, optimize, module, self.config)
 
 
@@ -153,6 +156,8 @@ def _unwrap(tts: Any) -> None:
     for module in (vits, getattr(vits, "cfm", None), t2s):
         if isinstance(module, nn.Module):
             detach(module)
+    if getattr(tts, "text_preprocessor", None) is not None:
+        detach(tts.text_preprocessor)
 
 
 def _resolve(tts: Any, config: Any, options: dict[str, Any]) -> PipelineConfig:

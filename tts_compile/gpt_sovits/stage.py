@@ -16,6 +16,7 @@ graph and verification, checked at every call; an in-place load needs nothing (t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,20 +55,22 @@ class Stage:
     cudnn_benchmark = False  # time cuDNN's algorithms at each capture (config.cudnn_benchmark permitting)
     cudnn_heuristics_unsafe = False  # time them at every capture and uncaptured run, whatever the config says
     capture_after = 1  # a bucket is captured on its n-th call (`due`)
+    draws = True  # the methods draw from the shared generators: calls hold `DRAWS`
 
-    def __init__(self, module: nn.Module, config: PipelineConfig) -> None:
+    def __init__(self, module: Any, config: PipelineConfig) -> None:
         self.original = {name: getattr(type(module), name).__get__(module) for name in self.methods}
         self.module = module
+        self.weights = self.weights_of(module)
         self.config = config
         self.guard = Guard(self.name, config, (*COUNTERS, *self.counters))
-        self.device = next(module.parameters()).device
+        self.device = next(self.weights.parameters()).device
         self.execution = Execution.of(config.compile_mode, self.device)
         use_cache_dir(config.cache_dir)
         benchmark = self.cudnn_heuristics_unsafe or self.cudnn_benchmark and config.cudnn_benchmark
         self.runner = Runner(self.execution, self.device, benchmark, benchmark_direct=self.cudnn_heuristics_unsafe)
         self._lock = threading.RLock()  # capture decisions and bucket verdicts, even from concurrent callers
         self._seen: Counter[Hashable] = Counter()
-        self._storage = storage_fingerprint(module)
+        self._storage = storage_fingerprint(self.weights)
         self._verified: set[Hashable] = set()
         self._rejected: dict[Hashable, str] = {}
         self._used = threading.local()  # the buckets the current call of this thread ran
@@ -76,6 +79,11 @@ class Stage:
     def lacks(cls, module: nn.Module) -> list[str]:
         """What `module` lacks of what the stage reads (empty: it fits)."""
         return []
+
+    @classmethod
+    def weights_of(cls, module: Any) -> nn.Module:
+        """The module whose weights the stage's graphs read (the patched object itself, unless it only holds one)."""
+        return module
 
     @property
     def active(self) -> bool:
@@ -111,7 +119,7 @@ class Stage:
             upstream = lambda: self.original[method](*args)  # noqa: E731 - the guard's fallback
         if problem:
             logger.debug("%s: upstream's %s: %s", self.name, method, problem)
-            with DRAWS:
+            with DRAWS if self.draws else contextlib.nullcontext():
                 return self.guard.call(method, upstream, upstream, why_not=problem)
 
         def optimized() -> Any:
@@ -129,12 +137,12 @@ class Stage:
                 return self._verify(method, upstream, result, rng, new, grad_mode)
             return result
 
-        with DRAWS:
+        with DRAWS if self.draws else contextlib.nullcontext():
             return self.guard.call(method, optimized, upstream)
 
     def follow_weights(self) -> None:
         """Drop every graph and verdict when a weight moved or was replaced since they were made."""
-        storage = storage_fingerprint(self.module)
+        storage = storage_fingerprint(self.weights)
         if storage == self._storage:
             return
         with self._lock:
@@ -231,7 +239,7 @@ def attach(stage: type[S], module: nn.Module, config: OptimizeConfig | None, opt
     return handle
 
 
-def attach_or_leave(caller: str, label: str, optimize: Callable[..., nn.Module], module: Callable[[], nn.Module],
+def attach_or_leave(caller: str, label: str, optimize: Callable[..., Any], module: Callable[[], Any],
                     config: PipelineConfig) -> Stage | None:
     """The stage `optimize` patches onto `module()`, or None for a module of another shape: that module stays
     upstream's (one warning) and the caller's other stages still run."""

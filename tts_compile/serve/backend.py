@@ -18,7 +18,9 @@ import torch
 
 from ..core.guard import InputError
 from ..engine import Engine, EngineConfig, Segment, Voice, stand_ins
+from ..gpt_sovits.bert import optimize_bert
 from ..gpt_sovits.frontend import PipelineFrontend, load_pipeline, split_methods
+from ..gpt_sovits.stage import attach_or_leave
 from .lru import ByteLRU, tensor_bytes
 
 # api_v2's names: the languages of v2 and later (v1 has fewer) and its text split methods
@@ -92,6 +94,8 @@ class Pipeline(Backend):
                  methods: tuple[str, ...] | None = None, drain_s: float = 300.0) -> None:
         super().__init__()
         self.frontend, self.config, self.drain_s = PipelineFrontend(tts), config, drain_s
+        if (config or EngineConfig()).bert:
+            attach_or_leave("serve", "BERT", optimize_bert, lambda: tts.text_preprocessor, config or EngineConfig())
         self.version, self.languages = self.frontend.version, self.frontend.languages
         self.split_methods = methods or split_methods()
         self.engine = Engine.from_pipeline(tts, config)
