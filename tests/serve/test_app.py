@@ -97,6 +97,8 @@ def test_every_route_answers(live) -> None:
     ("post", "/tts", {"json": {**TTS, "text": "好", "text_split_method": "cut9"}}, 400, "text_split_method"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "seed": -5}}, 400, "seed=-5"),
     ("post", "/tts", {"json": {**TTS, "text": "。！？"}}, 400, "nothing to speak"),
+    ("post", "/tts", {"json": {**TTS, "text": "😀🎵…"}}, 400, "nothing to speak"),
+    ("post", "/tts", {"json": {**TTS, "text": "好", "fragment_interval": -1}}, 400, "fragment_interval=-1"),
     ("post", "/tts", {"json": {**TTS, "text": "好" * 301}}, 400, "at most 300"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "ref_audio_path": "../../etc/passwd"}}, 403, "outside"),
     ("post", "/tts", {"json": {**TTS, "text": "好", "ref_audio_path": "/etc/hostname"}}, 403, "outside"),
@@ -361,3 +363,30 @@ def test_weights_cannot_be_switched_from_the_network_without_a_key(tmp_path) -> 
     with running(tmp_path, api_key=None, exposed=True) as live:
         answer = httpx.get(f"{live.url}/set_gpt_weights", params={"weights_path": __file__}, timeout=60)
     assert answer.status_code == 403 and "--api-key" in answer.json()["message"]
+
+
+def test_texts_in_the_frontend_hold_back_no_other_request(tmp_path) -> None:
+    """Eight long texts held inside the frontend (G2P and BERT, on the server's worker threads): a short request is
+    still answered, its stream's first audio included, while they wait; then they finish too."""
+    with running(tmp_path) as live:
+        (tmp_path / "ref.wav").write_bytes(reference())
+        gate, started, segments = threading.Event(), threading.Semaphore(0), live.backend.segments
+
+        def slow(text, lang, method):
+            if len(text) > 100:
+                started.release()
+                gate.wait(60)
+            return segments(text, lang, method)
+
+        live.backend.segments = slow
+        long = {**TTS, "ref_audio_path": "ref.wav", "text": "今天天气很好，我们去公园吧。" * 8}
+        with httpx.Client(base_url=live.url, timeout=60) as client, ThreadPoolExecutor(8) as pool:
+            held = [pool.submit(client.post, "/tts", json=long) for _ in range(8)]
+            for _ in range(8):
+                assert started.acquire(timeout=60)  # all eight are in the frontend now
+            short = {**TTS, "ref_audio_path": "ref.wav", "text": "你好。", "streaming_mode": 1}
+            with client.stream("POST", "/tts", json=short) as answer:
+                assert answer.status_code == 200 and next(answer.iter_bytes())
+            assert not any(f.done() for f in held)
+            gate.set()
+            assert [f.result().status_code for f in held] == [200] * 8
