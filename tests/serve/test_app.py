@@ -18,7 +18,7 @@ from tests.serve.conftest import AUTH, hold_steps, reference, running
 from tts_compile.engine import Cancelled, EngineConfig, Params, stand_ins
 from tts_compile.serve import StandIns
 from tts_compile.serve.audio import MEDIA_TYPES, pcm16
-from tts_compile.serve.voices import VoiceStore
+from tts_compile.serve.voices import UnknownVoice, VoiceStore
 from tts_compile.tools.client import ClientConfig, run
 
 TTS = {"ref_audio_path": "alice/ref.wav", "prompt_lang": "zh", "prompt_text": "你好。", "text_lang": "zh"}
@@ -282,6 +282,24 @@ def test_registered_voices_survive_a_restart(tmp_path) -> None:
     small.get("alice")
     small.reference("alice/ref.wav", "", "")
     assert len(small._held) == 1
+
+
+def test_a_voice_replaced_or_deleted_by_another_store_is_not_served_stale(tmp_path) -> None:
+    """Two stores over one directory (two replicas): what one replaces or deletes, the other no longer serves from
+    its memory."""
+    def prepare(data: bytes, text: str, lang: str):
+        return stand_ins.voice("v2ProPlus", seed=len(text))
+
+    mine, theirs = VoiceStore(tmp_path, prepare), VoiceStore(tmp_path, prepare)
+    mine.register("alice", reference(), "你好。", "zh")
+    first = theirs.get("alice")
+    time.sleep(0.01)  # a later write time on coarse file systems
+    mine.register("alice", reference(), "今天天气很好。", "zh")
+    assert not torch.equal(theirs.get("alice").prompt_bert, first.prompt_bert)
+    assert torch.equal(theirs.get("alice").prompt_bert, mine.get("alice").prompt_bert)
+    mine.delete("alice")
+    with pytest.raises(UnknownVoice):
+        theirs.get("alice")
 
 
 @pytest.mark.parametrize(("endpoint", "params"), [

@@ -1,7 +1,8 @@
 """`python -m tts_compile serve`: api_v2's routes, a voice registry and OpenAI's speech route over the engine.
 
 Needs the `serve` extra (`pip install tts-compile[serve]`: FastAPI, uvicorn, prometheus_client,
-python-multipart); nothing else in tts_compile imports it.
+python-multipart); nothing else in tts_compile imports it. `replicas` (Ray Serve, the `ray` extra) is imported only by
+`serve --replicas`.
 """
 
 from .app import Settings, create_app

@@ -56,6 +56,7 @@ class Settings:
     request_timeout_s: float = 300.0
     voice_cache_mib: float = 512.0
     exposed: bool = False  # listening beyond the loopback address
+    replicated: bool = False  # one of several replicas (Ray Serve): each holds its own models
 
 
 class HTTPError(StarletteHTTPException):
@@ -392,6 +393,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         prepared again under new SoVITS weights)."""
         server.check_key(request)
         backend = server.need_backend()
+        if settings.replicated:
+            raise HTTPError(501, "weight switches are not supported with --replicas (each replica holds its own "
+                                 "models): restart the deployment with the new weights")
         if settings.exposed and settings.api_key is None:
             raise HTTPError(403, "weights load as pickles: switching them needs --api-key when the server listens "
                                  "beyond this machine")

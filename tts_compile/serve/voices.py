@@ -79,20 +79,24 @@ class VoiceStore:
                 shutil.rmtree(target)
             os.replace(staging, target)
             self._forget(name)
-            self._held.put(("voice", name, weights), voice)
+            self._held.put(("voice", name, weights, _stamp(target)), voice)
         logger.info("voices: %s registered", name)
         return info
 
     def get(self, name: str) -> Voice:
         """A registered voice, from memory or from disk (prepared again from its reference if the weights changed);
-        UnknownVoice when there is none of that name."""
+        UnknownVoice when there is none of that name. A held copy serves only while the voice's files on disk are
+        the ones it came from: another process sharing the directory (a replica) may have replaced or deleted it."""
         weights = self.weights()
-        key = ("voice", name, weights)
+        folder = self._folder(name)
+        try:
+            key = ("voice", name, weights, _stamp(folder))
+        except FileNotFoundError:
+            raise UnknownVoice(f"voice {name!r} is not registered") from None
         with self._lock:
             if (held := self._held.get(key)) is not None:
                 return held
             generation = self._generations.get(name, 0)
-        folder = self._folder(name)
         try:
             meta = json.loads((folder / "voice.json").read_text(encoding="utf-8"))
             if meta.get("weights") == weights:
@@ -104,6 +108,7 @@ class VoiceStore:
                     if self._generations.get(name, 0) == generation:
                         _save(folder, info, weights, voice)
                 logger.info("voices: %s prepared again for the weights now served", name)
+            key = ("voice", name, weights, _stamp(folder))  # after a save of the voice prepared again
         except FileNotFoundError:
             raise UnknownVoice(f"voice {name!r} is not registered") from None
         with self._lock:
@@ -188,6 +193,11 @@ class VoiceStore:
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise UnknownVoice(f"voice {name!r} is not registered")
         return self.directory / name
+
+
+def _stamp(folder: Path) -> int:
+    """When a voice's files were last written (FileNotFoundError when it has none)."""
+    return (folder / "voice.json").stat().st_mtime_ns
 
 
 def _bytes(voice: Voice) -> int:

@@ -192,10 +192,16 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voice-cache-mib", type=positive, default=512,
                         help="memory for prepared voices (least recently used dropped; they stay on disk)")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds a request may take (then 504)")
+    parser.add_argument("--replicas", type=positive, default=None,
+                        help="serve through Ray Serve with this many replicas, each its own engine (one GPU each "
+                             "where there are GPUs; a local Ray instance; needs the ray extra); absent: one process")
+    parser.add_argument("--max-replicas", type=positive, default=None,
+                        help="with --replicas: scale up to this many on ongoing requests per replica")
     parser.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    import functools
     import os
     from pathlib import Path
 
@@ -220,12 +226,26 @@ def _run_serve(args: argparse.Namespace) -> int:
             config = load_config(args.config, config_class=EngineConfig, **queue)
         except ConfigError as exc:
             raise SystemExit(f"serve: --config {args.config}: {exc}") from None
-        serve(settings, lambda: Pipeline.from_config(args.config, config), args.host, args.port)
+        build = functools.partial(Pipeline.from_config, args.config, config)
+    else:
+        config = EngineConfig(compile_mode="eager", queue_size=args.queue_size or EngineConfig.queue_size, max_rows=8)
+        logger.info("serve: no --config: the built-in stand-in models (random weights, CPU): every route runs, the "
+                    "audio is noise")
+        build = functools.partial(StandIns, args.version, config)
+    if args.replicas is None:
+        if args.max_replicas is not None:
+            raise SystemExit("serve: --max-replicas needs --replicas")
+        serve(settings, build, args.host, args.port)
         return 0
-    config = EngineConfig(compile_mode="eager", queue_size=args.queue_size or EngineConfig.queue_size, max_rows=8)
-    logger.info("serve: no --config: the built-in stand-in models (random weights, CPU): every route runs, the "
-                "audio is noise")
-    serve(settings, lambda: StandIns(args.version, config), args.host, args.port)
+    try:
+        from ..serve import replicas
+    except ImportError as exc:
+        raise SystemExit(f"serve --replicas needs the ray extra ({exc.name} is missing): "
+                         "pip install 'tts-compile[ray]'")
+    import torch
+
+    gpus = 1.0 if args.config is not None and torch.cuda.is_available() else 0.0
+    replicas.run(settings, build, args.replicas, args.host, args.port, args.max_replicas, gpus)
     return 0
 
 
