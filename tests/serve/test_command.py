@@ -112,3 +112,13 @@ def test_the_plugin_alone_never_imports_the_servers_dependencies() -> None:
             "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'prometheus_client') if m in sys.modules))")
     answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0 and answer.stdout.strip() == "[]", answer.stderr
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--max-replicas", "3"], "--max-replicas needs --replicas"),
+    (["--request-timeout", "0"], "--request-timeout 0.0: expected seconds > 0"),
+])
+def test_bad_serve_flags_stop_with_one_line_naming_them(flags, message) -> None:
+    done = subprocess.run([sys.executable, "-m", "tts_compile", "serve", *flags], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and message in done.stderr
