@@ -3,8 +3,7 @@
 Upstream's modules (random weights, fp16) in an `Engine` with the serving benchmark's voice and texts. Timed with
 nothing else running (median ms after one warm-up, synced): a T2S step per rows bucket with and without the top-p
 pass (all rows decoding from a fresh prefill of the medium text's first segment), the sampling of a step alone per
-rows bucket, a prefill per length bucket, and the render (SoVITS decode, or CFM and vocoder) of each text's tokens:
-alone (each call one segment padded to its bucket's rows) and as a share of full calls.
+rows bucket, a prefill per length bucket, and a render (SoVITS decode, or CFM and vocoder) of each text's tokens.
 From them: the T2S tokens/s each rows bucket could give, and the share of one GPU-second a request's parts take.
 
 Usage (repo root, GPU): GPT_SOVITS_HOME=upstream python benchmarks/engine.py --version v2ProPlus --json engine.json
@@ -46,7 +45,6 @@ def main() -> None:
     mode = "eager" if args.smoke else "cudagraphs"
     engine = Engine.from_models(args.version, tts.t2s_model.model, tts.vits_model, tts.vocoder,
                                 EngineConfig(compile_mode=mode, max_rows=args.max_rows, kv_budget_gib=8.0,
-                                             render_rows=2 if args.smoke else EngineConfig.render_rows,
                                              progress=False))
     t2s, results = engine.t2s, {"startup_s": engine.startup_s}
     segment = segments["medium"][0]
@@ -82,22 +80,14 @@ def main() -> None:
 
                 results["prefill_ms"][f"{count} x {length}"] = ms = timed(prefill, device, args.repeats)[1]
                 log.info("prefill of %d x %4d positions: %.3f ms", count, length, ms)
-        results["render_ms"], results["render_share_ms"] = {}, {}
-        renderer = engine.renderer
+        results["render_ms"] = {}
         for label, parts in segments.items():
             request = new_request(voice, tuple(parts), Params(seed=1))
             request.tokens.update({i: torch.randint(0, 1024, (caps[label],)).tolist() for i in range(len(parts))})
-            units = [(i,) for i in range(len(parts))] if renderer.per_segment else [tuple(range(len(parts)))]
-            jobs = [Job(request, unit, unit[0], renderer.bucket(request, unit)) for unit in units]
-            alone = share_ms = 0.0
-            for job in jobs:  # alone: each call holds one job (padded to its bucket's rows); full: rows jobs
-                rows = 1 if job.bucket is None else renderer.rows(job.bucket)
-                ms = timed(lambda: renderer.render([job]), device, args.repeats)[1]
-                full = ms if rows == 1 else timed(lambda: renderer.render([job] * rows), device, args.repeats)[1]
-                alone, share_ms = alone + ms, share_ms + full / rows
-            results["render_ms"][label], results["render_share_ms"][label] = alone, share_ms
-            log.info("render of %-6s (%d segments x %d tokens): %.2f ms alone, %.2f ms of full calls", label,
-                     len(parts), caps[label], alone, share_ms)
+            job = Job(request, tuple(range(len(parts))), request.seed)
+            results["render_ms"][label] = timed(lambda: engine.renderer.render(job), device, args.repeats)[1]
+            log.info("render of %-6s (%d segments x %d tokens): %.2f ms", label, len(parts), caps[label],
+                     results["render_ms"][label])
     engine.close()
     share(results, requests, caps)
     write(args.json, {"version": args.version, "args": vars(args), "results": results}, device)
@@ -121,8 +111,8 @@ def sampling_ms(t2s, bucket: int, mode: str, device: torch.device, repeats: int)
 
 def share(results: dict, requests: dict, caps: dict) -> None:
     """The GPU milliseconds one request of each text takes in the largest rows bucket's steps, its prefills (one
-    call each, alone, or its share of a full call) and its share of full render calls, and what they allow per
-    second if nothing overlapped."""
+    call each, alone, or its share of a full call) and its render, and what they allow per second if nothing
+    overlapped."""
     rows = max(results["sample_ms"])
     step = results["step_ms"][str(rows)]
     calls = [(int(key.split(" x ")[1]), int(key.split(" x ")[0]), ms) for key, ms in results["prefill_ms"].items()]
@@ -131,7 +121,7 @@ def share(results: dict, requests: dict, caps: dict) -> None:
         length = min(length for length, _, _ in calls if length > n)
         alone = next(ms for size, count, ms in calls if size == length and count == 1)
         full = max((count, ms) for size, count, ms in calls if size == length)
-        decode, render = len(parts) * caps[label] * step / rows, results["render_share_ms"][label]
+        decode, render = len(parts) * caps[label] * step / rows, results["render_ms"][label]
         prefill = {"alone": len(parts) * alone, "batched": len(parts) * full[1] / full[0]}
         results.setdefault("per_request_ms", {})[label] = {"decode": decode, "prefill": prefill, "render": render}
         log.info("%-6s per request: decode %.2f + prefills %.2f (%.2f batched) + render %.2f ms = %.1f req/s "

@@ -225,9 +225,6 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=64)
     parser.add_argument("--kv-budget-gib", type=float, default=8.0)
     parser.add_argument("--render-workers", type=int, default=EngineConfig.render_workers)
-    parser.add_argument("--render-rows", type=int, default=None,
-                        help=f"segments per SoVITS render call at most (default {EngineConfig.render_rows}; 2 with "
-                        "--smoke: upstream's full-size decoder is slow on a CPU)")
     parser.add_argument("--memory-requests", type=int, default=0,
                         help="after the loads, this many short requests from 64 callers, GPU memory read meanwhile")
     parser.add_argument("--streams", action="store_true",
@@ -258,9 +255,7 @@ def main() -> None:
                                            k == "rejected"} for name, stats in results["stages"].items()})
         started = time.perf_counter()
         config = EngineConfig(compile_mode="eager" if args.smoke else "cudagraphs", max_rows=args.max_rows,
-                              kv_budget_gib=args.kv_budget_gib, render_workers=args.render_workers,
-                              render_rows=args.render_rows or (2 if args.smoke else EngineConfig.render_rows),
-                              progress=False)
+                              kv_budget_gib=args.kv_budget_gib, render_workers=args.render_workers, progress=False)
         engine = Engine.from_models(args.version, tts.t2s_model.model, tts.vits_model, tts.vocoder, config)
         ready = time.perf_counter() - started
         log.info("engine ready in %.1f s: %s", ready, engine.stats())

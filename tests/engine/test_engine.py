@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tts_compile.core.guard import InputError
 from tts_compile.engine import Cancelled, DeadlinePassed, Engine, EngineClosed, Params, QueueFull, Segment, stand_ins
+from tts_compile.engine.render import cut
 from tts_compile.engine.request import Status
 
 EAGER = {"compile_mode": "eager", "max_rows": 8}
@@ -57,41 +58,29 @@ def test_a_request_is_the_same_alone_or_amid_others(engine, data) -> None:
         handle.result(120)
 
 
-def test_finished_segments_of_many_requests_share_render_calls() -> None:
-    """One render worker held while six requests decode: their segments then render in shared padded calls (fewer
-    calls than segments), and each request's audio is still the audio it had rendered alone."""
-    with stand_ins.engine("v2ProPlus", **EAGER, render_workers=1) as engine:
-        voice = stand_ins.voice("v2ProPlus")
-        requests = [(stand_ins.segments(TEXTS[i % 4]), Params(seed=i, max_tokens=20)) for i in range(6)]
-        alone = [engine.submit(voice, *request).result(120)[0] for request in requests]
-        gate, render = threading.Event(), engine.renderer.render
-        engine.renderer.render = lambda jobs: gate.wait(60) and render(jobs)
-        before = engine.stats()
-        handles = [engine.submit(voice, *request) for request in requests]
-        deadline = time.monotonic() + 60
-        while (engine.stats()["queued"] or engine.stats()["rows"]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        gate.set()
-        for handle, audio in zip(handles, alone):
-            assert torch.equal(handle.result(120)[0], audio)
-        stats = engine.stats()
-        segments = sum(len(segments) for segments, _ in requests)
-        assert stats["rendered"] - before["rendered"] == segments > stats["renders"] - before["renders"]
-
-
-def test_the_audio_is_each_segments_then_its_silence() -> None:
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_audio_is_each_segments_then_its_silence(stream) -> None:
     """As upstream's audio_postprocess hands segments out: each one's audio, then fragment_interval seconds of
-    silence; the sound before it does not depend on the interval."""
+    silence; the sound does not depend on the interval. Not streamed, the one decode's audio is cut where the
+    segments' tokens meet."""
     with stand_ins.engine("v2", **EAGER) as engine:
         voice, segments = stand_ins.voice("v2"), stand_ins.segments(TEXTS[1])
         results = {}
         for interval in (0.0, 0.3):
             handle = engine.submit(voice, segments, Params(seed=4, max_tokens=20, fragment_interval=interval),
-                                   stream=True)
-            results[interval] = list(handle.chunks(60))
+                                   stream=stream)
+            results[interval] = handle.result(60)[0]
+            tokens = [len(handle.request.tokens[i]) for i in range(len(segments))]
         silence = int(0.3 * engine.version.sample_rate)
-        for bare, spaced in zip(*results.values()):
-            assert torch.equal(spaced[:-silence], bare) and not spaced[-silence:].any()
+        bare = cut(results[0.0], tokens)
+        assert len(bare) == len(segments) == 2
+        assert torch.equal(results[0.3], torch.cat([torch.cat([piece, torch.zeros(silence)]) for piece in bare]))
+
+
+def test_cut_splits_where_the_inputs_meet() -> None:
+    audio = torch.arange(16.0)
+    assert [len(p) for p in cut(audio, [3, 5])] == [6, 10] and torch.equal(torch.cat(cut(audio, [3, 5])), audio)
+    assert [len(p) for p in cut(torch.arange(10.0), [1, 1, 1])] == [3, 4, 3]
 
 
 @pytest.mark.parametrize("text", TEXTS[:2])

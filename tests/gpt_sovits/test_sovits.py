@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from tts_compile.gpt_sovits import optimize_sovits, restore_sovits
 from tts_compile.gpt_sovits import sovits as sovits_module
 from tts_compile.gpt_sovits.models.vits import VITSConfig, build_vits
-from tts_compile.gpt_sovits.sovits import DecodeRow
 
 FAST = {"compile_mode": "eager", "warmup": "lazy", "verify": False, "chunk_size": 40}
 PADDED = 2e-5  # fp32 max abs, padded vs exact lengths on CPU (reduction order): measured 4.3e-6 over 60 requests
@@ -70,56 +69,6 @@ def test_staged_decode_encp_equals_decode_encp(version, tokens, phones, speed, g
     assert float((got - expected).abs().max()) <= PADDED
     assert got_ge is ge if ge_given else torch.equal(got_ge, expected_ge)  # the reference stage is not padded
     assert model.tts_compile.optimization_stats()["direct"] == (2 if ge_given else 3)
-
-
-def _row(version: str, tokens: int, phones: int, seed: int, speed: float = 1, noise: float = 0.5) -> DecodeRow:
-    """A decode_rows row of the engine's form: references as a list, its own seed."""
-    r = _request(version, tokens, phones, 1, seed)
-    return DecodeRow(r["codes"], r["text"], r["refer"], r["sv_emb"], noise, speed, seed)
-
-
-@settings(max_examples=12, deadline=None)
-@given(version=st.sampled_from(["v2", "v2ProPlus"]), tokens=st.lists(st.integers(33, 42), min_size=1, max_size=4),
-       phones=st.integers(17, 22), speed=st.sampled_from([1, 0.9]), size=st.sampled_from([4, 8]),
-       others=st.integers(0, 1000))
-def test_rows_decoded_together_are_each_decoded_alone_and_upstreams(version, tokens, phones, speed, size,
-                                                                    others) -> None:
-    """Rows of one bucket (33-42 tokens, 17-22 phones) in one padded call: each row's audio is the same bit for bit
-    whatever else shares the call (batch invariance), and upstream's decode of that row with its seed."""
-    config = VITSConfig(version=version)
-    model, plain = optimize_sovits(build_vits(config, seed=1), **FAST), build_vits(config, seed=1)
-    stage = model.tts_compile
-    rows = [_row(version, n, phones, others + i, speed, noise=0.3 + 0.1 * i) for i, n in enumerate(tokens)]
-    with torch.inference_mode():
-        together = stage.decode_rows(rows, size)
-        for row, got in zip(rows, together):
-            assert torch.equal(stage.decode_rows([row], size)[0], got)
-            torch.manual_seed(row.seed)
-            expected = plain.decode(row.codes, row.text, row.refer, row.noise_scale, row.speed, row.sv_emb)
-            assert got.shape == expected.shape and float((got - expected).abs().max()) <= PADDED
-    assert stage.optimization_stats()["uncovered"] == 0
-
-
-def test_rows_of_other_buckets_are_each_served_by_upstream() -> None:
-    """Rows the staged call cannot pad together (other buckets) get upstream's decode, each with its own seed."""
-    model, plain = optimize_sovits(build_vits(VITSConfig(), seed=1), **FAST), build_vits(VITSConfig(), seed=1)
-    rows = [_row("v2", 10, 8, 1), _row("v2", 200, 90, 2)]
-    stage = model.tts_compile
-    assert stage.row_bucket(10, 8, 1) != stage.row_bucket(200, 90, 1)
-    with torch.inference_mode():
-        got = stage.decode_rows(rows, 2)
-        for row, audio in zip(rows, got):
-            torch.manual_seed(row.seed)
-            assert torch.equal(audio, plain.decode(row.codes, row.text, row.refer, row.noise_scale, row.speed))
-    assert stage.optimization_stats()["uncovered"] == 1
-
-
-@pytest.mark.parametrize("size, count, seed", [(1, 2, 0), (65, 1, 0), (2, 0, 0), (2, 1, None)])
-def test_decode_rows_rejects_a_bad_call(size, count, seed) -> None:
-    stage = optimize_sovits(build_vits(VITSConfig(), seed=1), **FAST).tts_compile
-    rows = [DecodeRow(**{**_row("v2", 10, 8, 1).__dict__, "seed": seed})] * count
-    with pytest.raises(ValueError, match="decode_rows: expected 1 to size <= 64 DecodeRows with int seeds"):
-        stage.decode_rows(rows, size)
 
 
 def test_decode_encp_without_ge_or_reference_gets_upstreams_own_error() -> None:

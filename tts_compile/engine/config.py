@@ -32,20 +32,9 @@ class EngineConfig(PipelineConfig):
         "generators, so renders queue their work one at a time (each request's noise its own seed's); a second "
         "worker queues the next render while the last one's audio comes back (H200, v2ProPlus, 64 callers: 32 req/s "
         "with one, 40 with two)."))
-    render_rows: int = field(default=8, metadata=doc(
-        "v1-v2ProPlus: finished segments decoded by SoVITS in one padded call at most (>= 1). A call of a length "
-        "bucket always has the same rows (up to this, and about render_frames padded frames), real or copies, so a "
-        "segment's audio never depends on what shares its call; short segments batch almost for free "
-        "(launch-bound), long ones stay alone. One captured graph per bucket and rows count."))
-    render_frames: int = field(default=1024, metadata=doc(
-        "v1-v2ProPlus: padded SoVITS frames (50 per second of audio) a batched decode call aims at (>= 64): a "
-        "bucket of F frames is decoded render_frames // F rows at a time (a power of two, 1 to render_rows). More: "
-        "more throughput under load, more work for a segment decoded alone."))
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int(self, "queue_size", "max_rows", "render_workers", "render_rows", minimum=1)
-        check_int(self, "render_frames", minimum=64)
+        check_int(self, "queue_size", "max_rows", "render_workers", minimum=1)
         check_int(self, "kv_capacity", minimum=64)
         if not isinstance(self.kv_budget_gib, (int, float)) or isinstance(self.kv_budget_gib, bool) or \
                 not self.kv_budget_gib > 0:

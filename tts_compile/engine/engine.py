@@ -1,12 +1,10 @@
 """`Engine`: many GPT-SoVITS requests at once on one GPU.
 
 One scheduler thread owns the T2S decode: it admits waiting segments into free rows (prefilled together), runs
-`CHECK_EVERY` steps over every running row, reads their stop flags once, and hands finished work to the render
-workers, which turn tokens into audio (SoVITS decode, or CFM and vocoder) on their own CUDA streams while the loop
-goes on: v1-v2ProPlus each segment as soon as its tokens are done, finished segments of one bucket from any requests
-in one padded call (`render.DecodeRenderer`); v3/v4 a request once all its segments are done. A stream's segments are
-rendered one by one, a new stream's first segment ahead of every other render, so its first audio does not wait
-behind the load. Requests
+`CHECK_EVERY` steps over every running row, reads their stop flags once, and hands each request whose segments are
+all done to the render workers, which turn tokens into audio (SoVITS decode, or CFM and vocoder) on their own CUDA
+streams while the loop goes on. A stream's segments are rendered one by one as each one's tokens are done, a new
+stream's first segment ahead of every other render, so its first audio does not wait behind the load. Requests
 enter through a bounded queue (full: `QueueFull` at once), carry a deadline and a cancel flag (checked at every
 scheduling round), and fail alone: a request's error reaches its own handle and the engine goes on. Every T2S rows
 bucket is captured before the engine reports ready.
@@ -42,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 STOP, FIRST, NEXT = -1, 0, 1  # render priorities: close, a stream's first segment, the rest in arrival order
 COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "prefills", "steps", "syncs", "renders",
-            "rendered", "row_steps", "decode_s", "render_s")
+            "row_steps", "decode_s", "render_s")
 
 
 class Engine:
@@ -106,9 +104,8 @@ class Engine:
         return handle
 
     def stats(self) -> dict[str, Any]:
-        """Counters (submitted, rejected, finished, failed, cancelled, prefills, steps, syncs; renders: render calls,
-        rendered: the jobs they rendered; row_steps: tokens decoded; decode_s and render_s: seconds the loop and the
-        render workers were busy), what is held now
+        """Counters (submitted, rejected, finished, failed, cancelled, prefills, steps, syncs, renders; row_steps:
+        tokens decoded; decode_s and render_s: seconds the loop and the render workers were busy), what is held now
         (requests, queued, rows), the rows and KV memory, and the start-up time."""
         with self._cv:
             held = {"requests": len(self._handles), "queued": len(self._queued), "rows": len(self._rows)}
@@ -203,10 +200,10 @@ class Engine:
             request, index = self._rows.pop(slot)
             self.t2s.release(slot)
             request.tokens[index] = tokens
-            whole = not (request.stream or self.renderer.per_segment)  # rendered once all its segments are done
-            if not whole and request.status == Status.DECODING:
+            if request.stream and request.status == Status.DECODING:
                 self._render_later(request, (index,))
-            if len(request.tokens) == len(request.segments) and self._advance(request, Status.RENDERING) and whole:
+            if len(request.tokens) == len(request.segments) and self._advance(request, Status.RENDERING) and \
+                    not request.stream:
                 self._render_later(request, tuple(range(len(request.segments))))
         if finished and self._rows:
             self.t2s.arrange(list(self._rows))
@@ -275,78 +272,44 @@ class Engine:
         self._finish(request, error=error)
 
     def _render_later(self, request: Request, indices: tuple[int, ...]) -> None:
-        """Queue the rendering of these segments of `request` (one, or all of a v3/v4 request not streamed): a
-        segment's noise comes from its own seed, a whole request's from the request's."""
-        seed = row_seed(request.seed, indices[0]) if len(indices) == 1 and (
-            request.stream or self.renderer.per_segment) else request.seed
-        job = Job(request, indices, seed, self.renderer.bucket(request, indices))
+        """Queue the rendering of these segments of `request` (all of them, or one of a stream: its noise from that
+        segment's own seed)."""
+        seed = row_seed(request.seed, indices[0]) if request.stream else request.seed
         priority = FIRST if request.stream and indices == (0,) else NEXT
         with self._renders_cv:
-            heapq.heappush(self._renders, (priority, next(self._render_order), job))
+            heapq.heappush(self._renders, (priority, next(self._render_order), Job(request, indices, seed)))
             self._renders_cv.notify()
-
-    def _next_jobs(self) -> list[Job] | None:
-        """The first job in priority order and the queued jobs of its bucket, up to the bucket's rows (a call's
-        size is the bucket's whatever it holds, so what a job renders with does not depend on the others); None to
-        stop."""
-        with self._renders_cv:
-            self._renders_cv.wait_for(lambda: self._renders)
-            _, _, first = heapq.heappop(self._renders)
-            if first is None or first.bucket is None:
-                return None if first is None else [first]
-            same = sorted(e for e in self._renders if e[2] is not None and e[2].bucket == first.bucket)
-            taken = {order for _, order, _ in same[:self.renderer.rows(first.bucket) - 1]}
-            if taken:
-                self._renders = [e for e in self._renders if e[1] not in taken]
-                heapq.heapify(self._renders)
-            return [first, *(job for _, order, job in same if order in taken)]
 
     def _render_loop(self) -> None:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-            while (jobs := self._next_jobs()) is not None:
+            while True:
+                with self._renders_cv:
+                    self._renders_cv.wait_for(lambda: self._renders)
+                    _, _, job = heapq.heappop(self._renders)
+                if job is None:
+                    return
                 try:
-                    self._render_jobs(jobs)
-                except Exception as exc:  # noqa: BLE001 - these requests fail, the worker and the engine go on
-                    logger.exception("engine: delivering a render failed; its requests fail")
-                    for job in jobs:
-                        self._finish(job.request, error=exc)
+                    self._render_job(job)
+                except Exception as exc:  # noqa: BLE001 - this request fails, the worker and the engine go on
+                    logger.warning("engine: request %d failed while rendering: %s: %s", job.request.id,
+                                   type(exc).__name__, exc)
+                    self._finish(job.request, error=exc)
 
-    def _render_jobs(self, jobs: list[Job]) -> None:
-        """Render these jobs in one call and deliver their segments; if the call fails, each job alone (the same
-        arithmetic), so a failure fails only the requests it belongs to. No exception leaves: the worker goes on."""
-        now = time.monotonic()
-        for job in jobs:
-            if job.request.expired(now):  # cancelled, late, or ended already (then a no-op)
-                self._finish(job.request, error=job.request.stopped())
-        jobs = [job for job in jobs if not job.request.expired(now)]
-        if not jobs:
+    def _render_job(self, job: Job) -> None:
+        """Render the job's segments and deliver them."""
+        request = job.request
+        if request.expired(time.monotonic()):  # cancelled, late, or ended already (then a no-op)
+            self._finish(request, error=request.stopped())
             return
         started = time.perf_counter()
-        try:
-            audio = self.renderer.render(jobs)
-        except Exception as exc:  # noqa: BLE001 - the requests of this call are rendered alone, or fail
-            if len(jobs) == 1:
-                logger.warning("engine: request %d failed while rendering: %s: %s", jobs[0].request.id,
-                               type(exc).__name__, exc)
-                self._finish(jobs[0].request, error=exc)
-                return
-            logger.warning("engine: a render of %d jobs failed (%s: %s); rendering each alone", len(jobs),
-                           type(exc).__name__, exc)
-            for job in jobs:
-                self._render_jobs([job])
-            return
-        pieces = [piece for per_job in audio for piece in per_job]
+        pieces = self.renderer.render(job)
         host = torch.cat(pieces).float().cpu().split([len(piece) for piece in pieces])  # one copy to the host
         with self._cv:
             self.counters["renders"] += 1
-            self.counters["rendered"] += len(jobs)
             self.counters["render_s"] += time.perf_counter() - started
-        delivered = iter(host)
-        for job in jobs:
-            for index in job.indices:
-                self._deliver(job.request, index, fragment(next(delivered), job.request.params.fragment_interval,
-                                                           self.version.sample_rate))
+        for index, audio in zip(job.indices, host):
+            self._deliver(request, index, fragment(audio, request.params.fragment_interval, self.version.sample_rate))
 
     def _deliver(self, request: Request, index: int, audio: torch.Tensor) -> None:
         """Segment `index`'s audio: a stream's next piece (handed out in order), or kept until its request has every
@@ -399,8 +362,7 @@ class Engine:
         if config.sovits:
             stages["sovits"] = attach_or_leave("engine", "SoVITS", optimize_sovits, lambda: vits, config)
         if shape.renderer == "decode":
-            renderer = DecodeRenderer(vits, config.render_rows, config.render_frames)
-            return cls(t2s_model, renderer, shape, config, _present(stages))
+            return cls(t2s_model, DecodeRenderer(vits), shape, config, _present(stages))
         if config.cfm:
             stages["cfm"] = attach_or_leave("engine", "CFM", optimize_cfm, lambda: vits.cfm, config)
         if not isinstance(vocoder, OptimizedVocoder):

@@ -1,21 +1,22 @@
-"""Rendering: finished segments' tokens into audio, by version, through the (optimized) upstream modules.
+"""Rendering: a finished request's tokens into audio, by version, through the (optimized) upstream modules.
 
-v1-v2ProPlus (`DecodeRenderer`): each segment is decoded alone, as api_v2 decodes it (`batch_size` 1), by one
-`SynthesizerTrn.decode` of its tokens and phones with the voice's references; finished segments of one bucket, of
-any requests, share one padded `decode_rows` call of a fixed rows count per bucket, so a segment's audio depends on
-its own inputs and seed only. v3/v4 (`CFMRenderer`): `decode_encp` of the voice's prompt and of every segment of a
-job, the features cut into CFM windows of the version's length with the prompt's features and mel in front and
-`OVERLAP` frames shared by neighbours, all of a job's windows in one batched `cfm.inference`, the windows' mels
-joined (the shared frames cross-faded linearly, in mel space), one vocoder call, the audio cut back into segments
-(upstream's parallel path). Each segment's audio then leaves as upstream's `audio_postprocess` hands it out
-(`fragment`): scaled to a peak of 1 where it exceeds it, followed by `fragment_interval` seconds of silence.
+v1-v2ProPlus (`DecodeRenderer`): one `SynthesizerTrn.decode` of all the job's segments' tokens and phones with the
+voice's references, the audio cut back into segments where their tokens meet (upstream's parallel path). v3/v4
+(`CFMRenderer`): `decode_encp` of the voice's prompt and of every segment, the features cut into CFM windows of the
+version's length with the prompt's features and mel in front and `OVERLAP` frames shared by neighbours, all of a
+job's windows in one batched `cfm.inference`, the windows' mels joined (the shared frames cross-faded linearly, in
+mel space), one vocoder call, the audio cut back into segments. A job is a whole request, or one segment of a
+stream; its noise is its seed's alone (`seeded`). Each segment's audio then leaves as upstream's `audio_postprocess`
+hands it out (`fragment`): scaled to a peak of 1 where it exceeds it, then `fragment_interval` seconds of silence.
+(Decoding finished segments of several requests in one padded call was measured slower, not faster: the decode is
+compute-bound at these lengths on an H200; docs/lab-log.md.)
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.rng import own_rng
-from ..gpt_sovits.sovits import DecodeRow, OptimizedSoVITS
-from ..gpt_sovits.stage import HANDLE
 from ..gpt_sovits.versions import Version
 from .request import Params, Request, Segment, Voice
 
@@ -34,13 +33,11 @@ SPEC_MIN, SPEC_MAX = -12, 2  # the range upstream normalises mels to [-1, 1] wit
 
 @dataclass(frozen=True)
 class Job:
-    """Segments `indices` of `request` rendered together, their noise drawn from `seed`; jobs of one `bucket` may
-    share a call (None: alone)."""
+    """Segments `indices` of `request` rendered together, their noise drawn from `seed`."""
 
     request: Request
     indices: tuple[int, ...]
     seed: int
-    bucket: Hashable | None = None
 
     @property
     def inputs(self) -> tuple[Voice, Params, list[Segment], list[list[int]]]:
@@ -50,21 +47,11 @@ class Job:
 
 
 class Renderer(abc.ABC):
-    """Turns jobs into audio. `per_segment`: every segment is its own job as soon as its tokens are done (else a
-    request not streamed is one job once all are); `bucket` and `rows` say which jobs share a call and how many rows
-    that call is padded to."""
-
-    per_segment = False
-
-    def bucket(self, request: Request, indices: tuple[int, ...]) -> Hashable | None:
-        return None
-
-    def rows(self, bucket: Hashable) -> int:
-        return 1
+    """Turns a job into its segments' audio, each (samples,) on the models' device."""
 
     @abc.abstractmethod
-    def render(self, jobs: Sequence[Job]) -> list[list[torch.Tensor]]:
-        """Per job, its segments' audio (samples,) each, on the models' device."""
+    def render(self, job: Job) -> list[torch.Tensor]:
+        """The audio of each of the job's segments."""
 
 
 @contextlib.contextmanager
@@ -86,67 +73,39 @@ def fragment(audio: torch.Tensor, interval: float, sample_rate: int) -> torch.Te
 
 
 class DecodeRenderer(Renderer):
-    """v1-v2ProPlus: one decode per segment; through `OptimizedSoVITS.decode_rows` where the stage is attached,
-    `rows(bucket)` rows per call (about `frames` padded frames: launch-bound decodes batch almost for free, long ones
-    stay alone), else upstream's decode under `seeded`."""
+    """v1-v2ProPlus: `render_decode` under `seeded`."""
 
-    per_segment = True
-
-    def __init__(self, vits: nn.Module, max_rows: int, frames: int) -> None:
-        self.vits, self.max_rows, self.frames = vits, max_rows, frames
-        stage = vits.__dict__.get(HANDLE)
-        self.stage = stage if isinstance(stage, OptimizedSoVITS) else None
+    def __init__(self, vits: nn.Module) -> None:
+        self.vits = vits
         self.device = next(vits.parameters()).device
 
-    def bucket(self, request: Request, indices: tuple[int, ...]) -> Hashable | None:
-        if self.stage is None:
-            return None
-        [index] = indices
-        return self.stage.row_bucket(len(request.tokens[index]), len(request.segments[index].phones),
-                                     request.params.speed)
-
-    def rows(self, bucket: Hashable) -> int:
-        fit = max(1, min(self.max_rows, self.frames // bucket[2]))
-        return 1 << (fit.bit_length() - 1)  # a power of two: few sizes, few graphs
-
-    def render(self, jobs: Sequence[Job]) -> list[list[torch.Tensor]]:
-        if jobs[0].bucket is None:
-            [job] = jobs
-            with seeded(job.seed, self.device):
-                return [[render_decode(self.vits, *job.inputs)]]
-        rows = []
-        for job in jobs:
-            voice, params, [segment], [tokens] = job.inputs
-            rows.append(DecodeRow(torch.tensor(tokens, device=self.device).view(1, 1, -1),
-                                  segment.phones.to(self.device)[None], list(voice.refer),
-                                  None if voice.sv_emb is None else list(voice.sv_emb), params.noise_scale,
-                                  params.speed, job.seed))
-        return [[audio[0, 0]] for audio in self.stage.decode_rows(rows, self.rows(jobs[0].bucket))]
+    def render(self, job: Job) -> list[torch.Tensor]:
+        with seeded(job.seed, self.device):
+            return render_decode(self.vits, *job.inputs)
 
 
 class CFMRenderer(Renderer):
-    """v3/v4: a request's segments (or a stream's one) in one job: `render_cfm` under `seeded`."""
+    """v3/v4: `render_cfm` under `seeded`."""
 
     def __init__(self, vits: nn.Module, vocoder: nn.Module, version: Version) -> None:
         self.vits, self.vocoder, self.version = vits, vocoder, version
         self.device = next(vits.parameters()).device
 
-    def render(self, jobs: Sequence[Job]) -> list[list[torch.Tensor]]:
-        [job] = jobs
+    def render(self, job: Job) -> list[torch.Tensor]:
         with seeded(job.seed, self.device):
-            return [render_cfm(self.vits, self.vocoder, self.version, *job.inputs)]
+            return render_cfm(self.vits, self.vocoder, self.version, *job.inputs)
 
 
 def render_decode(vits: nn.Module, voice: Voice, params: Params, segments: Sequence[Segment],
-                  tokens: list[list[int]]) -> torch.Tensor:
-    """v1-v2ProPlus: audio (samples,) of these segments' tokens, in one decode."""
+                  tokens: list[list[int]]) -> list[torch.Tensor]:
+    """v1-v2ProPlus: each segment's audio (samples,), from one decode of all their tokens."""
     device = next(vits.parameters()).device
     codes = torch.tensor([t for row in tokens for t in row], device=device).view(1, 1, -1)
     phones = torch.cat([s.phones for s in segments]).to(device)[None]
     sv_emb = list(voice.sv_emb) if voice.sv_emb is not None else None
     audio = vits.decode(codes, phones, list(voice.refer), noise_scale=params.noise_scale, speed=params.speed,
-                        sv_emb=sv_emb)
-    return audio[0, 0]
+                        sv_emb=sv_emb)[0, 0]
+    return cut(audio, [len(row) for row in tokens])
 
 
 def render_cfm(vits: nn.Module, vocoder: nn.Module, version: Version, voice: Voice, params: Params,
@@ -169,9 +128,14 @@ def render_cfm(vits: nn.Module, vocoder: nn.Module, version: Version, voice: Voi
     mel = join_windows(spec)[:, OVERLAP: OVERLAP + joined.shape[2]]
     mel = (mel + 1) / 2 * (SPEC_MAX - SPEC_MIN) + SPEC_MIN
     audio = vocoder(mel[None])[0, 0]
-    hop = audio.shape[-1] // mel.shape[-1]  # samples per mel frame: the segments' audio is cut where their mels meet
-    cuts = [f.shape[2] * hop for f in feats[:-1]]
-    return list(audio.split([*cuts, audio.shape[-1] - sum(cuts)]))
+    return cut(audio, [f.shape[2] for f in feats])
+
+
+def cut(audio: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+    """`audio` of inputs of these `lengths` (tokens or frames) joined, cut back into each one's part where their
+    lengths meet (proportionally: exact where each input unit makes the same samples, as upstream's cut)."""
+    ends = [round(sum(lengths[:i + 1]) * audio.shape[-1] / sum(lengths)) for i in range(len(lengths))]
+    return list(audio.split([end - start for start, end in zip([0, *ends], ends)]))
 
 
 def cfm_windows(feats: torch.Tensor, chunk: int) -> torch.Tensor:

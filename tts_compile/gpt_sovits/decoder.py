@@ -46,10 +46,9 @@ def decoder_problem(dec: nn.Module) -> str | None:
 
 
 class PaddedDecoder:
-    """`dec`'s function on a padded latent: `__call__(z, lengths, g)` with each item of z zero past its
-    `lengths[b, 0]` frames, `lengths` (B, stages) the device tensor of each item's `lengths(frames)`. Runs a
-    weight-sharing copy, with channels-last convolutions if asked (their weights are copies: `fingerprint` tells when
-    the original's weights changed)."""
+    """`dec`'s function on a padded latent: `__call__(z, lengths, g)` with z zero past `lengths[0]` frames, `lengths`
+    the device tensor of `lengths(frames)`. Runs a weight-sharing copy, with channels-last convolutions if asked
+    (their weights are copies: `fingerprint` tells when the original's weights changed)."""
 
     def __init__(self, dec: nn.Module, channels_last: bool) -> None:
         if problem := decoder_problem(dec):
@@ -76,16 +75,16 @@ class PaddedDecoder:
         x = dec.conv_pre(z)
         if g is not None:
             x = x + dec.cond(g)
-        h = masked_leaky_relu(x, lengths[:, 0], SLOPE)
+        h = masked_leaky_relu(x, lengths[0], SLOPE)
         blocks = len(dec.resblocks) // len(dec.ups)
         for i, up in enumerate(dec.ups):
             slope = SLOPE if i + 1 < len(dec.ups) else FINAL_SLOPE  # of the leaky ReLU after this stage
             u, bias = _without_bias(up, h)
-            x, h_in = pointwise(u, lengths[:, i + 1], SLOPE, bias)  # each block's input and its first activation
+            x, h_in = pointwise(u, lengths[i + 1], SLOPE, bias)  # each block's input and its first activation
             total = None
             for k, block in enumerate(dec.resblocks[i * blocks:(i + 1) * blocks]):
                 last = k + 1 == blocks
-                total, h = _block(block, x, h_in, lengths[:, i + 1], total, (blocks, slope) if last else None)
+                total, h = _block(block, x, h_in, lengths[i + 1], total, (blocks, slope) if last else None)
         return torch.tanh(dec.conv_post(h))
 
 

@@ -26,8 +26,6 @@ import functools
 import logging
 import math
 import numbers
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,8 +34,6 @@ from torch import nn
 
 from ..core.buckets import Ladder
 from ..core.config import OptimizeConfig
-from ..core.guard import InputError
-from ..core.rng import own_rng
 from ..core.weights import weights_fingerprint
 from .config import PipelineConfig
 from .decoder import PaddedDecoder, decoder_problem
@@ -49,7 +45,6 @@ logger = logging.getLogger(__name__)
 PARTS = ("decode", "dec", "enc_p", "flow", "quantizer", "ref_enc", "version", "semantic_frame_rate")
 V3_PARTS = ("decode_encp", "enc_p", "bridge", "wns1", "quantizer", "ref_enc", "version", "semantic_frame_rate")
 LARGEST_TOKENS = 4096  # longer decodes (upstream concatenates a request's sentences) run upstream's own path
-MAX_ROWS = 64  # decodes in one decode_rows call
 MIN_SPEED = 0.25  # slower speeds stretch past the largest frame bucket: upstream's own path
 # The padded axes: half-octave ladders from the smallest bucket up to what LARGEST_TOKENS (2 code frames per token
 # at 25 Hz) and MIN_SPEED allow; at most ~41% padding.
@@ -83,33 +78,31 @@ def _features(vits: nn.Module, codes: torch.Tensor) -> torch.Tensor:
 
 def _encode(vits: nn.Module, features: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor,
             ge: torch.Tensor) -> torch.Tensor:
-    """The text encoder's output before the speed change (B, hidden, frames); lengths (B, [frames, phones, ...])."""
+    """The text encoder's output before the speed change (B, hidden, frames); lengths = [frames, phones, ...]."""
     ge_text = vits.ge_to512(ge.transpose(2, 1)).transpose(2, 1) if getattr(vits, "is_v2pro", False) else ge
-    return vits.enc_p(features, lengths[:, 0], text, lengths[:, 1], ge_text)[4]
+    return vits.enc_p(features, lengths[0:1], text, lengths[1:2], ge_text)[4]
 
 
-def _flow(vits: nn.Module, y: torch.Tensor, lengths: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor,
+def _flow(vits: nn.Module, noise_scale: float, y: torch.Tensor, lengths: torch.Tensor, noise: torch.Tensor,
           ge: torch.Tensor) -> torch.Tensor:
-    """Prior, sample and reverse flow on (B, hidden, frames): upstream's z * y_mask; lengths[:, 2] = frames, `scale`
-    (B, 1, 1) float32 the rows' noise scales (a float32 product rounded to y's dtype: upstream's tensor times a
-    Python number)."""
-    mask = (torch.arange(y.size(-1), device=y.device)[None] < lengths[:, 2:3]).unsqueeze(1).to(y.dtype)
+    """Prior, sample and reverse flow on (B, hidden, frames): upstream's z * y_mask; lengths[2] = frames."""
+    mask = (torch.arange(y.size(-1), device=y.device)[None] < lengths[2:3, None]).unsqueeze(1).to(y.dtype)
     m, logs = torch.split(vits.enc_p.proj(y) * mask, vits.enc_p.out_channels, dim=1)
-    z_p = m + (noise * torch.exp(logs) * scale).to(y.dtype)
+    z_p = m + noise * torch.exp(logs) * noise_scale
     return vits.flow(z_p, mask, g=ge, reverse=True) * mask
 
 
-def _synthesize(vits: nn.Module, decoder: PaddedDecoder, y: torch.Tensor, lengths: torch.Tensor, noise: torch.Tensor,
-                scale: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
-    """Flow and decoder: audio (B, 1, samples) of the padded frames; lengths[:, 2:] = the decoder's true lengths."""
-    return decoder(_flow(vits, y, lengths, noise, scale, ge), lengths[:, 2:], ge)
+def _synthesize(vits: nn.Module, decoder: PaddedDecoder, noise_scale: float, y: torch.Tensor, lengths: torch.Tensor,
+                noise: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
+    """Flow and decoder: audio (1, 1, samples) of the padded frames; lengths[2:] = the decoder's true lengths."""
+    return decoder(_flow(vits, noise_scale, y, lengths, noise, ge), lengths[2:], ge)
 
 
 def _conditioning(vits: nn.Module, y: torch.Tensor, lengths: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
     """v3/v4 `decode_encp` after the text encoder: bridge, nearest upsampling at upstream's scale (so each frame reads
-    the source frame it reads unpadded), the WN stack masked to lengths[:, 2] frames."""
+    the source frame it reads unpadded), the WN stack masked to lengths[2] frames."""
     fea = F.interpolate(vits.bridge(y), scale_factor=VERSIONS[vits.version].upsample, mode="nearest")
-    return vits.wns1(fea, lengths[:, 2], ge)[0]
+    return vits.wns1(fea, lengths[2:3], ge)[0]
 
 
 def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -119,11 +112,6 @@ def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
 def _stretched(frames: int, speed: float) -> int:
     """Frames after upstream's speed change."""
     return frames if speed == 1 else int(frames / speed) + 1
-
-
-def _stretch(y: torch.Tensor, frames: int, speed: float) -> torch.Tensor:
-    """The text encoder's output (1, hidden, frames) stretched for `speed` as upstream does."""
-    return y if speed == 1 else F.interpolate(y.contiguous(), size=_stretched(frames, speed), mode="linear")
 
 
 def _request_problem(device: torch.device, codes: Any, text: Any, speed: Any) -> str | None:
@@ -147,20 +135,6 @@ def _spectrograms_problem(device: torch.device, refs: list[Any]) -> str | None:
                            for r in refs):
         return f"refer: expected a (1, bins, frames) spectrogram on {device} or a non-empty list of them"
     return None
-
-
-@dataclass(frozen=True)
-class DecodeRow:
-    """One decode of `OptimizedSoVITS.decode_rows`: upstream's `decode` arguments, and the seed of its noise (None:
-    the default generator, as upstream draws it)."""
-
-    codes: torch.Tensor  # (1, 1, tokens)
-    text: torch.Tensor  # (1, phones)
-    refer: Any  # a (1, bins, frames) spectrogram or a list of them
-    sv_emb: Any = None  # v2Pro: the references' speaker embeddings
-    noise_scale: float = 0.5
-    speed: float = 1.0
-    seed: int | None = None
 
 
 class SoVITSStage(Stage):
@@ -187,14 +161,16 @@ class SoVITSStage(Stage):
                               functools.partial(_reference, self.vits, listed, len(refs)), inputs,
                               f"reference embedding of {len(refs)} x {refs[0].size(-1)} frames")
 
-    def _text_encoder(self, features: list[torch.Tensor], texts: list[torch.Tensor], lengths: torch.Tensor,
-                      ge: torch.Tensor, padded: tuple[int, int]) -> torch.Tensor:
-        """The text encoder's output (B, hidden, frames) for rows of code features (1, ssl, frames) and phones (1,
-        phones), padded into the graph of their `padded` (frames, phones) bucket; lengths (B, [frames, phones, ...])."""
-        inputs = (torch.cat([_pad(f, padded[0]) for f in features]), torch.cat([_pad(t, padded[1]) for t in texts]),
-                  lengths, ge)
-        return self.run_graph(("enc", *padded, ge.shape, ge.dtype), functools.partial(_encode, self.vits), inputs,
-                              f"text encoder at {len(features)} x {padded[0]} frames x {padded[1]} phones")
+    def _text_encoder(self, codes: torch.Tensor, features: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor,
+                      ge: torch.Tensor, speed: float) -> torch.Tensor:
+        """The text encoder's output (1, hidden, frames) from the code features through the graph of its (frames,
+        phones) bucket, then stretched for `speed` as upstream does; lengths = [frames, phones, ...]."""
+        tokens, frames, phones = codes.size(-1), features.size(-1), text.size(-1)
+        padded = (LADDERS["tokens"].fit(tokens) * frames // tokens, LADDERS["phones"].fit(phones))
+        y = self.run_graph(("enc", *padded, ge.shape, ge.dtype), functools.partial(_encode, self.vits),
+                           (_pad(features, padded[0]), _pad(text, padded[1]), lengths, ge),
+                           f"text encoder at {padded[0]} frames x {padded[1]} phones")[..., :frames]
+        return y if speed == 1 else F.interpolate(y.contiguous(), size=_stretched(frames, speed), mode="linear")
 
 
 class OptimizedSoVITS(SoVITSStage):
@@ -227,45 +203,7 @@ class OptimizedSoVITS(SoVITSStage):
                sv_emb: Any = None) -> torch.Tensor:
         """Upstream's signature and result: audio (1, 1, samples) from codes (1, 1, tokens) and phones (1, phones)."""
         args = (codes, text, refer, noise_scale, speed, sv_emb)
-        return self.serve("decode", args, self._problem(*args),
-                          lambda *_: self._decode_rows((DecodeRow(codes, text, refer, sv_emb, noise_scale, speed),),
-                                                       1)[0])
-
-    def row_bucket(self, tokens: int, phones: int, speed: float) -> tuple[int, int, int] | None:
-        """The (tokens, phones, frames) bucket a decode of this many tokens and phones at `speed` pads to; None
-        outside the buckets (upstream's own path)."""
-        if not (0 < tokens <= LARGEST_TOKENS and 0 < phones <= LADDERS["phones"].largest and speed >= MIN_SPEED):
-            return None
-        frames = tokens * (2 if self.vits.semantic_frame_rate == "25hz" else 1)
-        return (LADDERS["tokens"].fit(tokens), LADDERS["phones"].fit(phones),
-                LADDERS["frames"].fit(_stretched(frames, speed)))
-
-    def decode_rows(self, rows: Sequence[DecodeRow], size: int) -> list[torch.Tensor]:
-        """Several decodes of one `row_bucket` in one call padded to `size` rows: each row's audio (1, 1, samples)
-        is upstream's `decode` of its arguments with the default generator seeded by its `seed`, and depends on that
-        row, its bucket and `size` only, never on the other rows (batch invariance: every kernel computes each row
-        alone, and the padding rows are copies of the first)."""
-        rows = tuple(rows)
-        if not 1 <= len(rows) <= size <= MAX_ROWS or not all(isinstance(r, DecodeRow) and
-                                                            isinstance(r.seed, int) for r in rows):
-            raise InputError(f"decode_rows: expected 1 to size <= {MAX_ROWS} DecodeRows with int seeds, got "
-                             f"{len(rows)} rows for size={size!r}")
-        return self.serve("decode_rows", (rows, size), self._rows_problem(rows), self._decode_rows,
-                          upstream=lambda: [self._upstream_row(row) for row in rows])
-
-    def _rows_problem(self, rows: tuple[DecodeRow, ...]) -> str | None:
-        buckets = set()
-        for i, row in enumerate(rows):
-            if problem := self._problem(row.codes, row.text, row.refer, row.noise_scale, row.speed, row.sv_emb):
-                return f"row {i}: {problem}"
-            buckets.add(self.row_bucket(row.codes.size(-1), row.text.size(-1), row.speed))
-        return None if len(buckets) == 1 else f"rows of {len(buckets)} buckets: {sorted(buckets)}"
-
-    def _upstream_row(self, row: DecodeRow) -> torch.Tensor:
-        """Upstream's decode of one row, its noise drawn from the default generator seeded by the row's seed."""
-        with own_rng(self.device):
-            torch.manual_seed(row.seed)
-            return self.original["decode"](row.codes, row.text, row.refer, row.noise_scale, row.speed, row.sv_emb)
+        return self.serve("decode", args, self._problem(*args), self._decode)
 
     def _problem(self, codes: Any, text: Any, refer: Any, noise_scale: Any, speed: Any, sv_emb: Any) -> str | None:
         refs = refer if isinstance(refer, list) else [refer]
@@ -278,49 +216,31 @@ class OptimizedSoVITS(SoVITSStage):
                 return f"v2Pro needs a speaker embedding on {self.device} for each of the {len(refs)} references"
         return None if isinstance(noise_scale, numbers.Real) else f"noise_scale={noise_scale!r}: expected a number"
 
-    def _row_reference(self, row: DecodeRow) -> torch.Tensor:
-        """`ge` (1, channels, 1) of a row's references, as upstream's decode computes it."""
-        listed = isinstance(row.refer, list)
-        refs = row.refer if listed else [row.refer]
-        speakers = []
-        if self.vits.is_v2pro:
-            speakers = [row.sv_emb[i] for i in range(len(refs))] if listed else [row.sv_emb]
-        return self._reference(refs, speakers, listed)
-
-    def _decode_rows(self, rows: tuple[DecodeRow, ...], size: int) -> list[torch.Tensor]:
-        """Audio (1, 1, samples) of each row, through the graphs of the rows' bucket at `size` rows."""
-        vits, count = self.vits, len(rows)
-        rows = rows + (rows[0],) * (size - count)  # padding rows: copies of the first, so nothing in them is new
-        features = [_features(vits, row.codes) for row in rows]  # waits for the stream (see _features)
-        frames = [f.size(-1) for f in features]
-        outs = [_stretched(n, row.speed) for n, row in zip(frames, rows)]
+    def _decode(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, noise_scale: float, speed: float,
+                sv_emb: Any) -> torch.Tensor:
+        vits = self.vits
+        listed = isinstance(refer, list)
+        refs = refer if listed else [refer]
+        speakers = ([sv_emb[i] for i in range(len(refs))] if listed else [sv_emb]) if vits.is_v2pro else []
+        features = _features(vits, codes)  # waits for the stream (see _features): before any graph is queued
+        frames = features.size(-1)
+        out = _stretched(frames, speed)
         decoder = self._padded_decoder()
-        sizes = [decoder.lengths(out) if decoder else [out] for out in outs]  # the decoder's true length per stage
-        lengths = torch.tensor([[n, row.text.size(-1), *s] for n, row, s in zip(frames, rows, sizes)],
-                               device=self.device)  # host copies: they wait too, so before any graph is queued
-        scale = torch.tensor([float(row.noise_scale) for row in rows], device=self.device).view(-1, 1, 1)
-        ge = torch.cat([self._row_reference(row) for row in rows])
-        tokens, phones, padded = self.row_bucket(rows[0].codes.size(-1), rows[0].text.size(-1), rows[0].speed)
-        encoded = self._text_encoder(features, [row.text for row in rows], lengths, ge,
-                                     (tokens * frames[0] // rows[0].codes.size(-1), phones))
-        y = torch.cat([_pad(_stretch(encoded[i:i + 1, :, :n], n, row.speed), padded)
-                       for i, (n, row) in enumerate(zip(frames, rows))])
-        noise = torch.cat([_pad(self._noise(row.seed, out, y.dtype), padded) for row, out in zip(rows, outs)])
-        inputs = (y, lengths, noise, scale, ge)
+        sizes = decoder.lengths(out) if decoder else [out]  # the decoder's true length per stage
+        lengths = torch.tensor([frames, text.size(-1), *sizes], device=self.device)  # a host copy: waits too
+        ge = self._reference(refs, speakers, listed)
+        y = self._text_encoder(codes, features, text, lengths, ge, speed)
+        noise = torch.randn((1, vits.enc_p.out_channels, out), dtype=y.dtype, device=self.device)
+        size = LADDERS["frames"].fit(out)
+        inputs = (_pad(y, size), lengths, _pad(noise, size), ge)
         if decoder is None:
-            z = self.run_graph(("flow", padded, ge.shape, ge.dtype), functools.partial(_flow, vits), inputs,
-                               f"flow at {size} x {padded} frames")
-            return [vits.dec(z[i:i + 1, :, :out].contiguous(), g=ge[i:i + 1]) for i, out in enumerate(outs[:count])]
-        audio = self.run_graph(("decode", padded, ge.shape, ge.dtype), functools.partial(_synthesize, vits, decoder),
-                               inputs, f"flow and decoder at {size} x {padded} frames")
-        return [audio[i:i + 1, :, :s[-1]] for i, s in enumerate(sizes[:count])]
-
-    def _noise(self, seed: int | None, frames: int, dtype: torch.dtype) -> torch.Tensor:
-        """The flow's noise (1, channels, frames): upstream's `randn_like(m_p)` from the default generator, or from a
-        generator seeded with `seed` (the same numbers as the default one seeded so)."""
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        return torch.randn((1, self.vits.enc_p.out_channels, frames), dtype=dtype, device=self.device,
-                           generator=generator)
+            z = self.run_graph(("flow", size, float(noise_scale), ge.shape, ge.dtype),
+                               functools.partial(_flow, vits, float(noise_scale)), inputs, f"flow at {size} frames")
+            return vits.dec(z[..., :out].contiguous(), g=ge)
+        audio = self.run_graph(("decode", size, float(noise_scale), ge.shape, ge.dtype),
+                               functools.partial(_synthesize, vits, decoder, float(noise_scale)), inputs,
+                               f"flow and decoder at {size} frames")
+        return audio[..., :sizes[-1]]
 
     def rebuild(self) -> None:
         self.decoder = None  # its channels-last weights are copies of the replaced ones
@@ -372,12 +292,10 @@ class OptimizedSoVITSv3(SoVITSStage):
         out = math.floor(stretched * shape.upsample)  # nearest upsampling's length
         per_token = shape.masked_per_token * codes.size(-1)
         masked = min(out, int(per_token) if speed == 1 else int(per_token / speed) + 1)
-        lengths = torch.tensor([[frames, text.size(-1), masked]], device=self.device)  # a host copy: waits too
+        lengths = torch.tensor([frames, text.size(-1), masked], device=self.device)  # a host copy: waits too
         if ge is None:
             ge = self._reference([refer], [], listed=False)
-        tokens = codes.size(-1)
-        padded = (LADDERS["tokens"].fit(tokens) * frames // tokens, LADDERS["phones"].fit(text.size(-1)))
-        y = _stretch(self._text_encoder([features], [text], lengths, ge, padded)[..., :frames], frames, speed)
+        y = self._text_encoder(codes, features, text, lengths, ge, speed)
         size = LADDERS["frames"].fit(stretched)
         fea = self.run_graph(("wns", size, ge.shape, ge.dtype), functools.partial(_conditioning, vits),
                              (_pad(y, size), lengths, ge), f"conditioning stack at {size} frames")

@@ -111,12 +111,11 @@ class Stage:
                 "direct": runner["direct"]}
 
     def serve(self, method: str, args: tuple[Any, ...], problem: str | None, staged: Callable[..., Any],
-              grad_mode: Callable[[], Any] = torch.no_grad, upstream: Callable[[], Any] | None = None) -> Any:
-        """`staged(*args)` under upstream's `grad_mode`; `upstream()` (by default upstream's `method` on `args`) for
-        a call with a `problem`, while off, or (generator rewound) after a failure. Holds `DRAWS` throughout: the call
-        draws, and may rewind, from the shared generators."""
-        if upstream is None:
-            upstream = lambda: self.original[method](*args)  # noqa: E731 - the guard's fallback
+              grad_mode: Callable[[], Any] = torch.no_grad) -> Any:
+        """`staged(*args)` under upstream's `grad_mode`; upstream's `method` for a call with a `problem`, while off,
+        or (generator rewound) after a failure. Holds `DRAWS` throughout: the call draws, and may rewind, from the
+        shared generators."""
+        upstream = lambda: self.original[method](*args)  # noqa: E731 - the guard's fallback
         if problem:
             logger.debug("%s: upstream's %s: %s", self.name, method, problem)
             with DRAWS if self.draws else contextlib.nullcontext():
@@ -134,7 +133,7 @@ class Stage:
                 raise
             new = [key for key in dict.fromkeys(self._used.keys) if key not in self._verified]
             if new and self.config.verify:
-                return self._verify(method, upstream, result, rng, new, grad_mode)
+                return self._verify(method, args, result, rng, new, grad_mode)
             return result
 
         with DRAWS if self.draws else contextlib.nullcontext():
@@ -158,15 +157,15 @@ class Stage:
     def rebuild(self) -> None:
         """What a stage derives from its module's weights, made again (`follow_weights`); nothing by default."""
 
-    def _verify(self, method: str, upstream: Callable[[], Any], result: Any, rng: RngState, keys: list[Hashable],
+    def _verify(self, method: str, args: tuple[Any, ...], result: Any, rng: RngState, keys: list[Hashable],
                 grad_mode: Callable[[], Any]) -> Any:
-        """`upstream()` (upstream's `method`) on the same inputs and random state as the optimized `result`, which
-        then serves (upstream draws what the optimized path drew: the generator ends where upstream leaves it). On a
-        mismatch the buckets are rejected and the call is served by upstream, from the same random state."""
+        """Upstream's `method` on the same inputs and random state as the optimized `result`, which then serves
+        (upstream draws what the optimized path drew: the generator ends where upstream leaves it). On a mismatch
+        the buckets are rejected and the call is served by upstream, from the same random state."""
         started = time.perf_counter()
         rng.restore()
         with grad_mode():
-            expected = upstream()
+            expected = self.original[method](*args)
         try:
             for got, want in zip(_tensors(result), _tensors(expected), strict=True):
                 verify.compare(f"{self.name}: {method}", got, want, self.device)
@@ -213,9 +212,8 @@ class Stage:
 
 
 def _tensors(result: Any) -> list[torch.Tensor]:
-    """The tensors of a method's result: itself, or the items of a tuple (decode_encp's (features, ge)) or a list
-    (decode_rows' audio per row)."""
-    return [t for t in (result if isinstance(result, (tuple, list)) else (result,)) if isinstance(t, torch.Tensor)]
+    """The tensors of a method's result: itself, or the items of a tuple (decode_encp's (features, ge))."""
+    return [t for t in (result if isinstance(result, tuple) else (result,)) if isinstance(t, torch.Tensor)]
 
 
 def attach(stage: type[S], module: nn.Module, config: OptimizeConfig | None, options: dict[str, Any]) -> S:

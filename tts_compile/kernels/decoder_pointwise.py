@@ -25,8 +25,7 @@ def pointwise_reference(y: torch.Tensor, valid: torch.Tensor | None, slope: floa
                         residual: torch.Tensor | None = None, total: torch.Tensor | None = None, divisor: int = 1,
                         keep_sum: bool = True, activate: bool = True) -> Sums:
     """(s, h) for y (B, C, T): s = (y + bias[:, None] + residual + total) * (1 / divisor), rounded step by step; h =
-    leaky_relu(s, slope) at t < valid, 0 beyond; `valid` an integer tensor of one element, or one per batch item
-    (B,) (None without `activate`).
+    leaky_relu(s, slope) at t < valid, 0 beyond; `valid` a one-element integer tensor (None without `activate`).
     Either is None when not asked for (`keep_sum`, `activate`)."""
     s = y
     for term in (None if bias is None else bias[:, None], residual, total):
@@ -36,7 +35,7 @@ def pointwise_reference(y: torch.Tensor, valid: torch.Tensor | None, slope: floa
         s = s * (1 / divisor)  # what `s / divisor` computes on CUDA
     h = None
     if activate:
-        inside = torch.arange(s.size(-1), device=s.device) < valid.reshape(-1, 1, 1)
+        inside = torch.arange(s.size(-1), device=s.device) < valid.reshape(())
         h = torch.where(inside, F.leaky_relu(s, slope), 0.0)
     return (s if keep_sum else None), h
 

@@ -1,7 +1,6 @@
 """`pointwise` as one Triton pass over dense (B, C, T) tensors of one layout, seen as a (rows, columns) matrix: (B*T, C)
 channels-last, (B*C, T) contiguous, so the time index and the channel of an element come from its row or its column
-(no per-element integer division but the batch item's, for its valid length). Which terms and outputs exist are
-compile-time flags: one specialization each."""
+(no per-element integer division). Which terms and outputs exist are compile-time flags: one specialization each."""
 
 from __future__ import annotations
 
@@ -23,10 +22,10 @@ def _rounded_add(s, term):
 
 
 @triton.jit
-def _pointwise_kernel(y_ptr, bias_ptr, residual_ptr, total_ptr, s_ptr, h_ptr, valid_ptr, valid_stride, rows, cols,
-                      length, channels, slope, reciprocal, TIME_IN_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      HAS_RESIDUAL: tl.constexpr, HAS_TOTAL: tl.constexpr, DIVIDE: tl.constexpr,
-                      KEEP_SUM: tl.constexpr, ACTIVATE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _pointwise_kernel(y_ptr, bias_ptr, residual_ptr, total_ptr, s_ptr, h_ptr, valid_ptr, rows, cols, length, channels,
+                      slope, reciprocal, TIME_IN_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                      HAS_TOTAL: tl.constexpr, DIVIDE: tl.constexpr, KEEP_SUM: tl.constexpr, ACTIVATE: tl.constexpr,
+                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     inside = (r < rows)[:, None] & (c < cols)[None, :]
@@ -47,16 +46,13 @@ def _pointwise_kernel(y_ptr, bias_ptr, residual_ptr, total_ptr, s_ptr, h_ptr, va
         wide = s.to(tl.float32)
         h = tl.where(wide > 0, wide, wide * slope).to(s.dtype)
         t = (r % length)[:, None] if TIME_IN_ROWS else c[None, :]
-        item = r // length if TIME_IN_ROWS else r // channels
-        valid = tl.load(valid_ptr + item * valid_stride, mask=r < rows, other=0)[:, None]
-        tl.store(h_ptr + offsets, tl.where(t < valid, h, tl.zeros_like(h)), mask=inside)
+        tl.store(h_ptr + offsets, tl.where(t < tl.load(valid_ptr), h, tl.zeros_like(h)), mask=inside)
 
 
 def pointwise_triton(y: torch.Tensor, valid: torch.Tensor | None, slope: float, bias: torch.Tensor | None = None,
                      residual: torch.Tensor | None = None, total: torch.Tensor | None = None, divisor: int = 1,
                      keep_sum: bool = True, activate: bool = True) -> Sums:
-    """Outputs have y's strides; y, residual and total must be dense (B, C, T) tensors with y's strides; `valid` one
-    length, or one per batch item."""
+    """Outputs have y's strides; y, residual and total must be dense (B, C, T) tensors with y's strides."""
     stride = time_stride(y) if y.dim() == 3 else None
     if stride is None or any(t is not None and (t.shape != y.shape or t.stride() != y.stride())
                              for t in (residual, total)):
@@ -71,11 +67,11 @@ def pointwise_triton(y: torch.Tensor, valid: torch.Tensor | None, slope: float, 
     rows, cols = (batch * length, channels) if channels_last else (batch * channels, length)
     block_c = min(triton.next_power_of_2(cols), 256) if channels_last else CONTIGUOUS_COLUMNS
     grid = (triton.cdiv(rows, TILE // block_c), triton.cdiv(cols, block_c))
-    per_item = 0 if valid is None or valid.numel() == 1 else valid.stride(0)
     _pointwise_kernel[grid](y, y if bias is None else bias, y if residual is None else residual,
                             y if total is None else total, y if s is None else s, y if h is None else h,
-                            y if valid is None else valid, per_item, rows, cols, length, channels, slope, 1 / divisor,
-                            TIME_IN_ROWS=channels_last, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+                            y if valid is None else valid, rows,
+                            cols, length, channels, slope, 1 / divisor, TIME_IN_ROWS=channels_last,
+                            HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
                             HAS_TOTAL=total is not None, DIVIDE=divisor != 1, KEEP_SUM=keep_sum,
                             ACTIVATE=activate, BLOCK_R=TILE // block_c, BLOCK_C=block_c, num_warps=NUM_WARPS)
     return s, h

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-ENGINE_COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "steps", "renders", "rendered")
+ENGINE_COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "steps", "renders")
 ENGINE_GAUGES = ("requests", "queued", "rows", "max_rows")
 STAGE_COUNTERS = ("calls", "optimized", "eager", "fallbacks")
 
