@@ -9,7 +9,7 @@ mel space), one vocoder call, the audio cut back into segments. A job is a whole
 stream; its noise is its seed's alone (`seeded`). Each segment's audio then leaves as upstream's `audio_postprocess`
 hands it out (`fragment`): scaled to a peak of 1 where it exceeds it, then `fragment_interval` seconds of silence.
 (Decoding finished segments of several requests in one padded call was measured slower, not faster: the decode is
-compute-bound at these lengths on an H200; docs/lab-log.md.)
+compute-bound at these lengths on an H200; benchmarks/results/2026-12-06-h200-batched-renders.md.)
 """
 
 from __future__ import annotations
