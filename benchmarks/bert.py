@@ -13,33 +13,20 @@ Usage (repo root, GPU): GPT_SOVITS_HOME=upstream python benchmarks/bert.py --jso
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import logging
-import os
 import re
-from pathlib import Path
 
 import torch
 import transformers
 from common import setup, timed, write
 
 from tts_compile.gpt_sovits import optimize_bert
+from tts_compile.gpt_sovits.upstream import upstream_method
 from tts_compile.tools.client import TEXTS
 
 log = logging.getLogger("benchmarks.bert")
 PUNCTUATION = "。，、；：？！.,;:?!"
-
-
-def upstream_method() -> object:
-    """Upstream's `TextPreprocessor.get_bert_feature`, compiled from its checkout's source alone."""
-    path = Path(os.environ["GPT_SOVITS_HOME"]) / "GPT_SoVITS" / "TTS_infer_pack" / "TextPreprocessor.py"
-    [cls] = [n for n in ast.parse(path.read_text(encoding="utf-8")).body
-             if isinstance(n, ast.ClassDef) and n.name == "TextPreprocessor"]
-    [method] = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "get_bert_feature"]
-    namespace = {"torch": torch}
-    exec(compile(ast.Module([method], []), str(path), "exec"), namespace)  # noqa: S102 - upstream's own method
-    return namespace["get_bert_feature"]
 
 
 class Preprocessor:
@@ -67,7 +54,7 @@ def main() -> None:
     torch.manual_seed(0)
     reference = transformers.BertForMaskedLM(config).eval().to(device)
     model = copy.deepcopy(reference).to(dtype)
-    method = upstream_method()
+    method = upstream_method("TTS_infer_pack/TextPreprocessor.py", "TextPreprocessor", "get_bert_feature", torch=torch)
 
     class Upstream(Preprocessor):
         get_bert_feature = method

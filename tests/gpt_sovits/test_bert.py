@@ -5,9 +5,7 @@ features of `get_bert_feature` for mixed Chinese / English / digit text, or hand
 
 from __future__ import annotations
 
-import ast
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tts_compile.gpt_sovits.bert import LADDER, optimize_bert, restore_bert
+from tts_compile.gpt_sovits.upstream import upstream_method
 
 transformers = pytest.importorskip("transformers", reason="the BERT stage's tests need transformers")
 
@@ -116,15 +115,11 @@ def test_optimize_bert_names_what_an_object_lacks() -> None:
 def test_features_equal_upstreams_own_get_bert_feature(pretrained) -> None:
     """Upstream's `TextPreprocessor.get_bert_feature`, read from its checkout's source (the module itself imports
     the whole G2P stack and torchaudio), as the stand-in's method: optimized and as it is."""
-    path = Path(os.environ["GPT_SOVITS_HOME"]) / "GPT_SoVITS" / "TTS_infer_pack" / "TextPreprocessor.py"
-    [cls] = [n for n in ast.parse(path.read_text(encoding="utf-8")).body
-             if isinstance(n, ast.ClassDef) and n.name == "TextPreprocessor"]
-    [method] = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "get_bert_feature"]
-    namespace = {"torch": torch}
-    exec(compile(ast.Module([method], []), str(path), "exec"), namespace)  # noqa: S102 - upstream's own method
+    method = upstream_method("TTS_infer_pack/TextPreprocessor.py", "TextPreprocessor", "get_bert_feature",
+                             torch=torch)
 
     class Upstream(Frontend):
-        get_bert_feature = namespace["get_bert_feature"]
+        get_bert_feature = method
 
     frontend, plain = optimize_bert(Upstream(pretrained), **FAST), Upstream(pretrained)
     text = "今天天气很好abc123我们去公园吧"

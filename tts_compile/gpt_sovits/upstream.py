@@ -4,8 +4,10 @@ parity tests and the benchmarks; tts_compile itself never imports upstream."""
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 HOME = "GPT_SOVITS_HOME"
@@ -26,3 +28,16 @@ def use_upstream(root: str | os.PathLike | None = None) -> Path:
         if entry not in sys.path:
             sys.path.insert(0, entry)
     return path / "GPT_SoVITS"
+
+
+def upstream_method(module: str, cls: str, name: str, **names: object) -> Callable[..., object]:
+    """Upstream's method `cls.name` from its checkout's source file `module` (relative to `GPT_SoVITS/`), compiled
+    alone with `names` as its globals: for a method whose module imports more than its own body needs (upstream's
+    TextPreprocessor imports the whole G2P stack and torchaudio)."""
+    path = use_upstream() / module
+    [owner] = [n for n in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef) and
+               n.name == cls]
+    [method] = [n for n in owner.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    namespace = dict(names)
+    exec(compile(ast.Module([method], []), str(path), "exec"), namespace)  # noqa: S102 - upstream's own method
+    return namespace[name]
