@@ -137,7 +137,7 @@ class Server:
     async def stream(self, handle: Handle, pieces: tuple[torch.Tensor, AsyncIterator],
                      media_type: str) -> AsyncIterator[bytes]:
         """A stream's bytes: for wav a header first, then each segment's PCM as it comes (raw: the PCM; ogg: an Ogg
-        stream per segment); the request is cancelled if the client goes away."""
+        stream per segment; aac: its ADTS frames); the request is cancelled if the client goes away."""
         first, rest = pieces
         try:
             if media_type == "wav":
@@ -150,8 +150,8 @@ class Server:
 
     @staticmethod
     async def encoded(chunk: torch.Tensor, rate: int, media_type: str) -> bytes:
-        if media_type == "ogg":
-            return await run_in_threadpool(encode, chunk, rate, "ogg")
+        if media_type in ("ogg", "aac"):
+            return await run_in_threadpool(encode, chunk, rate, media_type)
         return pcm16(chunk)
 
     # ------------------------------------------------------------------------------------------------ OpenAI
