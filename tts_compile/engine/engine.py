@@ -13,9 +13,9 @@ bucket is captured before the engine reports ready.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
@@ -67,8 +67,7 @@ class Engine:
         self._cv = threading.Condition()
         self._closing = False
         self._draining = False  # no new requests; those held finish
-        self._renders: list[tuple[int, int, Job | None]] = []  # a heap: (priority, order, job or None to stop)
-        self._renders_cv = threading.Condition()
+        self._renders: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()  # None: stop
         self._render_order = itertools.count()
         started = time.perf_counter()
         self._warm_up()
@@ -128,10 +127,8 @@ class Engine:
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        with self._renders_cv:
-            for _ in range(self.config.render_workers):
-                heapq.heappush(self._renders, (STOP, next(self._render_order), None))
-            self._renders_cv.notify_all()
+        for _ in range(self.config.render_workers):
+            self._renders.put((STOP, next(self._render_order), None))
         for thread in self._threads:
             thread.join(timeout)
         for handle in list(self._handles.values()):
@@ -276,19 +273,12 @@ class Engine:
         segment's own seed)."""
         seed = row_seed(request.seed, indices[0]) if request.stream else request.seed
         priority = FIRST if request.stream and indices == (0,) else NEXT
-        with self._renders_cv:
-            heapq.heappush(self._renders, (priority, next(self._render_order), Job(request, indices, seed)))
-            self._renders_cv.notify()
+        self._renders.put((priority, next(self._render_order), Job(request, indices, seed)))
 
     def _render_loop(self) -> None:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-            while True:
-                with self._renders_cv:
-                    self._renders_cv.wait_for(lambda: self._renders)
-                    _, _, job = heapq.heappop(self._renders)
-                if job is None:
-                    return
+            while (job := self._renders.get()[2]) is not None:
                 try:
                     self._render_job(job)
                 except Exception as exc:  # noqa: BLE001 - this request fails, the worker and the engine go on
@@ -297,7 +287,8 @@ class Engine:
                     self._finish(job.request, error=exc)
 
     def _render_job(self, job: Job) -> None:
-        """Render the job's segments and deliver them."""
+        """Render the job's segments, each followed by its silence, and deliver them: the request's result, or a
+        stream's piece (the result once its last piece is in, in order)."""
         request = job.request
         if request.expired(time.monotonic()):  # cancelled, late, or ended already (then a no-op)
             self._finish(request, error=request.stopped())
@@ -308,25 +299,15 @@ class Engine:
         with self._cv:
             self.counters["renders"] += 1
             self.counters["render_s"] += time.perf_counter() - started
-        for index, audio in zip(job.indices, host):
-            self._deliver(request, index, fragment(audio, request.params.fragment_interval, self.version.sample_rate))
-
-    def _deliver(self, request: Request, index: int, audio: torch.Tensor) -> None:
-        """Segment `index`'s audio: a stream's next piece (handed out in order), or kept until its request has every
-        segment's; the request's result once it is complete."""
-        count = len(request.segments)
-        if request.stream:
-            with self._cv:
-                handle = self._handles.get(request.id)
-            if handle is not None and handle.deliver(index, audio) == count:
-                self._finish(request, result=(torch.cat(handle.delivered()), self.version.sample_rate))
+        rate = self.version.sample_rate
+        fragments = [fragment(audio, request.params.fragment_interval, rate) for audio in host]
+        if not request.stream:
+            self._finish(request, result=(torch.cat(fragments), rate))
             return
         with self._cv:
-            request.pieces[index] = audio
-            complete = len(request.pieces) == count
-        if complete:
-            self._finish(request, result=(torch.cat([request.pieces[i] for i in range(count)]),
-                                          self.version.sample_rate))
+            handle = self._handles.get(request.id)
+        if handle is not None and handle.deliver(job.indices[0], fragments[0]) == len(request.segments):
+            self._finish(request, result=(torch.cat(handle.delivered()), rate))
 
     def _finish(self, request: Request, result: tuple[torch.Tensor, int] | None = None,
                 error: BaseException | None = None) -> None:

@@ -138,7 +138,6 @@ class Request:
     status: Status = Status.QUEUED
     next_segment: int = 0  # segments before it have rows (or are done)
     tokens: dict[int, list[int]] = field(default_factory=dict)  # segment -> its semantic tokens, once done
-    pieces: dict[int, torch.Tensor] = field(default_factory=dict)  # segment -> its audio, once rendered
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
