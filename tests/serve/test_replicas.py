@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,6 +57,11 @@ def test_requests_spread_over_the_replicas_and_a_voice_is_everyones(deployment) 
         assert all(isinstance(a, httpx.Response) and a.status_code == 200 for a in answers), answers
         assert len({a.headers[HEADER] for a in answers}) == 2
         assert len({a.content for a in answers}) == 1  # the same seed and voice: the same audio on either replica
+        body = {"ref_audio_path": "alice/ref.wav", "prompt_lang": "zh", "prompt_text": "你好。", "text_lang": "zh",
+                "text": "今天天气很好！我们去公园吧。", "streaming_mode": 1}
+        with client.stream("POST", "/tts", json=body) as streamed:  # through Serve's proxy, piece by piece
+            pieces = [piece for piece in streamed.iter_bytes() if piece]
+        assert streamed.status_code == 200 and pieces[0][:4] == b"RIFF" and sum(map(len, pieces)) > 44
         switch = client.get("/set_gpt_weights", headers=AUTH, params={"weights_path": __file__})
         assert switch.status_code == 501 and "--replicas" in switch.json()["message"]
 
@@ -98,3 +104,9 @@ def test_the_serve_deploy_config_names_a_builder_that_takes_its_args(tmp_path) -
     assert replicas.app(args) is not None
     with pytest.raises(ValueError, match="args \\['replica'\\] are not supported"):
         replicas.app({"replica": 2})
+
+
+def test_the_single_process_server_never_imports_ray() -> None:
+    done = subprocess.run([sys.executable, "-c", "import sys, tts_compile.serve, tts_compile.tools.cli; "
+                           "assert 'ray' not in sys.modules"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
