@@ -42,7 +42,7 @@ class Capped:
         self.engine, self.caps = engine, caps
 
     def submit(self, voice, segments, params: Params | None = None, stream: bool = False):
-        params = replace(params or Params(), max_tokens=self.caps[id(segments[0])])
+        params = replace(params or Params(), max_tokens=self.caps[id(segments[0])], fragment_interval=0.0)
         return self.engine.submit(voice, segments, params, stream)
 
     def __getattr__(self, name: str):
