@@ -6,16 +6,18 @@ frontend, voices drawn from the reference's bytes (noise, but every stage and en
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
 import threading
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from ..core.config import load_config
 from ..core.guard import InputError
 from ..engine import Engine, EngineConfig, Segment, Voice, stand_ins
 from ..gpt_sovits.bert import optimize_bert
@@ -93,9 +95,9 @@ class Pipeline(Backend):
     def __init__(self, tts: Any, config: EngineConfig | None = None,
                  methods: tuple[str, ...] | None = None, drain_s: float = 300.0) -> None:
         super().__init__()
-        self.frontend, self.config, self.drain_s = PipelineFrontend(tts), config, drain_s
-        if (config or EngineConfig()).bert:
-            attach_or_leave("serve", "BERT", optimize_bert, lambda: tts.text_preprocessor, config or EngineConfig())
+        self.frontend, self.config, self.drain_s = PipelineFrontend(tts), config or EngineConfig(), drain_s
+        if self.config.bert:
+            attach_or_leave("serve", "BERT", optimize_bert, lambda: tts.text_preprocessor, self.config)
         self.version, self.languages = self.frontend.version, self.frontend.languages
         self.split_methods = methods or split_methods()
         self.engine = Engine.from_pipeline(tts, config)
@@ -174,6 +176,17 @@ class StandIns(Backend):
     def timbre(self, ref_audio: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
         voice = self.voice(ref_audio, "timbre", "")
         return voice.refer[0], None if voice.sv_emb is None else voice.sv_emb[0]
+
+
+def builder(config_path: str | None, version: str = "v2ProPlus", queue_size: int | None = None) -> Callable[[], Backend]:
+    """How the serve command (and each Ray Serve replica) builds its backend: upstream's pipeline from the
+    `tts_infer.yaml` at `config_path` (its `tts_compile:` section read now: ConfigError for a bad one), or without
+    one the stand-in models of `version` on the CPU."""
+    queue = {} if queue_size is None else {"queue_size": queue_size}
+    if config_path is not None:
+        return functools.partial(Pipeline.from_config, config_path,
+                                 load_config(config_path, config_class=EngineConfig, **queue))
+    return functools.partial(StandIns, version, EngineConfig(compile_mode="eager", max_rows=8, **queue))
 
 
 class SharedLock:

@@ -12,7 +12,6 @@ single-process server never imports this module.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -26,7 +25,7 @@ from ray import serve
 from starlette.requests import Request
 
 from .app import Settings, create_app
-from .backend import Backend
+from .backend import Backend, builder
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +72,12 @@ def app(args: dict[str, Any]) -> Any:
     configs/ray_serve.yaml). `args`: `config` (upstream's tts_infer.yaml; absent: the stand-in models), `voices_dir`
     (shared by the replicas), `api_key` (default $TTS_COMPILE_API_KEY), `replicas`, `max_replicas`, `gpus` per
     replica (default 1 with a config, 0 without)."""
-    from ..core.config import load_config
-    from ..engine import EngineConfig
-    from .backend import Pipeline, StandIns
-
     unknown = set(args) - {"config", "voices_dir", "api_key", "replicas", "max_replicas", "gpus"}
     if unknown:
         raise ValueError(f"args {sorted(unknown)} are not supported: expected config, voices_dir, api_key, replicas, "
                          "max_replicas, gpus")
     path = args.get("config")
-    if path is not None:
-        build = functools.partial(Pipeline.from_config, path, load_config(path, config_class=EngineConfig))
-    else:
-        build = functools.partial(StandIns, "v2ProPlus", EngineConfig(compile_mode="eager", max_rows=8))
+    build = builder(path)
     settings = Settings(Path(args.get("voices_dir", "voices")), exposed=True,
                         api_key=args.get("api_key") or os.environ.get("TTS_COMPILE_API_KEY"))
     return deploy(settings, build, int(args.get("replicas", 1)), args.get("max_replicas"),

@@ -201,16 +201,15 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    import functools
     import os
     from pathlib import Path
 
     try:
-        from ..serve import Pipeline, Settings, StandIns, serve
+        from ..serve import Settings, serve
+        from ..serve.backend import builder
     except ImportError as exc:
         raise SystemExit(f"serve needs the serve extra ({exc.name} is missing): pip install 'tts-compile[serve]'")
-    from ..core.config import ConfigError, load_config
-    from ..engine import EngineConfig
+    from ..core.config import ConfigError
 
     if not args.request_timeout > 0:
         raise SystemExit(f"serve: --request-timeout {args.request_timeout}: expected seconds > 0")
@@ -218,20 +217,15 @@ def _run_serve(args: argparse.Namespace) -> int:
                         max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_mib * 2**20,
                         request_timeout_s=args.request_timeout, voice_cache_mib=args.voice_cache_mib,
                         exposed=args.host not in ("127.0.0.1", "localhost", "::1"))
-    if args.config is not None:
-        if not Path(args.config).is_file():
-            raise SystemExit(f"serve: --config {args.config}: no such file")
-        queue = {} if args.queue_size is None else {"queue_size": args.queue_size}
-        try:
-            config = load_config(args.config, config_class=EngineConfig, **queue)
-        except ConfigError as exc:
-            raise SystemExit(f"serve: --config {args.config}: {exc}") from None
-        build = functools.partial(Pipeline.from_config, args.config, config)
-    else:
-        config = EngineConfig(compile_mode="eager", queue_size=args.queue_size or EngineConfig.queue_size, max_rows=8)
+    if args.config is not None and not Path(args.config).is_file():
+        raise SystemExit(f"serve: --config {args.config}: no such file")
+    try:
+        build = builder(args.config, args.version, args.queue_size)
+    except ConfigError as exc:
+        raise SystemExit(f"serve: --config {args.config}: {exc}") from None
+    if args.config is None:
         logger.info("serve: no --config: the built-in stand-in models (random weights, CPU): every route runs, the "
                     "audio is noise")
-        build = functools.partial(StandIns, args.version, config)
     if args.replicas is None:
         if args.max_replicas is not None:
             raise SystemExit("serve: --max-replicas needs --replicas")
