@@ -13,6 +13,7 @@ bucket is captured before the engine reports ready.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import queue
@@ -30,7 +31,7 @@ from ..gpt_sovits.t2s import CHECK_EVERY
 from ..gpt_sovits.versions import Version
 from ..gpt_sovits.versions import version as version_of
 from .config import EngineConfig
-from .render import CFMRenderer, DecodeRenderer, Job, Renderer, fragment
+from .render import Job, Renderer, fragment, render_cfm, render_decode
 from .request import Cancelled, EngineClosed, Handle, Params, QueueFull, Request, Segment, Status, Voice, new_request
 from .sampling import row_seed
 from .scheduler import schedule
@@ -338,18 +339,20 @@ class Engine:
         from ..vocoder import OptimizedVocoder, optimize_vocoder
 
         config = (config or EngineConfig()).replace(**options)
-        shape = version_of(version)
+        shape, device = version_of(version), next(vits.parameters()).device
         stages = {}
         if config.sovits:
             stages["sovits"] = attach_or_leave("engine", "SoVITS", optimize_sovits, lambda: vits, config)
         if shape.renderer == "decode":
-            return cls(t2s_model, DecodeRenderer(vits), shape, config, _present(stages))
+            return cls(t2s_model, Renderer(functools.partial(render_decode, vits), device), shape, config,
+                       _present(stages))
         if config.cfm:
             stages["cfm"] = attach_or_leave("engine", "CFM", optimize_cfm, lambda: vits.cfm, config)
         if not isinstance(vocoder, OptimizedVocoder):
             vocoder = optimize_vocoder(vocoder, config=config)
         stages["vocoder"] = vocoder.optimizer
-        return cls(t2s_model, CFMRenderer(vits, vocoder, shape), shape, config, _present(stages))
+        return cls(t2s_model, Renderer(functools.partial(render_cfm, vits, vocoder, shape), device), shape, config,
+                   _present(stages))
 
     @classmethod
     def from_pipeline(cls, tts: Any, config: EngineConfig | None = None, **options: Any) -> "Engine":

@@ -1,8 +1,8 @@
 """Rendering: a finished request's tokens into audio, by version, through the (optimized) upstream modules.
 
-v1-v2ProPlus (`DecodeRenderer`): one `SynthesizerTrn.decode` of all the job's segments' tokens and phones with the
+v1-v2ProPlus (`render_decode`): one `SynthesizerTrn.decode` of all the job's segments' tokens and phones with the
 voice's references, the audio cut back into segments where their tokens meet (upstream's parallel path). v3/v4
-(`CFMRenderer`): `decode_encp` of the voice's prompt and of every segment, the features cut into CFM windows of the
+(`render_cfm`): `decode_encp` of the voice's prompt and of every segment, the features cut into CFM windows of the
 version's length with the prompt's features and mel in front and `OVERLAP` frames shared by neighbours, all of a
 job's windows in one batched `cfm.inference`, the windows' mels joined (the shared frames cross-faded linearly, in
 mel space), one vocoder call, the audio cut back into segments. A job is a whole request, or one segment of a
@@ -14,9 +14,8 @@ compute-bound at these lengths on an H200; benchmarks/results/2026-12-06-h200-ba
 
 from __future__ import annotations
 
-import abc
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,12 +45,17 @@ class Job:
                 [request.tokens[i] for i in self.indices])
 
 
-class Renderer(abc.ABC):
-    """Turns a job into its segments' audio, each (samples,) on the models' device."""
+class Renderer:
+    """Turns a job into its segments' audio, each (samples,) on `device`: `audio(voice, params, segments, tokens)`
+    (`render_decode` or `render_cfm`) under `seeded`, so the job's noise is its seed's alone."""
 
-    @abc.abstractmethod
+    def __init__(self, audio: Callable[[Voice, Params, list[Segment], list[list[int]]], list[torch.Tensor]],
+                 device: torch.device) -> None:
+        self.audio, self.device = audio, device
+
     def render(self, job: Job) -> list[torch.Tensor]:
-        """The audio of each of the job's segments."""
+        with seeded(job.seed, self.device):
+            return self.audio(*job.inputs)
 
 
 @contextlib.contextmanager
@@ -70,30 +74,6 @@ def fragment(audio: torch.Tensor, interval: float, sample_rate: int) -> torch.Te
     if peak > 1:
         audio = audio / peak
     return torch.cat([audio, audio.new_zeros(int(sample_rate * interval))])
-
-
-class DecodeRenderer(Renderer):
-    """v1-v2ProPlus: `render_decode` under `seeded`."""
-
-    def __init__(self, vits: nn.Module) -> None:
-        self.vits = vits
-        self.device = next(vits.parameters()).device
-
-    def render(self, job: Job) -> list[torch.Tensor]:
-        with seeded(job.seed, self.device):
-            return render_decode(self.vits, *job.inputs)
-
-
-class CFMRenderer(Renderer):
-    """v3/v4: `render_cfm` under `seeded`."""
-
-    def __init__(self, vits: nn.Module, vocoder: nn.Module, version: Version) -> None:
-        self.vits, self.vocoder, self.version = vits, vocoder, version
-        self.device = next(vits.parameters()).device
-
-    def render(self, job: Job) -> list[torch.Tensor]:
-        with seeded(job.seed, self.device):
-            return render_cfm(self.vits, self.vocoder, self.version, *job.inputs)
 
 
 def render_decode(vits: nn.Module, voice: Voice, params: Params, segments: Sequence[Segment],

@@ -178,7 +178,8 @@ class StandIns(Backend):
         return voice.refer[0], None if voice.sv_emb is None else voice.sv_emb[0]
 
 
-def builder(config_path: str | None, version: str = "v2ProPlus", queue_size: int | None = None) -> Callable[[], Backend]:
+def builder(config_path: str | None, version: str = "v2ProPlus",
+            queue_size: int | None = None) -> Callable[[], Backend]:
     """How the serve command (and each Ray Serve replica) builds its backend: upstream's pipeline from the
     `tts_infer.yaml` at `config_path` (its `tts_compile:` section read now: ConfigError for a bad one), or without
     one the stand-in models of `version` on the CPU."""
