@@ -182,23 +182,25 @@ def test_unusual_batches_go_to_upstreams_methods() -> None:
     assert stats["eager"] == 2 and stats["optimized"] == 0
 
 
-def _streamed(model, inputs, seed: int, **kwargs) -> tuple[list, torch.Tensor]:
-    """The chunks of `infer_panel_naive(streaming_mode=True)` (tokens as lists), and the next number the generator
-    gives (the same draws -> the same number)."""
+def _streamed(model, inputs, seed: int, draws: bool = False, **kwargs) -> tuple[list, torch.Tensor]:
+    """The chunks of `infer_panel_naive(streaming_mode=True)` (tokens as lists; with `draws`, each followed by a draw
+    of the consumer's, as `TTS.run`'s `decode_streaming` draws its noise), and the next number the generator gives
+    (the same draws -> the same number)."""
     phones, prompts, bert = inputs
     torch.manual_seed(seed)
-    chunks = [(None if c is None else (c.dtype, c.tolist()), last)
+    chunks = [(None if c is None else (c.dtype, c.tolist()), last, torch.rand(1) if draws else None)
               for c, last in model.infer_panel_naive(phones, None, prompts, bert, streaming_mode=True, **kwargs)]
     return chunks, torch.rand(2)
 
 
 @settings(max_examples=12, deadline=None)
 @given(chunk_length=st.integers(0, 30), stop=st.integers(1, 70), mute=st.booleans(), prompt=st.booleans(),
-       top_k=st.sampled_from([1, 3, 15]))
-def test_streaming_gives_the_models_own_chunks(chunk_length, stop, mute, prompt, top_k) -> None:
+       top_k=st.sampled_from([1, 3, 15]), draws=st.booleans())
+def test_streaming_gives_the_models_own_chunks(chunk_length, stop, mute, prompt, top_k, draws) -> None:
     """api_v2's streaming modes through the static-cache decode (read every CHECK_EVERY steps): the same chunks,
     cut where the model's own streaming decode cuts them (fixed length, or at mute-like tokens), the same last
-    chunk at a stop inside a round, and the generator left where the model's own stream leaves it."""
+    chunk at a stop inside a round, and the generator left where the model's own stream leaves it, also when the
+    consumer draws between chunks (the steps after a cut inside a round are redone after its draws)."""
     model = build_t2s()
     phones, prompts, bert = _inputs(6, 5, seed=chunk_length)
     inputs = (phones, prompts if prompt else None, bert)
@@ -206,11 +208,13 @@ def test_streaming_gives_the_models_own_chunks(chunk_length, stop, mute, prompt,
     if mute:
         gen = torch.Generator().manual_seed(stop)
         kwargs.update(mute_emb_sim_matrix=torch.rand(model.EOS + 1, generator=gen), chunk_split_thershold=0.5)
-    expected = _streamed(model, inputs, 3, **kwargs)
+    expected = _streamed(model, inputs, 3, draws, **kwargs)
     optimize_t2s(model, **EAGER)
-    got = _streamed(model, inputs, 3, **kwargs)
-    assert got[0] == expected[0] and torch.equal(got[1], expected[1])
-    assert expected[0][-1][1] and not any(last for _, last in expected[0][:-1])
+    got = _streamed(model, inputs, 3, draws, **kwargs)
+    assert len(got[0]) == len(expected[0]) and torch.equal(got[1], expected[1])
+    for (chunk, last, draw), (want, want_last, want_draw) in zip(got[0], expected[0]):
+        assert chunk == want and last == want_last and (draw is None or torch.equal(draw, want_draw))
+    assert expected[0][-1][1] and not any(last for _, last, _ in expected[0][:-1])
     stats = model.tts_compile.optimization_stats()
     assert stats["optimized"] == 1 and stats["eager"] == 0
 

@@ -29,8 +29,9 @@ without it, so every draw has upstream's shape.
 Scope: api_v2's requests of any `batch_size`, with a prompt or without (upstream decodes prompt-free rows one by
 one through `infer_panel_naive`), and its streaming modes 2 and 3 (`infer_panel_naive(streaming_mode=True)`): one
 row decoded in rounds on a cache of its own, its tokens read once a round and cut into upstream's chunks by
-`chunks.Chunker`, nothing held between chunks but that cache (a second stream open at once goes to upstream). A
-request whose prefix and steps outgrow the largest KV capacity or the audio position table goes to upstream's own
+`chunks.Chunker`, the steps after a cut inside a round redone once the caller has the chunk (so its draws, such as
+`decode_streaming`'s noise, come where they come in upstream's loop), nothing held between chunks but that cache (a
+second stream open at once goes to upstream). A request whose prefix and steps outgrow the largest KV capacity or the audio position table goes to upstream's own
 methods (the accelerator stays on).
 
 Verified before it serves: the first call of each rows bucket runs a probe first, a greedy decode of a random request
@@ -279,7 +280,10 @@ class T2SAccelerator(Stage):
 
     def _stream(self, x, prompts, bert, args: tuple, chunker: Chunker) -> Iterator[tuple[torch.Tensor | None, bool]]:
         """One row decoded in rounds on the stage's stream cache (one stream at a time: others go to upstream), each
-        round under `DRAWS` and the decode lock, none of them held while the caller has a chunk."""
+        round under `DRAWS` and the decode lock, none of them held while the caller has a chunk. A chunk cut inside a
+        round has the steps after it undone before it is handed out: what the caller draws with it (upstream's
+        `decode_streaming` draws its noise) comes where it comes in upstream's loop, and the steps after it draw
+        after it."""
         top_k, top_p, early_stop_num, temperature, penalty = args[4:]
         sampling = Sampling(int(top_k), float(top_p), float(temperature), float(penalty))
         dtype = torch.int32 if prompts is None else prompts.dtype  # upstream's y: prompt-free decodes are int32
@@ -287,23 +291,57 @@ class T2SAccelerator(Stage):
             with DRAWS, self._decode_lock, torch.inference_mode():
                 self.follow_weights()
                 self._verify_rows(1, bert.dtype)
-            rounds = self._rounds([x[0]], prompts, [bert[0]], x.shape[1], sampling, int(early_stop_num), stream=True)
-            done, end = 0, None
-            while end is None:
+            rounds = self._stream_rounds(x, prompts, bert, sampling, int(early_stop_num))
+            done, chunks = 0, []
+            while not chunks or not chunks[-1][1]:
                 with DRAWS, self._decode_lock, torch.inference_mode():
-                    try:
-                        new = next(rounds)[done:].tolist()
-                    except StopIteration as stop:
-                        [(tokens, idx, eos)] = stop.value
-                        new, end = tokens[done: idx + 1].tolist(), (idx, eos)
-                chunks = [chunk for i, token in enumerate(new) for chunk in chunker.step(
-                    token, end is not None and done + i == end[0], end is not None and end[1])]
-                done += len(new)
+                    tokens, end = next(rounds)
+                    new, chunks, read = tokens[done:].tolist(), [], len(tokens)
+                    for token in new:
+                        stop = end is not None and done == end[0]
+                        chunks, done = chunker.step(token, stop, stop and end[1]), done + 1
+                        if chunks:
+                            break
+                    if done < read:  # cut inside the round
+                        rounds.send(done)
                 for chunk, last in chunks:
                     yield (None if chunk is None else torch.tensor([chunk], dtype=dtype, device=x.device)), last
         finally:
             with self._decode_lock:
                 self._streaming_now = False
+
+    def _stream_rounds(self, x, prompts, bert, sampling: Sampling, early_stop_num: int):
+        """The one-row decode of a stream, a generator: after each round of steps (one host sync) it yields (the
+        tokens so far (a view, valid until the next round), (idx, stopped on EOS) once it stopped, else None). Sent
+        a step count inside the round, it undoes the steps after it (buffers and generator restored, the steps up to
+        it run again) and yields None; the next round starts there."""
+        last = _steps(early_stop_num) - 1
+        state = self._prefill([x[0]], prompts, [bert[0]], x.shape[1], last + 1, stream=True)
+        step = 0
+        while True:
+            rng, start, saved = RngState(x.device), step, state.snapshot()
+            for _ in range(min(CHECK_EVERY, last + 1 - step)):
+                self._step(state, sampling, step, 1)
+                step += 1
+            self.guard.count("steps", step - start)
+            self.guard.count("syncs")
+            flags = state.eos[0, start:step].cpu()
+            hits, end = flags.nonzero(), None
+            if len(hits) or step > last:
+                stop = start + int(hits[0]) if len(hits) else last
+                end = (stop, bool(flags[stop - start]))
+                self._rewind(rng, state, start, stop, 1)
+            cut = yield state.tokens[0, : step if end is None else end[0] + 1], end
+            if cut is None and end is not None:
+                return
+            if cut is not None:
+                state.restore(saved)
+                rng.restore()
+                for redo in range(start, cut):
+                    self._step(state, sampling, redo, 1)
+                self.guard.count("redone", cut - start)
+                step = cut
+                yield None
 
     def _run(self, x, prompts, bert, width, top_k, top_p, early_stop_num, temperature,
              penalty) -> list[tuple[torch.Tensor, int, bool]]:
@@ -367,23 +405,12 @@ class T2SAccelerator(Stage):
                 hook.remove()
         return compare_logits(ours, theirs, rows, device)
 
-    def _decode(self, *args, **kwargs) -> list[tuple[torch.Tensor, int, bool]]:
-        """Per row (tokens, idx, stopped on EOS): `_rounds` run to the end."""
-        rounds = self._rounds(*args, **kwargs)
-        while True:
-            try:
-                next(rounds)
-            except StopIteration as end:
-                return end.value
-
-    def _rounds(self, x, prompts, bert, width: int, sampling: Sampling, early_stop_num: int,
-                record: list[torch.Tensor] | None = None, stream: bool = False):
-        """The decode, a generator: after each round of steps (one host sync) it yields the first row's tokens so far
-        (a view, valid until the next round), and it returns per row (tokens, idx, stopped on EOS). With `record`,
-        the logits before every step are appended to it (the probe: one host sync per step); `stream`: on the
-        streams' cache."""
+    def _decode(self, x, prompts, bert, width: int, sampling: Sampling, early_stop_num: int,
+                record: list[torch.Tensor] | None = None) -> list[tuple[torch.Tensor, int, bool]]:
+        """The decode in rounds of steps (one host sync each): per row (tokens, idx, stopped on EOS). With `record`,
+        the logits before every step are appended to it (the probe: one host sync per step)."""
         last = _steps(early_stop_num) - 1
-        state = self._prefill(x, prompts, bert, width, last + 1, stream)
+        state = self._prefill(x, prompts, bert, width, last + 1)
         alive, ends, step = list(range(len(x))), {}, 0
         while alive:
             rng, start, saved = RngState(x[0].device), step, state.snapshot() if len(alive) > 1 else None
@@ -397,7 +424,6 @@ class T2SAccelerator(Stage):
             flags = state.eos[alive, start:step].cpu()
             hits = flags.any(dim=0).nonzero()
             if not len(hits) and step <= last:
-                yield state.tokens[0, :step]
                 continue
             stop = start + int(hits[0]) if len(hits) else last
             stopped = [row for row, flag in zip(alive, flags[:, stop - start].tolist()) if flag or stop == last]
@@ -414,7 +440,6 @@ class T2SAccelerator(Stage):
             alive = [row for row in alive if row not in ends]
             state.alive[: len(alive)].copy_(torch.tensor(alive))
             step = stop + 1
-            yield state.tokens[0, :step]
         tokens = state.tokens[: len(x)].clone()
         return [(tokens[row, : ends[row][0] + 1], *ends[row]) for row in range(len(x))]
 

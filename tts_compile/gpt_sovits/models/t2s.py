@@ -80,19 +80,16 @@ class T2SModel(nn.Module):
                           temperature=1.0, repetition_penalty=1.35, **kwargs) -> Iterator[tuple[torch.Tensor, int]]:
         """Yields `(prompt + tokens (1, L), idx)` once: the EOS token dropped, or every token at early stop / cap.
         Without a prompt (upstream's prompt-free decode) the tokens are int32 and idx is 0."""
-        tokens, idx, eos = self._decode(x, prompts, bert_feature, top_k, top_p, early_stop_num, temperature,
-                                        repetition_penalty)
-        if kwargs.get("streaming_mode"):  # upstream's chunks of the same tokens (`chunks.Chunker`)
-            prefix = 0 if prompts is None else prompts.shape[1]
-            chunker = Chunker(tokens[0, :prefix].tolist(), kwargs.get("chunk_length", 24),
+        steps = self._steps(x, prompts, bert_feature, top_k, top_p, early_stop_num, temperature, repetition_penalty)
+        if kwargs.get("streaming_mode"):  # upstream's chunks (`chunks.Chunker`), each one as soon as it is cut
+            chunker = Chunker([] if prompts is None else prompts[0].tolist(), kwargs.get("chunk_length", 24),
                               kwargs.get("mute_emb_sim_matrix"), kwargs.get("chunk_split_thershold", THRESHOLD))
-            generated = tokens[0, prefix:].tolist()
-            for i, token in enumerate(generated):
-                last = i + 1 == len(generated)
-                for chunk, final in chunker.step(token, last, eos and last):
+            for tokens, _, stop, eos in steps:
+                for chunk, final in chunker.step(int(tokens[0, -1]), stop, eos):
                     yield (None if chunk is None else torch.tensor([chunk], dtype=tokens.dtype,
                                                                    device=tokens.device)), final
             return
+        *_, (tokens, idx, _, eos) = steps
         yield tokens[:, :-1] if eos else tokens, 0 if prompts is None else idx
 
     def infer_panel(self, *args, **kwargs) -> tuple[torch.Tensor, int]:
@@ -135,7 +132,8 @@ class T2SModel(nn.Module):
     def _text(self, x: torch.Tensor, bert: torch.Tensor) -> torch.Tensor:
         return self.ar_text_position(self.ar_text_embedding(x) + self.bert_proj(bert.transpose(1, 2)))
 
-    def _decode(self, x, prompts, bert, top_k, top_p, early_stop_num, temperature, penalty):
+    def _steps(self, x, prompts, bert, top_k, top_p, early_stop_num, temperature, penalty):
+        """The one-row decode, step by step: (prompt + tokens so far (1, L), idx, stopped, on EOS) after each."""
         text = self._text(x, bert)
         y = prompts if prompts is not None else torch.zeros(x.shape[0], 0, dtype=torch.int, device=x.device)
         n_text, prefix = text.shape[1], y.shape[1]
@@ -148,9 +146,9 @@ class T2SModel(nn.Module):
             y = torch.cat((y, token), dim=1)
             stop = (early_stop_num != -1 and y.shape[1] - prefix > early_stop_num) or idx == MAX_STEPS - 1
             eos = bool(torch.argmax(logits, dim=-1)[0] == self.EOS or token[0, 0] == self.EOS)
+            yield y, idx, stop or eos, eos
             if stop or eos:
-                return y, idx, eos
-        raise AssertionError("unreachable: the loop stops at the cap")
+                return
 
     def _last_logits(self, xy: torch.Tensor, n_text: int, padding: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the last row; text rows see the text, audio rows the text and the audio up to themselves; no
