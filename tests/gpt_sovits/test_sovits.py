@@ -53,6 +53,39 @@ def test_staged_decode_equals_decode(version, tokens, phones, refs, speed, noise
 
 
 @settings(max_examples=15, deadline=None)
+@given(version=st.sampled_from(["v1", "v2", "v2ProPlus"]), tokens=st.integers(1, 70), phones=st.integers(1, 40),
+       result=st.one_of(st.none(), st.integers(0, 80)), overlap=st.integers(0, 4), speed=st.sampled_from([1, 0.8, 1.25]))
+def test_staged_decode_streaming_equals_decode_streaming(version, tokens, phones, result, overlap, speed) -> None:
+    """A stream's chunk (TTS.run's calls: the last chunk + overlap tokens of the codes so far, the first frames
+    crossfaded with the previous chunk's latent), result lengths past the codes (upstream keeps them all) included."""
+    config = VITSConfig(version=version)
+    model = optimize_sovits(build_vits(config, seed=1), **FAST)
+    kept = 2 * (min(tokens, result) if result else tokens)
+    previous = torch.randn(1, config.hidden, min(2 * overlap, kept), generator=torch.Generator().manual_seed(tokens))
+    kwargs = {**_request(version, tokens, phones, None), "speed": speed, "result_length": result,
+              "overlap_frames": previous if overlap else None, "padding_length": 0}
+    got, got_next = _seeded(model.decode_streaming, **kwargs)
+    expected, expected_next = _seeded(build_vits(config, seed=1).decode_streaming, **kwargs)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.shape == theirs.shape
+        assert float((mine - theirs).abs().max()) <= PADDED
+    assert torch.equal(got_next, expected_next)
+    assert model.tts_compile.optimization_stats()["optimized"] == 1
+
+
+def test_decode_streaming_calls_the_staged_path_cannot_take_go_to_upstream() -> None:
+    """A padding length (TTS.run passes 0) or an overlap longer than the kept frames: upstream's own method."""
+    config = VITSConfig(version="v2")
+    model, plain = optimize_sovits(build_vits(config, seed=1), **FAST), build_vits(config, seed=1)
+    request = _request("v2", 12, 6, None)
+    got, _ = _seeded(model.decode_streaming, **request, padding_length=2)
+    assert torch.equal(got[0], _seeded(plain.decode_streaming, **request, padding_length=2)[0][0])
+    with pytest.raises(RuntimeError):  # upstream's own error: 8 overlap frames against 4 kept
+        model.decode_streaming(**request, result_length=2, overlap_frames=torch.zeros(1, config.hidden, 8))
+    assert model.tts_compile.optimization_stats()["eager"] == 2 and model.tts_compile.failure is None
+
+
+@settings(max_examples=15, deadline=None)
 @given(version=st.sampled_from(["v3", "v4"]), tokens=st.integers(1, 90), phones=st.integers(1, 40),
        speed=st.sampled_from([1, 0.8, 1.25, 2]), ge_given=st.booleans())
 def test_staged_decode_encp_equals_decode_encp(version, tokens, phones, speed, ge_given) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tts_compile import load_config, optimize_vocoder
-from tts_compile.gpt_sovits import optimize_sovits
+from tts_compile.gpt_sovits import optimize_sovits, optimize_t2s
 from tts_compile.gpt_sovits.cfm import optimize_cfm
 from tts_compile.gpt_sovits.upstream import home, use_upstream
 from tts_compile.passes import optimized_copy
@@ -276,6 +276,59 @@ def test_t2s_streaming_chunks_match_upstream(upstream_t2s, mute, chunk_length, s
     expected, got, stats = _upstream_then_optimized(model, stream, device)
     assert stats["optimized"] == 1 and len(expected[0]) >= 2  # a cut at least, then the last chunk
     assert got[0] == expected[0] and torch.equal(got[1], expected[1])
+
+
+def _tts_run_stream(t2s, vits, inputs, text, refer, sv_emb, kwargs: dict, seed: int) -> list:
+    """A stream as `TTS.run` makes it (api_v2's `overlap_length` 2): per token chunk, `decode_streaming` of every
+    token so far, the last chunk + overlap tokens kept, their first frames crossfaded with the previous latent.
+    Returns (tokens, audio, latent) per chunk."""
+    phones, prompts, bert = inputs
+    torch.manual_seed(seed)
+    out, so_far, latent = [], [], None
+    for chunk, _ in t2s.infer_panel_naive(phones, None, prompts, bert, **kwargs):
+        if chunk is None:
+            break
+        so_far.append(chunk)
+        overlap = 2 + max(0, 10 - chunk.shape[-1]) if latent is not None else 2
+        audio, latent, _ = vits.decode_streaming(
+            torch.cat(so_far, dim=-1)[None], text, refer, sv_emb=sv_emb, padding_length=0,
+            result_length=None if latent is None else chunk.shape[-1] + overlap,
+            overlap_frames=None if latent is None else latent[:, :, -2 * overlap:])
+        out.append((chunk.tolist(), audio, latent))
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mute,chunk_length,seed", [(False, 8, 1), (True, 6, 3)])
+def test_a_whole_stream_matches_upstreams(upstream, upstream_t2s, mute, chunk_length, seed, device) -> None:
+    """api_v2's modes 3 and 2 end to end: `optimize_t2s`'s chunks and `optimize_sovits`'s `decode_streaming` give
+    upstream's tokens, and its audio and latents within the float32 tolerance, chunk by chunk (same seed)."""
+    t2s = copy.deepcopy(upstream_t2s[0]).to(device)
+    vits = _synthesizer(upstream, "s2v2ProPlus.json", "v2ProPlus").to(device)
+    inputs = tuple(t.to(device) for t in upstream_t2s[1])
+    gen = torch.Generator().manual_seed(seed)
+    text = torch.randint(1, 300, (1, 14), generator=gen).to(device)
+    refer, sv_emb = torch.rand(1, 1025, 90, generator=gen).to(device), torch.randn(1, 20480, generator=gen).to(device)
+    kwargs = {"top_k": 15, "top_p": 1, "temperature": 1.0, "repetition_penalty": 1.35, "early_stop_num": 50,
+              "streaming_mode": True, "chunk_length": chunk_length}
+    if mute:
+        similarity = torch.rand(t2s.EOS + 1, generator=torch.Generator().manual_seed(seed)).to(device)
+        kwargs.update(mute_emb_sim_matrix=similarity, chunk_split_thershold=0.6)
+    with torch.inference_mode():
+        expected = _tts_run_stream(t2s, vits, inputs, text, refer, sv_emb, kwargs, seed)
+        mode = "eager" if device == "cpu" else "cudagraphs"
+        optimize_t2s(t2s, compile_mode=mode)
+        optimize_sovits(vits, **{**CHUNKED, "compile_mode": mode})
+        got = _tts_run_stream(t2s, vits, inputs, text, refer, sv_emb, kwargs, seed)
+    assert len(expected) >= 3  # the first chunk, a crossfaded one, the last
+    for (tokens, audio, latent), (want_tokens, want_audio, want_latent) in zip(got, expected, strict=True):
+        assert tokens == want_tokens and audio.shape == want_audio.shape and latent.shape == want_latent.shape
+        assert float((audio - want_audio).abs().max()) <= FP32_TOLERANCE
+        assert float((latent - want_latent).abs().max()) <= FP32_TOLERANCE
+    stats = t2s.tts_compile.optimization_stats()
+    assert stats["optimized"] == 1 and stats["redone"] > 0  # cuts inside a round: the steps after them redone
+    stats = vits.tts_compile.optimization_stats()
+    assert stats["optimized"] == len(got) and stats["failure"] is None
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -14,6 +14,10 @@ Python. Here each stage is a replayed CUDA graph:
   `randn_like(m_p)` (shape, dtype, device, order) and padded outside the graph; speed != 1 interpolates the encoder
   output between the two graphs exactly as upstream does. The decoder runs as a `PaddedDecoder`: each convolution's
   input zeroed past its stage's true length, so padding changes no real sample.
+`decode_streaming` (a stream's chunk: every token so far encoded, only the last chunk's frames decoded, their first
+frames crossfaded with the previous chunk's latent) runs the same graphs: the text encoder's bucket for the tokens
+so far, then the chunk's frames cut, crossfaded and stretched as upstream does between the graphs, and the flow and
+decoder graph of the chunk's frame bucket.
 v3/v4's `decode_encp` (the CFM's conditioning, once for the prompt and once per segment) shares the reference and
 text-encoder graphs, then runs bridge, nearest upsampling and the masked WN stack as one graph per frame bucket (the
 upsampling keeps upstream's scale factor, so each real frame reads the source frame it reads unpadded).
@@ -137,6 +141,23 @@ def _spectrograms_problem(device: torch.device, refs: list[Any]) -> str | None:
     return None
 
 
+def _streaming_problem(device: torch.device, vits: nn.Module, codes: torch.Tensor, result_length: Any,
+                       overlap_frames: Any, padding_length: Any) -> str | None:
+    """Why `decode_streaming`'s own arguments keep a call off the staged path (codes already checked)."""
+    if result_length is not None and (not isinstance(result_length, int) or result_length < 0):
+        return f"result_length={result_length!r}: expected None or an int >= 0"
+    if padding_length:
+        return f"padding_length={padding_length!r}: the staged path pads by itself (None or 0)"
+    if overlap_frames is None:
+        return None
+    hidden, tokens = vits.enc_p.proj.in_channels, min(codes.size(-1), result_length or codes.size(-1))
+    if not (isinstance(overlap_frames, torch.Tensor) and overlap_frames.device == device and
+            overlap_frames.dim() == 3 and overlap_frames.shape[:2] == (1, hidden) and
+            0 < overlap_frames.size(-1) <= tokens * (2 if vits.semantic_frame_rate == "25hz" else 1)):
+        return f"overlap_frames: expected None or a (1, {hidden}, frames <= the kept frames) tensor on {device}"
+    return None
+
+
 class SoVITSStage(Stage):
     """The stages `decode` (v1-v2ProPlus) and `decode_encp` (v3/v4) share: reference embedding and text encoder as
     graphs over padded buckets."""
@@ -177,7 +198,7 @@ class OptimizedSoVITS(SoVITSStage):
     """What `optimize_sovits` installed on a v1/v2/v2Pro/v2ProPlus `SynthesizerTrn`: its `decode`."""
 
     expected = f"GPT-SoVITS SynthesizerTrn ({', '.join(PARTS)})"
-    methods = ("decode",)
+    methods = ("decode", "decode_streaming")  # the second where the module has it
     parts = PARTS
     # cuDNN's heuristics run one v2ProPlus decoder convolution ([384, 384, 7], dilation 5, channels-last, 5120 samples)
     # as a 22 ms kernel; timed, 0.1 ms (H200, benchmarks/results/2026-11-30-h200-decoder-*.json). cuDNN keeps its
@@ -216,31 +237,66 @@ class OptimizedSoVITS(SoVITSStage):
                 return f"v2Pro needs a speaker embedding on {self.device} for each of the {len(refs)} references"
         return None if isinstance(noise_scale, numbers.Real) else f"noise_scale={noise_scale!r}: expected a number"
 
+    def decode_streaming(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, noise_scale: float = 0.5,
+                         speed: float = 1, sv_emb: Any = None, result_length: int | None = None,
+                         overlap_frames: torch.Tensor | None = None,
+                         padding_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Upstream's signature and result: a stream's chunk from all its codes so far, (audio of the last
+        `result_length` tokens, their latent (1, hidden, frames) whose first frames crossfade with `overlap_frames`,
+        its mask)."""
+        args = (codes, text, refer, noise_scale, speed, sv_emb, result_length, overlap_frames, padding_length)
+        problem = self._problem(*args[:6]) or _streaming_problem(self.device, self.vits, codes, *args[6:])
+        return self.serve("decode_streaming", args, problem, self._decode_streaming)
+
     def _decode(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, noise_scale: float, speed: float,
                 sv_emb: Any) -> torch.Tensor:
+        features = _features(self.vits, codes)  # waits for the stream (see _features): before any graph is queued
+        return self._staged(codes, features, text, refer, noise_scale, speed, sv_emb)[0]
+
+    def _decode_streaming(self, codes: torch.Tensor, text: torch.Tensor, refer: Any, noise_scale: float,
+                          speed: float, sv_emb: Any, result_length: int | None, overlap_frames: torch.Tensor | None,
+                          padding_length: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = _features(self.vits, codes)
+        frames = features.size(-1)
+        kept = min(frames, result_length * frames // codes.size(-1)) if result_length else frames  # upstream: y[-n:]
+        audio, latent = self._staged(codes, features, text, refer, noise_scale, speed, sv_emb, kept, overlap_frames)
+        return audio, latent, torch.ones((1, 1, kept), dtype=latent.dtype, device=self.device)
+
+    def _staged(self, codes: torch.Tensor, features: torch.Tensor, text: torch.Tensor, refer: Any,
+                noise_scale: float, speed: float, sv_emb: Any, kept: int | None = None,
+                overlap: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(audio, None) of every frame (`decode`), or with `kept` (`decode_streaming`) (audio, latent) of the last
+        `kept` frames of the text encoder's output, the latent's first frames crossfaded with `overlap`."""
         vits = self.vits
         listed = isinstance(refer, list)
         refs = refer if listed else [refer]
         speakers = ([sv_emb[i] for i in range(len(refs))] if listed else [sv_emb]) if vits.is_v2pro else []
-        features = _features(vits, codes)  # waits for the stream (see _features): before any graph is queued
         frames = features.size(-1)
-        out = _stretched(frames, speed)
+        out = _stretched(frames if kept is None else kept, speed)
         decoder = self._padded_decoder()
         sizes = decoder.lengths(out) if decoder else [out]  # the decoder's true length per stage
         lengths = torch.tensor([frames, text.size(-1), *sizes], device=self.device)  # a host copy: waits too
         ge = self._reference(refs, speakers, listed)
-        y = self._text_encoder(codes, features, text, lengths, ge, speed)
+        y = self._text_encoder(codes, features, text, lengths, ge, speed if kept is None else 1)
+        latent = None
+        if kept is not None:  # upstream's streaming encoder: cut, crossfade, then the speed change
+            latent = y[..., frames - kept:].clone()  # the graph's output is rewritten by the next call
+            if overlap is not None:
+                n = overlap.size(-1)
+                window = torch.sin(torch.arange(2 * n, device=self.device) * torch.pi / (2 * n))
+                latent[..., :n] = window[:n].view(1, 1, -1) * latent[..., :n] + window[n:].view(1, 1, -1) * overlap
+            y = latent if speed == 1 else F.interpolate(latent, size=out, mode="linear")
         noise = torch.randn((1, vits.enc_p.out_channels, out), dtype=y.dtype, device=self.device)
         size = LADDERS["frames"].fit(out)
         inputs = (_pad(y, size), lengths, _pad(noise, size), ge)
         if decoder is None:
             z = self.run_graph(("flow", size, float(noise_scale), ge.shape, ge.dtype),
                                functools.partial(_flow, vits, float(noise_scale)), inputs, f"flow at {size} frames")
-            return vits.dec(z[..., :out].contiguous(), g=ge)
+            return vits.dec(z[..., :out].contiguous(), g=ge), latent
         audio = self.run_graph(("decode", size, float(noise_scale), ge.shape, ge.dtype),
                                functools.partial(_synthesize, vits, decoder, float(noise_scale)), inputs,
                                f"flow and decoder at {size} frames")
-        return audio[..., :sizes[-1]]
+        return audio[..., :sizes[-1]], latent
 
     def rebuild(self) -> None:
         self.decoder = None  # its channels-last weights are copies of the replaced ones

@@ -58,7 +58,8 @@ class Stage:
     draws = True  # the methods draw from the shared generators: calls hold `DRAWS`
 
     def __init__(self, module: Any, config: PipelineConfig) -> None:
-        self.original = {name: getattr(type(module), name).__get__(module) for name in self.methods}
+        self.original = {name: getattr(type(module), name).__get__(module) for name in self.methods
+                         if hasattr(type(module), name)}  # a fork without one of them keeps the others
         self.module = module
         self.weights = self.weights_of(module)
         self.config = config
@@ -230,7 +231,7 @@ def attach(stage: type[S], module: nn.Module, config: OptimizeConfig | None, opt
     start = time.perf_counter()
     handle = stage(module, config)
     module.__dict__[HANDLE] = handle
-    for name in handle.methods:
+    for name in handle.original:
         module.__dict__[name] = getattr(handle, name)
     logger.info("%s: %s (%s) ready in %.2f s", stage.name, type(module).__name__, config.compile_mode,
                 time.perf_counter() - start)

@@ -6,7 +6,8 @@ code, so CI can test the SoVITS accelerator without a GPT-SoVITS checkout. Kept 
 `decode` composes (`quantizer.decode`, `enc_p` with its six outputs and speed interpolation, `flow(..., reverse=True)`,
 `dec(z, g=ge)`, `ref_enc(spec, mask)`, and for v2Pro `sv_emb`, `prelu`, `ge_to512`; v3/v4: `bridge`, `wns1`), their
 masks (attention scores of padded keys filled with -1e4, convolutions reading `x * mask`), `decode`'s order of
-operations and noise draw, and `decode_encp`'s frame arithmetic (docs: gpt-sovits-upstream.md 3.3). Sizes are tiny;
+operations and noise draw, `decode_streaming`'s cut and sine crossfade (docs: gpt-sovits-upstream.md 3.2) and
+`decode_encp`'s frame arithmetic (3.3). Sizes are tiny;
 weights are random.
 """
 
@@ -117,7 +118,8 @@ class TextEncoder(nn.Module):
         self.encoder2 = Encoder(c.hidden, c.heads)
         self.proj = nn.Conv1d(c.hidden, 2 * c.latent, 1)
 
-    def forward(self, y, y_lengths, text, text_lengths, ge, speed=1):
+    def forward(self, y, y_lengths, text, text_lengths, ge, speed=1, result_length=None, overlap_frames=None,
+                padding_length=None):
         y_mask = _mask(y_lengths, y.size(2), y.dtype)
         y = self.encoder_ssl(self.ssl_proj(y * y_mask) * y_mask, y_mask)
         text_mask = _mask(text_lengths, text.size(1), y.dtype)
@@ -125,7 +127,16 @@ class TextEncoder(nn.Module):
         ssl = self.c_pre(y * y_mask)
         cross = self.cross(ssl * y_mask, self.text_pre(text * text_mask) * text_mask,
                            text_mask.unsqueeze(2) * y_mask.unsqueeze(-1))
-        y = self.encoder2(self.c_post((cross + ssl + ge) * y_mask) * y_mask, y_mask)
+        y = self.c_post((cross + ssl + ge) * y_mask) * y_mask
+        if padding_length:  # streaming: frames past the real tokens dropped before the last encoder
+            y, y_mask = y[:, :, :-padding_length], y_mask[:, :, :-padding_length]
+        y = self.encoder2(y, y_mask)
+        if result_length is not None:  # streaming: only the last frames go on
+            y, y_mask = y[:, :, -result_length:], y_mask[:, :, -result_length:]
+        if overlap_frames is not None:  # and their first frames crossfade with the previous chunk's last ones
+            n = overlap_frames.shape[-1]
+            window = torch.sin(torch.arange(2 * n, device=y.device) * torch.pi / (2 * n))
+            y[:, :, :n] = window[:n].view(1, 1, -1) * y[:, :, :n] + window[n:].view(1, 1, -1) * overlap_frames
         y_, y_mask_ = y, y_mask
         if speed != 1:
             y = F.interpolate(y, size=int(y.shape[-1] / speed) + 1, mode="linear")
@@ -229,6 +240,18 @@ class VITSSynthesizer(nn.Module):
 
     @torch.no_grad()
     def decode(self, codes, text, refer, noise_scale=0.5, speed=1, sv_emb=None):
+        return self._synthesize(codes, text, refer, noise_scale, speed, sv_emb)[0]
+
+    @torch.no_grad()
+    def decode_streaming(self, codes, text, refer, noise_scale=0.5, speed=1, sv_emb=None, result_length=None,
+                         overlap_frames=None, padding_length=None):
+        """`decode` of a stream's tokens so far: (audio of the last `result_length` tokens only, their latent
+        frames with the first ones crossfaded with `overlap_frames`, its mask)."""
+        return self._synthesize(codes, text, refer, noise_scale, speed, sv_emb, result_length, overlap_frames,
+                                padding_length)
+
+    def _synthesize(self, codes, text, refer, noise_scale, speed, sv_emb, result_length=None, overlap_frames=None,
+                    padding_length=None):
         if isinstance(refer, list):
             ge = torch.stack([self.reference(r, sv_emb[i] if self.is_v2pro else None)
                               for i, r in enumerate(refer)], 0).mean(0)
@@ -239,10 +262,13 @@ class VITSSynthesizer(nn.Module):
         quantized = self.quantizer.decode(codes)
         quantized = F.interpolate(quantized, size=int(quantized.shape[-1] * 2), mode="nearest")
         ge_text = self.ge_to512(ge.transpose(2, 1)).transpose(2, 1) if self.is_v2pro else ge
-        _, m_p, logs_p, y_mask, _, _ = self.enc_p(quantized, y_lengths, text, text_lengths, ge_text, speed)
+        _, m_p, logs_p, y_mask, y_, y_mask_ = self.enc_p(
+            quantized, y_lengths, text, text_lengths, ge_text, speed,
+            result_length=None if result_length is None else 2 * result_length, overlap_frames=overlap_frames,
+            padding_length=None if padding_length is None else 2 * padding_length)
         z_p = m_p + torch.randn_like(m_p) * torch.exp(logs_p) * noise_scale
         z = self.flow(z_p, y_mask, g=ge, reverse=True)
-        return self.dec((z * y_mask)[:, :, :], g=ge)
+        return self.dec((z * y_mask)[:, :, :], g=ge), y_, y_mask_
 
 
 class WNEncoder(nn.Module):
