@@ -54,7 +54,8 @@ def test_staged_decode_equals_decode(version, tokens, phones, refs, speed, noise
 
 @settings(max_examples=15, deadline=None)
 @given(version=st.sampled_from(["v1", "v2", "v2ProPlus"]), tokens=st.integers(1, 70), phones=st.integers(1, 40),
-       result=st.one_of(st.none(), st.integers(0, 80)), overlap=st.integers(0, 4), speed=st.sampled_from([1, 0.8, 1.25]))
+       result=st.one_of(st.none(), st.integers(0, 80)), overlap=st.integers(0, 4),
+       speed=st.sampled_from([1, 0.8, 1.25]))
 def test_staged_decode_streaming_equals_decode_streaming(version, tokens, phones, result, overlap, speed) -> None:
     """A stream's chunk (TTS.run's calls: the last chunk + overlap tokens of the codes so far, the first frames
     crossfaded with the previous chunk's latent), result lengths past the codes (upstream keeps them all) included."""

@@ -31,8 +31,8 @@ one through `infer_panel_naive`), and its streaming modes 2 and 3 (`infer_panel_
 row decoded in rounds on a cache of its own, its tokens read once a round and cut into upstream's chunks by
 `chunks.Chunker`, the steps after a cut inside a round redone once the caller has the chunk (so its draws, such as
 `decode_streaming`'s noise, come where they come in upstream's loop), nothing held between chunks but that cache (a
-second stream open at once goes to upstream). A request whose prefix and steps outgrow the largest KV capacity or the audio position table goes to upstream's own
-methods (the accelerator stays on).
+second stream open at once goes to upstream). A request whose prefix and steps outgrow the largest KV capacity or the
+audio position table goes to upstream's own methods (the accelerator stays on).
 
 Verified before it serves: the first call of each rows bucket runs a probe first, a greedy decode of a random request
 of that many rows by upstream's own method and by the static-cache step, and compares the logits of every step
