@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from tests.serve.conftest import AUTH, hold_steps, reference, running
-from tts_compile.engine import Cancelled, EngineConfig, Params, stand_ins
+from tts_compile.engine import Cancelled, EngineConfig, Params, TokenChunks, stand_ins
 from tts_compile.serve import StandIns
-from tts_compile.serve.audio import MEDIA_TYPES, pcm16
+from tts_compile.serve.audio import MEDIA_TYPES, encode, pcm16
 from tts_compile.serve.voices import UnknownVoice, VoiceStore
 from tts_compile.tools.client import ClientConfig, run
 
@@ -162,7 +162,7 @@ def test_a_stream_arrives_in_pieces_the_first_before_the_last_is_rendered(live) 
 
     engine._render_later = held
     try:
-        with live.client.stream("POST", "/tts", json={**TTS, "text": TEXT, "streaming_mode": 2, "seed": 9}) as s:
+        with live.client.stream("POST", "/tts", json={**TTS, "text": TEXT, "streaming_mode": 1, "seed": 9}) as s:
             assert s.status_code == 200
             pieces = s.iter_raw()
             body = next(pieces)
@@ -176,6 +176,23 @@ def test_a_stream_arrives_in_pieces_the_first_before_the_last_is_rendered(live) 
         gate.set()
     whole = live.client.post("/tts", json={**TTS, "text": TEXT, "streaming_mode": 1, "seed": 9})
     assert body == whole.content
+
+
+@pytest.mark.parametrize("mode", [2, 3])
+def test_streaming_modes_2_and_3_stream_token_chunks(live, mode) -> None:
+    """More renders than segments (a chunk each), the same bytes for the same seed, and the same audio as the
+    engine's own token-chunk stream."""
+    engine = live.backend.engine
+    request = {**TTS, "text": TEXT, "streaming_mode": mode, "seed": 4, "min_chunk_length": 4, "overlap_length": 1,
+               "media_type": "raw"}
+    before = engine.stats()["renders"]
+    first = live.client.post("/tts", json=request)
+    assert first.status_code == 200 and engine.stats()["renders"] - before > len(TEXT.split("。"))
+    assert live.client.post("/tts", json=request).content == first.content
+    voice = live.state.voices.reference(TTS["ref_audio_path"], TTS["prompt_text"], TTS["prompt_lang"], ())
+    segments = live.backend.cached_segments(TEXT, TTS["text_lang"], "cut5")
+    handle = engine.submit(voice, segments, Params(seed=4), chunks=TokenChunks(4, 1, mode == 2))
+    assert encode(handle.result(60)[0], handle.sample_rate, "raw") == first.content
 
 
 def test_the_same_seed_gives_the_same_bytes_alone_and_amid_16_others(live) -> None:

@@ -8,7 +8,18 @@ beside it), each request's audio depending on its own inputs and seed only.
 
 from .config import EngineConfig
 from .engine import Engine
-from .request import Cancelled, DeadlinePassed, EngineClosed, Handle, Params, QueueFull, Segment, Status, Voice
+from .request import (
+    Cancelled,
+    DeadlinePassed,
+    EngineClosed,
+    Handle,
+    Params,
+    QueueFull,
+    Segment,
+    Status,
+    TokenChunks,
+    Voice,
+)
 
-__all__ = ["Engine", "EngineConfig", "Handle", "Params", "Segment", "Voice", "Status", "QueueFull", "Cancelled",
-           "DeadlinePassed", "EngineClosed"]
+__all__ = ["Engine", "EngineConfig", "Handle", "Params", "Segment", "Voice", "TokenChunks", "Status", "QueueFull",
+           "Cancelled", "DeadlinePassed", "EngineClosed"]

@@ -4,7 +4,9 @@ One scheduler thread owns the T2S decode: it admits waiting segments into free r
 `CHECK_EVERY` steps over every running row, reads their stop flags once, and hands each request whose segments are
 all done to the render workers, which turn tokens into audio (SoVITS decode, or CFM and vocoder) on their own CUDA
 streams while the loop goes on. A stream's segments are rendered one by one as each one's tokens are done, a new
-stream's first segment ahead of every other render, so its first audio does not wait behind the load. Requests
+stream's first segment ahead of every other render, so its first audio does not wait behind the load; a token-chunk
+stream (`streaming`) has its running rows' tokens read every round and each chunk rendered as soon as it is cut,
+one render job per stream at a time, its first chunk ahead of the rest. Requests
 enter through a bounded queue (full: `QueueFull` at once), carry a deadline and a cancel flag (checked at every
 scheduling round), and fail alone: a request's error reaches its own handle and the engine goes on. Every T2S rows
 bucket is captured before the engine reports ready.
@@ -32,9 +34,22 @@ from ..gpt_sovits.versions import Version
 from ..gpt_sovits.versions import version as version_of
 from .config import EngineConfig
 from .render import Job, Renderer, fragment, render_cfm, render_decode
-from .request import Cancelled, EngineClosed, Handle, Params, QueueFull, Request, Segment, Status, Voice, new_request
+from .request import (
+    Cancelled,
+    EngineClosed,
+    Handle,
+    Params,
+    QueueFull,
+    Request,
+    Segment,
+    Status,
+    TokenChunks,
+    Voice,
+    new_request,
+)
 from .sampling import row_seed
 from .scheduler import schedule
+from .streaming import ChunkJob, ChunkStream, mute_similarity, render_chunk
 from .t2s import BatchedT2S, Prefix, slot_bytes
 
 logger = logging.getLogger(__name__)
@@ -68,7 +83,10 @@ class Engine:
         self._cv = threading.Condition()
         self._closing = False
         self._draining = False  # no new requests; those held finish
-        self._renders: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()  # None: stop
+        self._renders: queue.PriorityQueue[tuple[int, int, Job | ChunkJob | None]] = queue.PriorityQueue()  # None: stop
+        self._chunked: dict[int, ChunkStream] = {}  # request id -> a token-chunk stream's chunks
+        self._row_steps: dict[int, int] = {}  # slot -> steps decoded since its prefill
+        self._mute = mute_similarity(t2s_model) if renderer.chunk else None
         self._render_order = itertools.count()
         started = time.perf_counter()
         self._warm_up()
@@ -83,11 +101,14 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------------ callers
     def submit(self, voice: Voice, segments: Sequence[Segment], params: Params | None = None,
-               stream: bool = False) -> Handle:
+               stream: bool = False, chunks: TokenChunks | None = None) -> Handle:
         """Queue a request; its `Handle` gives the audio (with `stream`, segment by segment as each is ready: see
-        `Handle.chunks`). Raises `QueueFull` when `queue_size` requests are held, `EngineClosed` after `close()`, and
-        `InputError` (a ValueError) for a bad request, naming what is wrong."""
-        request = new_request(voice, tuple(segments), params or Params(), stream)
+        `Handle.chunks`; with `chunks`, a stream in token chunks as they are decoded: v1-v2ProPlus, v3/v4 stream
+        segments as upstream does). Raises `QueueFull` when `queue_size` requests are held, `EngineClosed` after
+        `close()`, and `InputError` (a ValueError) for a bad request, naming what is wrong."""
+        request = new_request(voice, tuple(segments), params or Params(), stream, chunks)
+        if request.chunks is not None and self.renderer.chunk is None:
+            request.chunks = None  # this version renders whole segments
         if voice.prompt_bert.device != self.device or voice.prompt_bert.dtype != self.dtype:
             request.voice = voice.to(self.device, self.dtype)
         handle = Handle(request, self.version.sample_rate)
@@ -98,6 +119,8 @@ class Engine:
                 self.counters["rejected"] += 1
                 raise QueueFull(f"the engine holds {self.config.queue_size} requests (queue_size); try again later")
             self._handles[request.id] = handle
+            if request.chunks is not None:
+                self._chunked[request.id] = ChunkStream(request.chunks, self._mute, len(request.segments))
             self._queued.append(request)
             self.counters["submitted"] += 1
             self._cv.notify()
@@ -193,18 +216,39 @@ class Engine:
         self.counters["steps"] += CHECK_EVERY
         self.counters["row_steps"] += CHECK_EVERY * len(self._rows)
         self.counters["syncs"] += 1
+        for slot in self._rows:
+            self._row_steps[slot] = self._row_steps.get(slot, 0) + CHECK_EVERY
         finished = self.t2s.stopped(list(self._rows))
         for slot, tokens in finished.items():
             request, index = self._rows.pop(slot)
             self.t2s.release(slot)
             request.tokens[index] = tokens
-            if request.stream and request.status == Status.DECODING:
+            if request.chunks is not None:
+                self._chunks_cut(request, index, tokens, complete=True)
+            elif request.stream and request.status == Status.DECODING:
                 self._render_later(request, (index,))
             if len(request.tokens) == len(request.segments) and self._advance(request, Status.RENDERING) and \
                     not request.stream:
                 self._render_later(request, tuple(range(len(request.segments))))
         if finished and self._rows:
             self.t2s.arrange(list(self._rows))
+        watched = [slot for slot, (request, _) in self._rows.items() if request.chunks is not None]
+        if watched:  # the token-chunk streams' tokens so far (one more host copy)
+            for slot, tokens in zip(watched, self.t2s.progress(watched, [self._row_steps[s] for s in watched])):
+                self._chunks_cut(*self._rows[slot], tokens, complete=False)
+
+    def _chunks_cut(self, request: Request, index: int, tokens: list[int], complete: bool) -> None:
+        """A token-chunk stream's segment `index` has these tokens so far: queue its next chunk's render if one is
+        due (one render job per stream at a time; its first chunk ahead of the others)."""
+        stream = self._chunked.get(request.id)
+        if stream is not None:
+            stream.feed(index, tokens, complete)
+            self._chunk_due(request, stream)
+
+    def _chunk_due(self, request: Request, stream: ChunkStream) -> None:
+        if stream.claim():
+            priority = FIRST if stream.delivered == 0 else NEXT
+            self._renders.put((priority, next(self._render_order), ChunkJob(request)))
 
     def _admit(self, admit: list[tuple[Request, int]]) -> bool:
         """Prefill these segments into free rows, together; a request whose segment cannot start fails alone (a
@@ -238,6 +282,7 @@ class Engine:
                 self.t2s.release(slot)  # it ended meanwhile (another of its segments, or a render, failed)
                 continue
             self._rows[slot] = (request, index)
+            self._row_steps[slot] = 0
             request.next_segment = index + 1
             if request.pending == 0:
                 with self._cv:
@@ -281,7 +326,7 @@ class Engine:
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             while (job := self._renders.get()[2]) is not None:
                 try:
-                    self._render_job(job)
+                    self._render_chunk(job) if isinstance(job, ChunkJob) else self._render_job(job)
                 except Exception as exc:  # noqa: BLE001 - this request fails, the worker and the engine go on
                     logger.warning("engine: request %d failed while rendering: %s: %s", job.request.id,
                                    type(exc).__name__, exc)
@@ -310,6 +355,35 @@ class Engine:
         if handle is not None and handle.deliver(job.indices[0], fragments[0]) == len(request.segments):
             self._finish(request, result=(torch.cat(handle.delivered()), rate))
 
+    def _render_chunk(self, job: ChunkJob) -> None:
+        """Render a token-chunk stream's next chunk and hand it out (the segment's last one followed by its
+        silence); the request's result once its last segment's last chunk is out. Then the next chunk, if due."""
+        request = job.request
+        with self._cv:
+            stream, handle = self._chunked.get(request.id), self._handles.get(request.id)
+        if stream is None or handle is None:
+            return
+        if request.expired(time.monotonic()):
+            self._finish(request, error=request.stopped())
+            return
+        index, state, end, last = stream.due()
+        started = time.perf_counter()
+        audio = self.renderer.render_chunk(row_seed(row_seed(request.seed, index), state.chunks), request.voice,
+                                           request.params, request.segments[index], state, end, last,
+                                           stream.config.overlap).float().cpu()
+        with self._cv:
+            self.counters["renders"] += 1
+            self.counters["render_s"] += time.perf_counter() - started
+        rate = self.version.sample_rate
+        stream.rendered(end, last)
+        handle.deliver(stream.delivered, fragment(audio, request.params.fragment_interval if last else 0, rate))
+        stream.delivered += 1
+        if stream.finished:
+            self._finish(request, result=(torch.cat(handle.delivered()), rate))
+            return
+        stream.release()
+        self._chunk_due(request, stream)
+
     def _finish(self, request: Request, result: tuple[torch.Tensor, int] | None = None,
                 error: BaseException | None = None) -> None:
         """Settle `request`'s handle (once) with its result or error, and count it."""
@@ -321,6 +395,7 @@ class Engine:
             status, counter = Status.FAILED, "failed"
         with self._cv:
             handle = self._handles.pop(request.id, None)
+            self._chunked.pop(request.id, None)
             if handle is None:
                 return
             request.status = status
@@ -344,7 +419,8 @@ class Engine:
         if config.sovits:
             stages["sovits"] = attach_or_leave("engine", "SoVITS", optimize_sovits, lambda: vits, config)
         if shape.renderer == "decode":
-            return cls(t2s_model, Renderer(functools.partial(render_decode, vits), device), shape, config,
+            chunk = functools.partial(render_chunk, vits) if hasattr(vits, "decode_streaming") else None
+            return cls(t2s_model, Renderer(functools.partial(render_decode, vits), device, chunk), shape, config,
                        _present(stages))
         if config.cfm:
             stages["cfm"] = attach_or_leave("engine", "CFM", optimize_cfm, lambda: vits.cfm, config)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,15 +48,20 @@ class Job:
 
 class Renderer:
     """Turns a job into its segments' audio, each (samples,) on `device`: `audio(voice, params, segments, tokens)`
-    (`render_decode` or `render_cfm`) under `seeded`, so the job's noise is its seed's alone."""
+    (`render_decode` or `render_cfm`) under `seeded`, so the job's noise is its seed's alone. `chunk`, where the
+    version streams token chunks (`streaming.render_chunk`), renders one chunk the same way."""
 
     def __init__(self, audio: Callable[[Voice, Params, list[Segment], list[list[int]]], list[torch.Tensor]],
-                 device: torch.device) -> None:
-        self.audio, self.device = audio, device
+                 device: torch.device, chunk: Callable[..., torch.Tensor] | None = None) -> None:
+        self.audio, self.device, self.chunk = audio, device, chunk
 
     def render(self, job: Job) -> list[torch.Tensor]:
         with seeded(job.seed, self.device):
             return self.audio(*job.inputs)
+
+    def render_chunk(self, seed: int, *args: Any) -> torch.Tensor:
+        with seeded(seed, self.device):
+            return self.chunk(*args)
 
 
 @contextlib.contextmanager

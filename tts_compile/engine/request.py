@@ -112,6 +112,28 @@ class Params:
             raise InputError(f"timeout_s={self.timeout_s!r} is invalid: expected None or seconds > 0")
 
 
+MAX_CHUNK_TOKENS = 1500  # a segment's cap
+
+
+@dataclass(frozen=True)
+class TokenChunks:
+    """How a stream is cut into token chunks (api_v2's `streaming_mode` 2 and 3): chunks of at least `min_tokens`
+    tokens (min_chunk_length), `overlap` tokens decoded again in front of each (overlap_length), cut where the
+    tokens sound like silence when `mute_cuts` (mode 2) or every `min_tokens` (mode 3)."""
+
+    min_tokens: int = 16
+    overlap: int = 2
+    mute_cuts: bool = False
+
+    def __post_init__(self) -> None:
+        for name, low in (("min_tokens", 1), ("overlap", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_CHUNK_TOKENS:
+                raise InputError(f"{name}={value!r} is invalid: expected an int in [{low}, {MAX_CHUNK_TOKENS}]")
+        if not isinstance(self.mute_cuts, bool):
+            raise InputError(f"mute_cuts={self.mute_cuts!r} is invalid: expected True or False")
+
+
 class Status(enum.Enum):
     QUEUED = "queued"  # waiting for rows
     DECODING = "decoding"  # some segments decoding tokens
@@ -133,6 +155,7 @@ class Request:
     params: Params
     seed: int
     stream: bool = False  # each segment's audio delivered as soon as it is rendered
+    chunks: TokenChunks | None = None  # a stream's audio in token chunks instead of segments
     id: int = field(default_factory=lambda: next(_ids))
     submitted: float = field(default_factory=time.monotonic)
     status: Status = Status.QUEUED
@@ -163,8 +186,8 @@ class Request:
 
 
 def new_request(voice: Voice, segments: list[Segment] | tuple[Segment, ...], params: Params,
-                stream: bool = False) -> Request:
-    """A validated request; its seed drawn when `params.seed` is None."""
+                stream: bool = False, chunks: TokenChunks | None = None) -> Request:
+    """A validated request; its seed drawn when `params.seed` is None; `chunks` makes it a stream."""
     if not isinstance(voice, Voice):
         raise InputError(f"voice: expected a tts_compile.engine.Voice, got {type(voice).__name__}")
     if not isinstance(params, Params):
@@ -177,8 +200,10 @@ def new_request(voice: Voice, segments: list[Segment] | tuple[Segment, ...], par
             raise InputError(f"segments[{i}]: expected a Segment of phones (L,) and BERT features (1024, L), L >= 1")
     if not isinstance(stream, bool):
         raise InputError(f"stream={stream!r} is invalid: expected True or False")
+    if chunks is not None and not isinstance(chunks, TokenChunks):
+        raise InputError(f"chunks: expected None or a tts_compile.engine.TokenChunks, got {type(chunks).__name__}")
     seed = params.seed if params.seed is not None else secrets.randbits(62)
-    return Request(voice, tuple(segments), params, seed, stream)
+    return Request(voice, tuple(segments), params, seed, stream or chunks is not None, chunks)
 
 
 class Handle:

@@ -280,6 +280,11 @@ class BatchedT2S:
         rows = pool.tokens[torch.tensor([slot for slot, _ in finished]), : max(at for _, at in finished)].cpu()
         return {slot: rows[i, :at].tolist() for i, (slot, at) in enumerate(finished)}
 
+    def progress(self, slots: list[int], steps: list[int]) -> list[list[int]]:
+        """The tokens of running rows `slots`, the first `steps` of each (one host copy)."""
+        rows = self.pool.tokens[to_device(slots, self.pool.tokens.device), : max(steps)].cpu()
+        return [rows[i, :n].tolist() for i, n in enumerate(steps)]
+
     def _prefill(self, length: int) -> None:
         """The prefixes in `inputs[length]` through the layers at `length` positions, their padding masked: K/V into
         their slots' cache rows, the logits of each one's last real position into its slot's logits."""

@@ -99,8 +99,9 @@ class Server:
 
     # ------------------------------------------------------------------------------------------------ synthesis
     async def synthesize(self, request: Request, raw: dict[str, Any], cached_voice: bool = False) -> Response:
-        """api_v2's `/tts` (and the cached-voice route): the audio whole, or streamed segment by segment once the
-        first segment is ready (an error before it answers with its status)."""
+        """api_v2's `/tts` (and the cached-voice route): the audio whole, or streamed once its first piece is ready
+        (segment by segment, or in token chunks for streaming_mode 2 and 3; an error before it answers with its
+        status)."""
         backend = self.need_backend()
         settings = self.settings
         job = parse(raw, backend.languages, backend.split_methods, settings.max_text_chars,
@@ -125,7 +126,7 @@ class Server:
                 voice = self.voices.reference(job.ref_audio_path, job.prompt_text, job.prompt_lang,
                                               job.aux_ref_audio_paths)
             segments = backend.cached_segments(job.text, job.text_lang, job.split_method)
-            return backend.engine.submit(voice, segments, job.params, stream=job.stream)
+            return backend.engine.submit(voice, segments, job.params, stream=job.stream, chunks=job.chunks)
 
     async def first_piece(self, request: Request, handle: Handle) -> tuple[torch.Tensor, AsyncIterator]:
         """A stream's first piece of audio (its error raised here, before the answer starts) and the rest."""

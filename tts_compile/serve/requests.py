@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core.guard import InputError
-from ..engine import Params
+from ..engine import Params, TokenChunks
+from ..engine.request import MAX_CHUNK_TOKENS
 from .audio import MEDIA_TYPES
 
 # name: (type, api_v2's default); api_v2's other parameters (batching, fragment and parallel options) are accepted
@@ -43,6 +44,7 @@ class Synthesis:
     prompt_text: str = ""
     prompt_lang: str = ""
     aux_ref_audio_paths: tuple[str, ...] = ()  # more references whose timbre is averaged in (v1-v2ProPlus)
+    chunks: TokenChunks | None = None  # streaming_mode 2 and 3: token chunks
 
     @property
     def stream(self) -> bool:
@@ -75,10 +77,10 @@ def parse(raw: Mapping[str, Any], languages: tuple[str, ...], split_methods: tup
     aux = tuple(values["aux_ref_audio_paths"] or ())
     if len(aux) > MAX_AUX or not all(isinstance(path, str) and path for path in aux):
         raise InputError(f"aux_ref_audio_paths={list(aux)!r} is invalid: expected at most {MAX_AUX} paths")
-    if values["min_chunk_length"] < 1:
-        raise InputError(f"min_chunk_length={values['min_chunk_length']} is invalid: expected an int >= 1")
-    if values["overlap_length"] < 0:
-        raise InputError(f"overlap_length={values['overlap_length']} is invalid: expected an int >= 0")
+    for name, low in (("min_chunk_length", 1), ("overlap_length", 0)):
+        if not low <= values[name] <= MAX_CHUNK_TOKENS:
+            raise InputError(f"{name}={values[name]} is invalid: expected an int in [{low}, {MAX_CHUNK_TOKENS}]")
+    chunks = TokenChunks(values["min_chunk_length"], values["overlap_length"], values["streaming_mode"] == 2)
     speed = check_speed("speed_factor", values["speed_factor"])
     seed = values["seed"]
     if seed != -1 and not 0 <= seed < 2**63:
@@ -88,7 +90,8 @@ def parse(raw: Mapping[str, Any], languages: tuple[str, ...], split_methods: tup
                     sample_steps=values["sample_steps"], fragment_interval=values["fragment_interval"],
                     seed=None if seed == -1 else seed, timeout_s=timeout_s)
     return Synthesis(text, lang, values["text_split_method"], params, values["media_type"], values["streaming_mode"],
-                     values["voice_name"], values["ref_audio_path"], values.get("prompt_text") or "", prompt_lang, aux)
+                     values["voice_name"], values["ref_audio_path"], values.get("prompt_text") or "", prompt_lang, aux,
+                     chunks if values["streaming_mode"] in (2, 3) else None)
 
 
 def check_speed(name: str, value: Any) -> float:
