@@ -26,7 +26,7 @@ import torch
 from common import setup, write
 from pipeline import PROMPT_PHONES, Pipeline, build, make_request
 
-from tts_compile.engine import Engine, EngineConfig, Params, Segment, Voice
+from tts_compile.engine import Engine, EngineConfig, Params, Segment, TokenChunks, Voice
 from tts_compile.engine.engine import COUNTERS
 from tts_compile.gpt_sovits import VERSIONS, optimize_pipeline
 from tts_compile.tools.client import TEXTS
@@ -57,13 +57,18 @@ class Serialized:
                 future.set_exception(exc)
 
 
-def engine_submit(engine: Engine, voice: Voice, segments: dict, caps: dict, stream: bool = False) -> Submit:
-    """Requests to the engine; with `stream`, streamed, and the result (samples, seconds to the first audio)."""
+def engine_submit(engine: Engine, voice: Voice, segments: dict, caps: dict, mode: int = 0,
+                  min_chunk: int = 16) -> Submit:
+    """Requests to the engine; streamed with api_v2's `streaming_mode` `mode` (1: segments, 2 and 3: token chunks of
+    at least `min_chunk` tokens), the result then (samples, seconds to the first audio)."""
+    chunks = TokenChunks(min_chunk, 2, mode == 2) if mode in (2, 3) else None
+
     def submit(label: str) -> Future:
         future: Future = Future()
         started = time.perf_counter()
+        stream = mode > 0
         handle = engine.submit(voice, segments[label], Params(max_tokens=caps[label], fragment_interval=0.0),
-                               stream=stream)
+                               stream=stream, chunks=chunks)
 
         def wait() -> None:
             try:
@@ -227,8 +232,10 @@ def main() -> None:
     parser.add_argument("--render-workers", type=int, default=EngineConfig.render_workers)
     parser.add_argument("--memory-requests", type=int, default=0,
                         help="after the loads, this many short requests from 64 callers, GPU memory read meanwhile")
-    parser.add_argument("--streams", action="store_true",
-                        help="the engine's requests streamed (segment by segment): first-audio latency too")
+    parser.add_argument("--stream-modes", default="0",
+                        help="the engine's loads once per api_v2 streaming_mode listed (0: whole, 1: segment by "
+                             "segment, 2 and 3: token chunks, cut at mute-like tokens or fixed): first audio too")
+    parser.add_argument("--min-chunk", type=int, default=16, help="api_v2's min_chunk_length, modes 2 and 3")
     parser.add_argument("--json", default="serving.json")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script")
     args = parser.parse_args()
@@ -260,7 +267,9 @@ def main() -> None:
         ready = time.perf_counter() - started
         log.info("engine ready in %.1f s: %s", ready, engine.stats())
         loads = [("callers", c) for c in numbers(args.callers)] + [("rate", r) for r in numbers(args.rates)]
-        results["engine"] = measure("engine", engine_submit(engine, voice, segments, caps, args.streams), labels,
+        for mode in (int(m) for m in args.stream_modes.split(",")):
+            name = "engine" if mode == 0 else f"engine, streaming_mode {mode}"
+            results[name] = measure(name, engine_submit(engine, voice, segments, caps, mode, args.min_chunk), labels,
                                     loads, args.seconds, shape.sample_rate, engine.stats)
         if args.memory_requests and device.type == "cuda":
             results["memory"] = memory_over(engine_submit(engine, voice, segments, caps), "short",
