@@ -18,29 +18,53 @@ if TYPE_CHECKING:
     from .optimizer import VocoderOptimizer
 
 
+class MelStream:
+    """A stream fed piece by piece: `push(piece)` gives the audio that is final now (None if none), `close()` the
+    rest. For callers that get their pieces one call at a time (the engine's render jobs); `stream` is built on it."""
+
+    def __init__(self, optimizer: "VocoderOptimizer", args: Sequence[Any] = (),
+                 kwargs: Mapping[str, Any] | None = None) -> None:
+        self.optimizer, self.args, self.kwargs = optimizer, args, kwargs or {}
+        self.buffer: torch.Tensor | None = None  # mel not yet dropped
+        self.offset = self.done = 0  # the buffer's first frame's index, frames emitted
+
+    def push(self, piece: torch.Tensor) -> torch.Tensor | None:
+        """Audio for the frames that are final once `piece` [B, n_mels, frames] follows the pieces before it."""
+        before = self.buffer
+        buffer = self.buffer = piece if before is None else torch.cat([before, check_piece(piece, before)], dim=-1)
+        guard = self.optimizer.guard
+        if not buffer.shape[-1] or not guard.active:
+            return None
+        audio, self.done = _step(self.optimizer, buffer, self.offset, self.done, None, self.args, self.kwargs)
+        setup = self.optimizer.setup
+        if guard.active and setup is not None:
+            keep_from = max(self.offset, self.done - setup.buckets.lengths[-1])
+            self.buffer, self.offset = buffer[..., keep_from - self.offset:], keep_from
+        return audio
+
+    def close(self) -> torch.Tensor | None:
+        """The audio of every frame not emitted yet (the eager module's, if the optimizer is off or failed)."""
+        buffer, optimizer = self.buffer, self.optimizer
+        if buffer is None:
+            return None
+        end = self.offset + buffer.shape[-1]
+        audio = _step(optimizer, buffer, self.offset, self.done, end, self.args, self.kwargs)[0] \
+            if optimizer.guard.active else None
+        if audio is None and self.done < end:  # disabled, or failed along the way: finish with the eager module
+            full = optimizer.eager(buffer, *self.args, **self.kwargs)
+            audio = full[..., (self.done - self.offset) * (full.shape[-1] // buffer.shape[-1]):]
+        self.buffer = None
+        return audio
+
+
 def stream(optimizer: "VocoderOptimizer", pieces: Iterable[torch.Tensor], args: Sequence[Any],
            kwargs: Mapping[str, Any]) -> Iterator[torch.Tensor]:
     """Audio for mel `pieces` [B, n_mels, frames_i] as they arrive, piece by piece."""
-    guard = optimizer.guard
-    buffer, offset, done = None, 0, 0  # mel not yet dropped, its first frame's index, frames emitted
+    fed = MelStream(optimizer, args, kwargs)
     for piece in pieces:
-        buffer = piece if buffer is None else torch.cat([buffer, check_piece(piece, buffer)], dim=-1)
-        if buffer.shape[-1] and guard.active:
-            audio, done = _step(optimizer, buffer, offset, done, None, args, kwargs)
-            if audio is not None:
-                yield audio
-            setup = optimizer.setup
-            if guard.active and setup is not None:
-                keep_from = max(offset, done - setup.buckets.lengths[-1])
-                buffer, offset = buffer[..., keep_from - offset :], keep_from
-    if buffer is None:
-        return
-    end = offset + buffer.shape[-1]
-    audio = _step(optimizer, buffer, offset, done, end, args, kwargs)[0] if guard.active else None
-    if audio is None and done < end:  # disabled, or failed along the way: finish with the eager module
-        full = optimizer.eager(buffer, *args, **kwargs)
-        audio = full[..., (done - offset) * (full.shape[-1] // buffer.shape[-1]) :]
-    if audio is not None:
+        if (audio := fed.push(piece)) is not None:
+            yield audio
+    if (audio := fed.close()) is not None:
         yield audio
 
 
