@@ -167,13 +167,33 @@ def test_the_first_chunk_comes_before_its_segment_is_decoded() -> None:
         engine.submit(stand_ins.voice("v2"), [segment], Params(max_tokens=10), chunks=TokenChunks()).result(60)
 
 
-def test_v4_streams_segments_as_upstream_does() -> None:
-    """v3/v4 render whole segments (CFM windows): a token-chunk request streams segment by segment."""
-    with stand_ins.engine("v4", **EAGER) as engine:
-        handle = engine.submit(stand_ins.voice("v4"), stand_ins.segments(TEXT), Params(seed=1, max_tokens=20),
-                               chunks=TokenChunks(4, 1))
-        assert handle.request.chunks is None and handle.request.stream
-        assert len(list(handle.chunks(120))) == 3
+@pytest.mark.parametrize("version", ["v3", "v4"])
+def test_v3_v4_stream_token_chunks_through_cfm_windows(version) -> None:
+    """v3/v4 (upstream cannot stream them): segments that never stop early (EOS's logit 0, below the top 3) come in
+    more pieces than segments, the same tokens as the request not streamed, the same pieces alone or amid others."""
+    with stand_ins.engine(version, **EAGER) as engine:
+        with torch.no_grad():
+            engine.t2s.model.ar_predict_layer.weight[engine.t2s.model.EOS] = 0
+        voice, segments = stand_ins.voice(version), stand_ins.segments("今天天气很好！我们去公园吧。")
+        params, chunks = Params(seed=8, top_k=3, max_tokens=60), TokenChunks(12, 2)
+        alone = engine.submit(voice, segments, params, chunks=chunks)
+        pieces = list(alone.chunks(120))
+        assert len(pieces) > 2 and torch.equal(torch.cat(pieces), alone.result(0)[0])
+        others = [engine.submit(voice, stand_ins.segments(text), Params(seed=i, max_tokens=30), chunks=chunks)
+                  for i, text in enumerate(OTHERS)]
+        amid = engine.submit(voice, segments, params, chunks=chunks)
+        assert all(torch.equal(a, b) for a, b in zip(pieces, amid.chunks(120), strict=True))
+        whole = engine.submit(voice, segments, params)
+        whole.result(120)
+        assert whole.request.tokens == alone.request.tokens == amid.request.tokens
+        for handle in others:
+            handle.result(120)
+
+
+def test_a_chunk_longer_than_a_cfm_window_is_cut() -> None:
+    """v3/v4: `longest` cuts a chunk whatever the rule says (mode 2 without a mute-like pair)."""
+    cutter = Cutter(TokenChunks(4, 2, True), [-1.0] * VOCAB, longest=10)
+    assert cutter.feed(list(range(35))) == [10, 20, 30]
 
 
 def test_chunks_must_be_token_chunks() -> None:

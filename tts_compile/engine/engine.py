@@ -49,7 +49,7 @@ from .request import (
 )
 from .sampling import row_seed
 from .scheduler import schedule
-from .streaming import ChunkJob, ChunkStream, mute_similarity, render_chunk
+from .streaming import ChunkJob, ChunkStream, longest_chunk, mute_similarity, render_chunk, render_chunk_cfm
 from .t2s import BatchedT2S, Prefix, slot_bytes
 
 logger = logging.getLogger(__name__)
@@ -103,12 +103,12 @@ class Engine:
     def submit(self, voice: Voice, segments: Sequence[Segment], params: Params | None = None,
                stream: bool = False, chunks: TokenChunks | None = None) -> Handle:
         """Queue a request; its `Handle` gives the audio (with `stream`, segment by segment as each is ready: see
-        `Handle.chunks`; with `chunks`, a stream in token chunks as they are decoded: v1-v2ProPlus, v3/v4 stream
-        segments as upstream does). Raises `QueueFull` when `queue_size` requests are held, `EngineClosed` after
-        `close()`, and `InputError` (a ValueError) for a bad request, naming what is wrong."""
+        `Handle.chunks`; with `chunks`, a stream in token chunks as they are decoded). Raises `QueueFull` when
+        `queue_size` requests are held, `EngineClosed` after `close()`, and `InputError` (a ValueError) for a bad
+        request, naming what is wrong."""
         request = new_request(voice, tuple(segments), params or Params(), stream, chunks)
         if request.chunks is not None and self.renderer.chunk is None:
-            request.chunks = None  # this version renders whole segments
+            request.chunks = None  # a synthesizer without decode_streaming: whole segments
         if voice.prompt_bert.device != self.device or voice.prompt_bert.dtype != self.dtype:
             request.voice = voice.to(self.device, self.dtype)
         handle = Handle(request, self.version.sample_rate)
@@ -120,7 +120,8 @@ class Engine:
                 raise QueueFull(f"the engine holds {self.config.queue_size} requests (queue_size); try again later")
             self._handles[request.id] = handle
             if request.chunks is not None:
-                self._chunked[request.id] = ChunkStream(request.chunks, self._mute, len(request.segments))
+                longest = longest_chunk(self.version) if self.version.renderer == "cfm" else None
+                self._chunked[request.id] = ChunkStream(request.chunks, self._mute, len(request.segments), longest)
             self._queued.append(request)
             self.counters["submitted"] += 1
             self._cv.notify()
@@ -376,8 +377,9 @@ class Engine:
             self.counters["render_s"] += time.perf_counter() - started
         rate = self.version.sample_rate
         stream.rendered(end, last)
-        handle.deliver(stream.delivered, fragment(audio, request.params.fragment_interval if last else 0, rate))
-        stream.delivered += 1
+        if audio.numel() or last:  # v3/v4: the vocoder may hold a short chunk's frames until more context is in
+            handle.deliver(stream.delivered, fragment(audio, request.params.fragment_interval if last else 0, rate))
+            stream.delivered += 1
         if stream.finished:
             self._finish(request, result=(torch.cat(handle.delivered()), rate))
             return
@@ -427,7 +429,8 @@ class Engine:
         if not isinstance(vocoder, OptimizedVocoder):
             vocoder = optimize_vocoder(vocoder, config=config)
         stages["vocoder"] = vocoder.optimizer
-        return cls(t2s_model, Renderer(functools.partial(render_cfm, vits, vocoder, shape), device), shape, config,
+        return cls(t2s_model, Renderer(functools.partial(render_cfm, vits, vocoder, shape), device,
+                                       functools.partial(render_chunk_cfm, vits, vocoder, shape)), shape, config,
                    _present(stages))
 
     @classmethod

@@ -1,15 +1,21 @@
-"""Token-chunk streams (api_v2's `streaming_mode` 2 and 3, v1-v2ProPlus): a segment's audio in chunks cut from its
-tokens while it decodes, each chunk rendered as soon as it is cut, so the first audio comes after a few tokens.
+"""Token-chunk streams (api_v2's `streaming_mode` 2 and 3; for v3/v4 too, which upstream cannot stream): a
+segment's audio in chunks cut from its tokens while it decodes, each chunk rendered as soon as it is cut, so the
+first audio comes after a few tokens.
 
 Where a chunk ends follows upstream's rule (`gpt_sovits.chunks`, docs: gpt-sovits-upstream.md 3.2): every
 `min_tokens` tokens, or with `mute_cuts` at the first place past `min_tokens` where two tokens sound like silence
-(their codebook rows' cosine similarity to the mute token's above `THRESHOLD`, as `TTS.run` sets it). Unlike
-upstream's mode 2, a chunk ends at its cut: upstream hands the tokens after a cut out twice, and `TTS.run` decodes
-them twice. A chunk's audio is the synthesizer's `decode_streaming` of the segment's tokens up to the chunk's end,
-the chunk and `overlap` tokens before it kept (short chunks reach back to 10 tokens), their first latent frames
-crossfaded with the previous chunk's; the audio joins the previous chunk's where they overlap (`join`), and the
-overlapping tail is held back until the next chunk, as `TTS.run` joins them. Its noise is drawn from the request's
+(their codebook rows' cosine similarity to the mute token's above `THRESHOLD`, as `TTS.run` sets it); v3/v4 also cut
+a chunk that would outgrow one CFM window. Unlike upstream's mode 2, a chunk ends at its cut: upstream hands the
+tokens after a cut out twice, and `TTS.run` decodes them twice. Each chunk's noise is drawn from the request's
 seed, the segment and the chunk alone.
+* v1-v2ProPlus (`render_chunk`): the synthesizer's `decode_streaming` of the segment's tokens up to the chunk's end,
+  the chunk and `overlap` tokens before it kept (short chunks reach back to 10 tokens), their first latent frames
+  crossfaded with the previous chunk's; the audio joins the previous chunk's where they overlap (`join`), the shared
+  tail held back until the next chunk, as `TTS.run` joins them.
+* v3/v4 (`render_chunk_cfm`): `decode_encp` of the tokens so far, the chunk's features and `OVERLAP` frames before
+  them as one CFM window after the voice's prompt (the non-streamed path's windows are ~7 s; these are the chunk's
+  length, padded to a bucket), the mel faded in over the previous chunk's held-back frames, and the vocoder's
+  stream, which emits each sample once its context is in (exact against vocoding the joined mel at once).
 """
 
 from __future__ import annotations
@@ -22,13 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.buckets import Ladder
 from ..gpt_sovits.chunks import CHECK_TOKENS
+from ..gpt_sovits.versions import Version
+from ..vocoder.stream import MelStream
+from .render import OVERLAP, SPEC_MAX, SPEC_MIN
 from .request import Params, Request, Segment, TokenChunks, Voice
 
 MUTE_TOKEN = 486  # upstream's mute token, every version (TTS_Config.mute_tokens; modulo a stand-in's codebook)
 THRESHOLD = 0.0  # cosine similarity above which a token sounds like silence (TTS.run's chunk_split_thershold)
 SHORT_CHUNK = 10  # tokens: a shorter chunk keeps more tokens before it (TTS.run)
 SEARCH = 320  # samples the join searches for the best offset (TTS.run's sola_algorithm)
+WINDOWS = Ladder.half_octaves(32, 1000)  # v3/v4: a chunk's CFM window (after the prompt), in frames
 
 
 @dataclass(frozen=True)
@@ -48,14 +59,19 @@ class Cutter:
     """Where a segment's chunks end, fed its tokens as they come: `feed(tokens so far)` returns the new cuts (token
     counts), upstream's rule over the tokens alone."""
 
-    def __init__(self, chunks: TokenChunks, mute: list[float] | None) -> None:
+    def __init__(self, chunks: TokenChunks, mute: list[float] | None, longest: int | None = None) -> None:
         self.min_tokens, self.mute = chunks.min_tokens, mute if chunks.mute_cuts else None
+        self.longest = longest  # v3/v4: a chunk is cut at this many tokens whatever the rule says (a CFM window)
         self.cut, self.read = 0, 0  # the last cut, the tokens looked at
 
     def feed(self, tokens: list[int]) -> list[int]:
         cuts = []
         for self.read in range(self.read + 1, len(tokens) + 1):
             since = self.read - self.cut
+            if self.longest is not None and since >= self.longest:
+                self.cut = self.read
+                cuts.append(self.cut)
+                continue
             if self.mute is None:
                 if since >= self.min_tokens:
                     self.cut = self.read
@@ -73,6 +89,18 @@ class Cutter:
 
 
 @dataclass
+class CfmChunks:
+    """v3/v4 streams: the voice's prompt conditioning (features, ge, mel), the previous chunk's last mel frames not
+    vocoded yet (the next chunk fades in over them), and the vocoder's stream."""
+
+    fea_ref: torch.Tensor
+    ge: torch.Tensor
+    mel2: torch.Tensor
+    vocoder: MelStream
+    tail: torch.Tensor | None = None
+
+
+@dataclass
 class SegmentChunks:
     """One segment of a stream: its tokens so far, the cuts not rendered yet, the previous chunk's latent and audio
     (what the next chunk joins), whether its tokens are all in."""
@@ -86,6 +114,7 @@ class SegmentChunks:
     latent_tokens: int = 0  # the tokens they cover
     audio: torch.Tensor | None = None  # the previous chunk's audio
     held: int = 0  # its last samples, not handed out yet (the next chunk fades in over them)
+    cfm: CfmChunks | None = None  # v3/v4
     complete: bool = False
 
     def next_end(self) -> int | None:
@@ -99,9 +128,10 @@ class ChunkStream:
     """A stream's chunks across its segments: fed tokens by the decode loop, rendered in order by one render job at
     a time (each chunk needs the previous one's latent and audio)."""
 
-    def __init__(self, chunks: TokenChunks, mute: list[float] | None, segments: int) -> None:
+    def __init__(self, chunks: TokenChunks, mute: list[float] | None, segments: int,
+                 longest: int | None = None) -> None:
         self.config = chunks
-        self.segments = [SegmentChunks(Cutter(chunks, mute)) for _ in range(segments)]
+        self.segments = [SegmentChunks(Cutter(chunks, mute, longest)) for _ in range(segments)]
         self.current = 0  # the segment being rendered
         self.delivered = 0  # pieces handed out
         self.busy = False  # a render job holds it
@@ -183,6 +213,62 @@ def render_chunk(vits: nn.Module, voice: Voice, params: Params, segment: Segment
     state.latent, state.latent_tokens, state.audio = latent, kept, audio
     state.held = 0 if last else size
     return out[: out.shape[-1] - state.held]
+
+
+def longest_chunk(version: Version) -> int:
+    """v3/v4: the most tokens one chunk's CFM window holds (the window less the prompt and the shared frames)."""
+    return int((version.cfm_window - version.cfm_prompt - OVERLAP) / version.masked_per_token)
+
+
+def render_chunk_cfm(vits: nn.Module, vocoder: nn.Module, version: Version, voice: Voice, params: Params,
+                     segment: Segment, state: SegmentChunks, end: int, last: bool, overlap: int) -> torch.Tensor:
+    """v3/v4: the audio (samples,) of the segment's chunk ending at token `end`: `decode_encp` of the tokens so far,
+    the chunk's features (and `OVERLAP` frames before them) as one CFM window after the voice's prompt, padded to a
+    window bucket with zero features as upstream pads its last window; its mel faded in over the previous chunk's
+    held-back frames, its own last ones held back, and the rest through the vocoder's stream (frames whose context
+    is not in yet come with a later chunk). `overlap` (tokens) is the decode path's: the mel overlap is upstream's."""
+    device = next(vits.parameters()).device
+    refer = voice.refer[0]
+    if state.cfm is None:
+        fea_ref, ge = vits.decode_encp(voice.prompt_tokens.to(device)[None, None],
+                                       voice.prompt_phones.to(device)[None], refer)
+        frames = min(voice.mel.shape[2], fea_ref.shape[2], version.cfm_prompt)
+        state.cfm = CfmChunks(fea_ref[:, :, fea_ref.shape[2] - frames:], ge,
+                              voice.mel[:, :, voice.mel.shape[2] - frames:].to(fea_ref.dtype),
+                              MelStream(vocoder.optimizer))
+    cfm, start = state.cfm, state.rendered
+    if end == start:  # nothing after the last cut: the held-back frames
+        return _vocode(cfm, cfm.tail, last)
+    codes = torch.tensor(state.tokens[:end], device=device).view(1, 1, -1)
+    feats = vits.decode_encp(codes, segment.phones.to(device)[None], refer, cfm.ge, params.speed)[0]
+    total = feats.shape[2]
+    first = round(start * total / end)
+    shared = 0 if cfm.tail is None else min(OVERLAP, first, cfm.tail.shape[1])
+    window = feats[:, :, first - shared:]
+    real = window.shape[2]
+    size = WINDOWS.fit(real) or real
+    fea = torch.cat([cfm.fea_ref, F.pad(window, (0, size - real))], 2).transpose(2, 1)
+    spec = vits.cfm.inference(fea, torch.LongTensor([fea.size(1)]).to(device), cfm.mel2, params.sample_steps,
+                              inference_cfg_rate=0)
+    mel = spec[0, :, spec.shape[2] - size:][:, :real]
+    if shared:
+        ramp = torch.linspace(0, 1, shared + 2, device=device, dtype=mel.dtype)[1:-1]
+        mel = torch.cat([cfm.tail[:, cfm.tail.shape[1] - shared:] * (1 - ramp) + mel[:, :shared] * ramp,
+                         mel[:, shared:]], 1)
+    hold = 0 if last else min(OVERLAP, mel.shape[1])
+    cfm.tail = mel[:, mel.shape[1] - hold:]
+    return _vocode(cfm, mel[:, : mel.shape[1] - hold], last)
+
+
+def _vocode(cfm: CfmChunks, mel: torch.Tensor | None, last: bool) -> torch.Tensor:
+    """The vocoder stream's audio (samples,) for normalised mel frames (mels, n) pushed now; all of it when `last`."""
+    pieces = []
+    if mel is not None and mel.shape[1]:
+        pieces.append(cfm.vocoder.push(((mel + 1) / 2 * (SPEC_MAX - SPEC_MIN) + SPEC_MIN)[None]))
+    if last:
+        pieces.append(cfm.vocoder.close())
+    pieces = [p[0, 0] for p in pieces if p is not None]
+    return torch.cat(pieces) if pieces else torch.zeros(0, device=cfm.ge.device)
 
 
 def join(previous: torch.Tensor, current: torch.Tensor, size: int) -> torch.Tensor:
