@@ -87,6 +87,33 @@ def engine_submit(engine: Engine, voice: Voice, segments: dict, caps: dict, mode
     return submit
 
 
+def stream_difference(engine: Engine, voice: Voice, segments: dict, caps: dict, min_chunk: int) -> dict:
+    """Per text, one request whole and as a streaming_mode-3 stream (same seed, so the same tokens): the mean
+    |log-magnitude| distance of their spectrograms, and the stream's largest jump between two samples at a seam
+    between its pieces against the 99th percentile of its jumps elsewhere."""
+    out = {}
+    for label in segments:
+        params = Params(max_tokens=caps[label], fragment_interval=0.0, seed=1)
+        whole = engine.submit(voice, segments[label], params).result()[0]
+        handle = engine.submit(voice, segments[label], params, chunks=TokenChunks(min_chunk, 2))
+        pieces = [p for p in handle.chunks() if p.numel()]
+        streamed = torch.cat(pieces)
+        n = min(len(whole), len(streamed))
+        window = torch.hann_window(1024)
+        spectra = [torch.stft(x[:n], 1024, 256, window=window, return_complex=True).abs() for x in (whole, streamed)]
+        jumps = (streamed[1:] - streamed[:-1]).abs()
+        seams = torch.tensor([sum(len(p) for p in pieces[:i + 1]) - 1 for i in range(len(pieces) - 1)])
+        out[label] = {"log_spectral_distance": float((torch.log(spectra[0] + 1e-5) - torch.log(spectra[1] + 1e-5))
+                                                     .abs().mean()),
+                      "samples_whole": len(whole), "samples_streamed": len(streamed), "pieces": len(pieces),
+                      "seam_jump_max": float(jumps[seams].max()) if len(seams) else None,
+                      "jump_p99": float(jumps.quantile(0.99))}
+        log.info("%-6s stream vs whole: log-spectral distance %.3f, %d pieces, seam jump max %s vs p99 jump %.4f",
+                 label, out[label]["log_spectral_distance"], len(pieces), out[label]["seam_jump_max"],
+                 out[label]["jump_p99"])
+    return out
+
+
 def closed_loop(submit: Submit, labels: list[str], callers: int, seconds: float) -> list[dict]:
     """`callers` threads, each submitting the next text as soon as its last one returns, for `seconds`."""
     records, lock, stop = [], threading.Lock(), time.perf_counter() + seconds
@@ -271,6 +298,8 @@ def main() -> None:
             name = "engine" if mode == 0 else f"engine, streaming_mode {mode}"
             results[name] = measure(name, engine_submit(engine, voice, segments, caps, mode, args.min_chunk), labels,
                                     loads, args.seconds, shape.sample_rate, engine.stats)
+        if "3" in args.stream_modes.split(","):
+            results["stream_vs_whole"] = stream_difference(engine, voice, segments, caps, args.min_chunk)
         if args.memory_requests and device.type == "cuda":
             results["memory"] = memory_over(engine_submit(engine, voice, segments, caps), "short",
                                             args.memory_requests, 64, device)
