@@ -242,9 +242,9 @@ def render_chunk_cfm(vits: nn.Module, vocoder: nn.Module, version: Version, voic
     codes = torch.tensor(state.tokens[:end], device=device).view(1, 1, -1)
     feats = vits.decode_encp(codes, segment.phones.to(device)[None], refer, cfm.ge, params.speed)[0]
     total = feats.shape[2]
-    first = round(start * total / end)
-    shared = 0 if cfm.tail is None else min(OVERLAP, first, cfm.tail.shape[1])
-    window = feats[:, :, first - shared:]
+    begin = round(start * total / end)  # the chunk's first frame
+    shared = 0 if cfm.tail is None else min(OVERLAP, begin, cfm.tail.shape[1])
+    window = feats[:, :, begin - shared:]
     real = window.shape[2]
     size = WINDOWS.fit(real) or real
     fea = torch.cat([cfm.fea_ref, F.pad(window, (0, size - real))], 2).transpose(2, 1)
