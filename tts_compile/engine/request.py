@@ -97,14 +97,7 @@ class Params:
     timeout_s: float | None = None  # from submission; None: no deadline
 
     def __post_init__(self) -> None:
-        for name, (kind, low, high, exclusive) in _RANGES.items():
-            value = getattr(self, name)
-            number = isinstance(value, kind if kind is int else (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or value < low or (exclusive and value == low) or \
-                    (high is not None and value > high):
-                bound = f"{'>' if exclusive else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-                raise InputError(f"{name}={value!r} is invalid: expected {'an int' if kind is int else 'a number'} "
-                                 f"{bound}")
+        _check_ranges(self, _RANGES)
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or
                                       not 0 <= self.seed < 2**63):
             raise InputError(f"seed={self.seed!r} is invalid: expected None or an int in [0, 2**63)")
@@ -126,12 +119,22 @@ class TokenChunks:
     mute_cuts: bool = False
 
     def __post_init__(self) -> None:
-        for name, low in (("min_tokens", 1), ("overlap", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_CHUNK_TOKENS:
-                raise InputError(f"{name}={value!r} is invalid: expected an int in [{low}, {MAX_CHUNK_TOKENS}]")
+        _check_ranges(self, {"min_tokens": (int, 1, MAX_CHUNK_TOKENS, False),
+                             "overlap": (int, 0, MAX_CHUNK_TOKENS, False)})
         if not isinstance(self.mute_cuts, bool):
             raise InputError(f"mute_cuts={self.mute_cuts!r} is invalid: expected True or False")
+
+
+def _check_ranges(values: object, ranges: dict[str, tuple[type, float, float | None, bool]]) -> None:
+    """InputError naming the first attribute of `values` outside its range in `ranges`."""
+    for name, (kind, low, high, exclusive) in ranges.items():
+        value = getattr(values, name)
+        number = isinstance(value, kind if kind is int else (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value < low or (exclusive and value == low) or \
+                (high is not None and value > high):
+            bound = f"{'>' if exclusive else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            raise InputError(f"{name}={value!r} is invalid: expected {'an int' if kind is int else 'a number'} "
+                             f"{bound}")
 
 
 class Status(enum.Enum):

@@ -335,11 +335,7 @@ class T2SAccelerator(Stage):
             if cut is None and end is not None:
                 return
             if cut is not None:
-                state.restore(saved)
-                rng.restore()
-                for redo in range(start, cut):
-                    self._step(state, sampling, redo, 1)
-                self.guard.count("redone", cut - start)
+                self._redo(state, saved, rng, sampling, start, cut, 1)
                 step = cut
                 yield None
 
@@ -432,11 +428,7 @@ class T2SAccelerator(Stage):
                 self._rewind(rng, state, start, stop, len(alive))
                 break
             if stop < step - 1:  # the steps after `stop` drew noise for rows that upstream has dropped: redo
-                state.restore(saved)
-                rng.restore()
-                for redo in range(start, stop + 1):
-                    self._step(state, sampling, redo, len(alive))
-                self.guard.count("redone", stop + 1 - start)
+                self._redo(state, saved, rng, sampling, start, stop + 1, len(alive))
             alive = [row for row in alive if row not in ends]
             state.alive[: len(alive)].copy_(torch.tensor(alive))
             step = stop + 1
@@ -539,6 +531,16 @@ class T2SAccelerator(Stage):
         seconds = self.runner.capture(key, lambda: self._step_body(state, sampling, vocab, alive), restore)
         logger.info("optimize_t2s: captured a decode step (cache %d, %d of %d rows, vocab %d, %s) in %.1f s",
                     state.columns.numel(), alive, state.x.shape[0], vocab, sampling, seconds)
+
+    def _redo(self, state: _State, saved: dict[str, torch.Tensor], rng: RngState, sampling: Sampling, start: int,
+              end: int, alive: int) -> None:
+        """Undo the round that began at step `start` (buffers and generator back to `saved` and `rng`) and run its
+        steps up to `end` again: what the steps after `end` drew is drawn afresh by whatever comes next."""
+        state.restore(saved)
+        rng.restore()
+        for step in range(start, end):
+            self._step(state, sampling, step, alive)
+        self.guard.count("redone", end - start)
 
     def _rewind(self, rng: RngState, state: _State, start: int, stop: int, alive: int) -> None:
         """Leave the generator where upstream leaves it: one draw per step up to `stop`, none after."""
