@@ -1,7 +1,7 @@
 """`python -m tts_compile serve --replicas 2`: the server on a local Ray Serve instance over the stand-in models (CPU).
-Requests spread over both replicas, a voice registered through one is served by both, and a replica killed
-mid-load: every request is answered (200, or a 5xx for those on the killed replica), none hangs, the replacement
-comes up and serves."""
+Requests spread over both replicas, a voice registered through one is served by both, a weight switch through one
+reaches both, and a replica killed mid-load: every request is answered (200, or a 5xx for those on the killed
+replica), none hangs, the replacement comes up and serves the switched weights."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from tests.serve.conftest import AUTH, reference
 from tests.serve.test_command import command
+from tts_compile.engine import stand_ins
 
 pytest.importorskip("ray", reason="the replicated server needs the ray extra (pip install 'tts-compile[ray]')")
 
@@ -62,15 +64,25 @@ def test_requests_spread_over_the_replicas_and_a_voice_is_everyones(deployment) 
         with client.stream("POST", "/tts", json=body) as streamed:  # through Serve's proxy, piece by piece
             pieces = [piece for piece in streamed.iter_bytes() if piece]
         assert streamed.status_code == 200 and pieces[0][:4] == b"RIFF" and sum(map(len, pieces)) > 44
-        switch = client.get("/set_gpt_weights", headers=AUTH, params={"weights_path": __file__})
-        assert switch.status_code == 501 and "--replicas" in switch.json()["message"]
+
+
+def test_a_weight_switch_through_one_replica_reaches_both(deployment, tmp_path) -> None:
+    path = tmp_path / "gpt.pt"
+    torch.save(stand_ins.models("v2ProPlus", seed=7)[0].state_dict(), path)
+    with httpx.Client(base_url=deployment, timeout=DEADLINE_S) as client:
+        _register(client)
+        before = {a.content for a in _spread(client, 8) if isinstance(a, httpx.Response)}
+        switch = client.get("/set_gpt_weights", headers=AUTH, params={"weights_path": str(path)})
+        assert switch.status_code == 200, switch.text
+        answers = _spread(client, 32)
+    assert all(isinstance(a, httpx.Response) and a.status_code == 200 for a in answers), answers
+    assert len({a.headers[HEADER] for a in answers}) == 2
+    assert len({a.content for a in answers}) == 1 and not {a.content for a in answers} & before
 
 
 def test_a_killed_replica_is_replaced_and_no_request_hangs(deployment) -> None:
     with httpx.Client(base_url=deployment, timeout=DEADLINE_S) as client:
-        if client.get("/voices").json()["voices"] == []:
-            client.post("/voices", headers=AUTH, data={"name": "alice", "prompt_text": "你好。"},
-                        files={"ref_audio": ("a.wav", reference())})
+        _register(client)
         before = {a.headers[HEADER] for a in _spread(client, 16) if isinstance(a, httpx.Response)}
         victim = sorted(before)[0]
         with ThreadPoolExecutor(1) as pool:
@@ -82,11 +94,19 @@ def test_a_killed_replica_is_replaced_and_no_request_hangs(deployment) -> None:
         assert all(isinstance(a, httpx.Response) for a in answers), [a for a in answers if isinstance(a, Exception)]
         statuses = {a.status_code for a in answers}
         assert statuses <= {200} | set(range(500, 600)) and 200 in statuses
-        replaced = set()
+        replaced, contents = set(), set()
         while time.monotonic() - started < 120 and not replaced - before:
-            replaced |= {a.headers[HEADER] for a in _spread(client, 8) if isinstance(a, httpx.Response)
-                         and a.status_code == 200}
+            served = [a for a in _spread(client, 8) if isinstance(a, httpx.Response) and a.status_code == 200]
+            replaced |= {a.headers[HEADER] for a in served}
+            contents |= {a.content for a in served}
         assert replaced - before, f"no new replica answered within 120 s (answers from {replaced})"
+        assert len(contents) == 1  # the replacement serves the deployment's weights (switched above), not its config's
+
+
+def _register(client: httpx.Client) -> None:
+    if client.get("/voices").json()["voices"] == []:
+        client.post("/voices", headers=AUTH, data={"name": "alice", "prompt_text": "你好。"},
+                    files={"ref_audio": ("a.wav", reference())})
 
 
 def test_the_serve_deploy_config_names_a_builder_that_takes_its_args(tmp_path) -> None:

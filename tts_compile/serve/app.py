@@ -56,7 +56,6 @@ class Settings:
     request_timeout_s: float = 300.0
     voice_cache_mib: float = 512.0
     exposed: bool = False  # listening beyond the loopback address
-    replicated: bool = False  # one of several replicas (Ray Serve): each holds its own models
 
 
 class HTTPError(StarletteHTTPException):
@@ -76,6 +75,7 @@ class Server:
         self.voices: VoiceStore | None = None
         self.metrics = Metrics(lambda: self.backend.engine if self.backend else None)
         self.shutdown: Callable[[str], None] | None = None  # set by `serve`: stops uvicorn ("exit" or "restart")
+        self.shared: Any = None  # a replica's `shared.SharedWeights`: weight switches that reach every replica
 
     def ready(self, backend: Backend) -> None:
         """The backend is built and warmed up: start serving."""
@@ -118,7 +118,10 @@ class Server:
 
     def start(self, backend: Backend, job: Synthesis) -> Handle:
         """The request's voice and segments prepared and submitted (in a worker thread), all under the backend's
-        current weights: a weight switch waits for it, and it for a switch."""
+        current weights (a replica's first the deployment's: `shared`): a weight switch waits for it, and it for a
+        switch."""
+        if self.shared is not None:
+            self.shared.follow()
         with backend.serving():
             if job.voice_name is not None:
                 voice = self.voices.get(job.voice_name)
@@ -394,9 +397,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         prepared again under new SoVITS weights)."""
         server.check_key(request)
         backend = server.need_backend()
-        if settings.replicated:
-            raise HTTPError(501, "weight switches are not supported with --replicas (each replica holds its own "
-                                 "models): restart the deployment with the new weights")
         if settings.exposed and settings.api_key is None:
             raise HTTPError(403, "weights load as pickles: switching them needs --api-key when the server listens "
                                  "beyond this machine")
@@ -405,7 +405,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             raise InputError("weights_path is required")
         if not Path(weights_path).is_file():
             raise InputError(f"weights_path={weights_path!r}: no such file")
-        await run_in_threadpool(backend.set_weights, kind, weights_path)
+        await run_in_threadpool(server.shared.switch if server.shared else backend.set_weights, kind, weights_path)
         return JSONResponse({"message": "success"})
 
     @app.get("/control")

@@ -43,11 +43,14 @@ class Backend:
     split_methods: tuple[str, ...] = SPLIT_METHODS
     description: str = ""
 
-    def __init__(self) -> None:
+    def __init__(self, drain_s: float = 300.0) -> None:
         self._segments: ByteLRU[list[Segment]] = ByteLRU(
             SEGMENT_CACHE_BYTES, lambda found: tensor_bytes(*(t for s in found for t in (s.phones, s.bert))),
             keep_oversized=False)
         self._switch = SharedLock()
+        self.drain_s = drain_s  # how long an engine replaced by a weight switch may take to finish what it holds
+        self.loaded: dict[str, str] = {}  # "gpt" / "sovits" -> the weights file serving now (absent: built in)
+        self._retiring: threading.Thread | None = None
 
     def serving(self) -> contextlib.AbstractContextManager:
         """Held while a request's voice and segments are prepared and it is submitted: a weight switch waits for
@@ -78,12 +81,26 @@ class Backend:
     @property
     def weights(self) -> str:
         """What prepared voices depend on (the SoVITS weights): a voice prepared under other weights is stale."""
-        return "built-in"
+        return self.loaded.get("sovits", "built-in")
 
     def set_weights(self, kind: str, path: str) -> None:
-        """Serve new GPT (`gpt`) or SoVITS (`sovits`) weights from now on."""
-        raise InputError(f"set_{kind}_weights: the built-in stand-in models have no weights files; start the server "
-                         "with --config to switch weights")
+        """Serve new GPT (`gpt`) or SoVITS (`sovits`) weights from now on: they load and a new engine warms up while
+        requests already submitted go on in the old engine and new ones wait; then the new engine takes them and the
+        old one finishes what it holds (at most `drain_s`; one old engine at a time). InputError when the file does
+        not load (the old weights keep serving)."""
+        if self._retiring is not None:
+            self._retiring.join(self.drain_s)
+        with self._switch.exclusive():
+            old, self.engine = self.engine, self._load(kind, path)
+            self.loaded[kind] = path
+        self._retiring = threading.Thread(target=_retire, args=(old, self.drain_s), name="tts_compile-retire",
+                                          daemon=True)
+        self._retiring.start()
+        logger.info("serve: %s weights %s loaded; new requests go to the new engine", kind, path)
+
+    def _load(self, kind: str, path: str) -> Engine:
+        """An engine over the models with `kind`'s weights read from `path`; InputError when they do not load."""
+        raise NotImplementedError
 
     def close(self) -> None:
         self.engine.close()
@@ -94,14 +111,15 @@ class Pipeline(Backend):
 
     def __init__(self, tts: Any, config: EngineConfig | None = None,
                  methods: tuple[str, ...] | None = None, drain_s: float = 300.0) -> None:
-        super().__init__()
-        self.frontend, self.config, self.drain_s = PipelineFrontend(tts), config or EngineConfig(), drain_s
+        super().__init__(drain_s)
+        self.frontend, self.config = PipelineFrontend(tts), config or EngineConfig()
         if self.config.bert:
             attach_or_leave("serve", "BERT", optimize_bert, lambda: tts.text_preprocessor, self.config)
         self.version, self.languages = self.frontend.version, self.frontend.languages
         self.split_methods = methods or split_methods()
         self.engine = Engine.from_pipeline(tts, config)
-        self._retiring: threading.Thread | None = None
+        self.loaded = {kind: str(getattr(tts.configs, name, "?"))
+                       for kind, name in (("gpt", "t2s_weights_path"), ("sovits", "vits_weights_path"))}
 
     @property
     def description(self) -> str:
@@ -109,29 +127,16 @@ class Pipeline(Backend):
         return (f"GPT-SoVITS {self.version} ({getattr(configs, 't2s_weights_path', '?')}, "
                 f"{getattr(configs, 'vits_weights_path', '?')}) on {self.engine.device}")
 
-    @property
-    def weights(self) -> str:
-        return str(getattr(self.frontend.tts.configs, "vits_weights_path", "?"))
-
-    def set_weights(self, kind: str, path: str) -> None:
-        """Upstream loads the weights and a new engine over the pipeline's models warms up, while requests already
-        submitted go on in the old engine and new ones wait; then the new engine takes them and the old one finishes
-        what it holds (at most `drain_s`; one old engine at a time)."""
-        if self._retiring is not None:
-            self._retiring.join(self.drain_s)
-        with self._switch.exclusive():
-            try:
-                self.frontend.load_weights(kind, path)
-            except Exception as exc:  # noqa: BLE001 - whatever upstream's loading raises: the caller's file
-                raise InputError(f"set_{kind}_weights: upstream cannot load {path!r}: {type(exc).__name__}: "
-                                 f"{exc}") from None
-            engine = Engine.from_pipeline(self.frontend.tts, self.config)
-            old, self.engine = self.engine, engine
-            self.version, self.languages = self.frontend.version, self.frontend.languages
-        self._retiring = threading.Thread(target=_retire, args=(old, self.drain_s), name="tts_compile-retire",
-                                          daemon=True)
-        self._retiring.start()
-        logger.info("serve: %s weights %s loaded; new requests go to the new engine", kind, path)
+    def _load(self, kind: str, path: str) -> Engine:
+        """Upstream's own loading into the pipeline (a SoVITS file may change the version), then an engine over it."""
+        try:
+            self.frontend.load_weights(kind, path)
+        except Exception as exc:  # noqa: BLE001 - whatever upstream's loading raises: the caller's file
+            raise InputError(f"set_{kind}_weights: upstream cannot load {path!r}: {type(exc).__name__}: "
+                             f"{exc}") from None
+        engine = Engine.from_pipeline(self.frontend.tts, self.config)
+        self.version, self.languages = self.frontend.version, self.frontend.languages
+        return engine
 
     @classmethod
     def from_config(cls, path: str, config: EngineConfig | None = None) -> "Pipeline":
@@ -153,9 +158,25 @@ class StandIns(Backend):
 
     def __init__(self, version: str = "v2ProPlus", config: EngineConfig | None = None) -> None:
         super().__init__()
-        self.version = version
-        self.engine = stand_ins.engine(version, config=config)
+        self.version, self.config = version, config
+        self.models = stand_ins.models(version)  # (T2S, synthesizer, vocoder or None)
+        self.engine = Engine.from_models(version, *self.models, config)
         self.description = f"the built-in stand-in models of GPT-SoVITS {version} (random weights: the audio is noise)"
+
+    def _load(self, kind: str, path: str) -> Engine:
+        """A state dict saved from the stand-ins' T2S (`gpt`) or synthesizer (`sovits`, v3/v4's CFM included)."""
+        index = 0 if kind == "gpt" else 1
+        models = list(self.models)
+        models[index] = stand_ins.models(self.version)[index]
+        try:
+            models[index].load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # noqa: BLE001 - not a file, not a state dict, or another model's
+            raise InputError(f"set_{kind}_weights: {path!r} is not a state dict of the stand-in "
+                             f"{'T2S' if index == 0 else 'synthesizer'} of {self.version}: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}") from None
+        engine = Engine.from_models(self.version, *models, self.config)
+        self.models = tuple(models)
+        return engine
 
     def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
         if not any(c.isalnum() for c in text):

@@ -4,14 +4,14 @@ Each replica is the single-process server's FastAPI application (one definition 
 replica's own process with its own backend (one engine per GPU, `num_gpus: 1`, where there is one); Serve's proxy
 routes requests to replicas, streams their answers, replaces a replica that dies and, with `max_replicas`, scales on
 ongoing requests per replica. Every answer names its replica in `X-TTS-Replica`. Voices live in the voices
-directory, shared by the replicas (a network file system across hosts). A weight switch would reach one replica
-only, so the replicated server refuses it (501). Needs the `ray` extra (`pip install tts-compile[ray]`); the
-single-process server never imports this module.
+directory, shared by the replicas (a network file system across hosts), and so does the record of weight switches
+(`shared`), which every replica follows. Needs the `ray` extra (`pip install tts-compile[ray]`); the single-process
+server never imports this module.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import os
 import signal
@@ -24,8 +24,9 @@ from fastapi import FastAPI
 from ray import serve
 from starlette.requests import Request
 
-from .app import Settings, create_app
+from .app import HTTPError, Settings, create_app
 from .backend import Backend, builder
+from .shared import SharedWeights
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,14 @@ MAX_ONGOING = 256  # requests Serve hands one replica at once (its engine's queu
 
 
 def replica_app(settings: Settings, build: Callable[[], Backend]) -> FastAPI:
-    """The application one replica serves (run in the replica's process): the backend built before Serve routes to
-    it, its answers named by `replica:pid`."""
-    app = create_app(settings, build())
+    """The application one replica serves (run in the replica's process): the backend built, and switched to the
+    deployment's weights, before Serve routes to it; its answers named by `replica:pid`."""
+    backend = build()
+    shared = SharedWeights(settings.voices_dir, backend)
+    with contextlib.suppress(HTTPError):  # weights it cannot load: logged, and its requests answer 503 saying so
+        shared.follow()
+    app = create_app(settings, backend)
+    app.state.server.shared = shared
     name = f"{serve.get_replica_context().replica_tag}:{os.getpid()}"
 
     @app.middleware("http")
@@ -56,8 +62,6 @@ def deploy(settings: Settings, build: Callable[[], Backend], replicas: int, max_
     if max_replicas is not None and max_replicas > replicas:
         scaling = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
                                           "target_ongoing_requests": ONGOING_TARGET}}
-    settings = dataclasses.replace(settings, replicated=True)
-
     def builder() -> FastAPI:  # a function: Serve calls it in each replica's process
         return replica_app(settings, build)
 
