@@ -343,9 +343,7 @@ class Engine:
         started = time.perf_counter()
         pieces = self.renderer.render(job)
         host = torch.cat(pieces).float().cpu().split([len(piece) for piece in pieces])  # one copy to the host
-        with self._cv:
-            self.counters["renders"] += 1
-            self.counters["render_s"] += time.perf_counter() - started
+        self._rendered(started)
         rate = self.version.sample_rate
         fragments = [fragment(audio, request.params.fragment_interval, rate) for audio in host]
         if not request.stream:
@@ -372,9 +370,7 @@ class Engine:
         audio = self.renderer.render_chunk(row_seed(row_seed(request.seed, index), state.chunks), request.voice,
                                            request.params, request.segments[index], state, end, last,
                                            stream.config.overlap).float().cpu()
-        with self._cv:
-            self.counters["renders"] += 1
-            self.counters["render_s"] += time.perf_counter() - started
+        self._rendered(started)
         rate = self.version.sample_rate
         stream.rendered(end, last)
         if audio.numel() or last:  # v3/v4: the vocoder may hold a short chunk's frames until more context is in
@@ -385,6 +381,12 @@ class Engine:
             return
         stream.release()
         self._chunk_due(request, stream)
+
+    def _rendered(self, started: float) -> None:
+        """Count a render that began at `started` (perf_counter seconds)."""
+        with self._cv:
+            self.counters["renders"] += 1
+            self.counters["render_s"] += time.perf_counter() - started
 
     def _finish(self, request: Request, result: tuple[torch.Tensor, int] | None = None,
                 error: BaseException | None = None) -> None:
