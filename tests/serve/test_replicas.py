@@ -78,6 +78,8 @@ def test_a_weight_switch_through_one_replica_reaches_both(deployment, tmp_path) 
     assert all(isinstance(a, httpx.Response) and a.status_code == 200 for a in answers), answers
     assert len({a.headers[HEADER] for a in answers}) == 2
     assert len({a.content for a in answers}) == 1 and not {a.content for a in answers} & before
+    with httpx.Client(base_url=deployment, timeout=DEADLINE_S) as client:
+        assert client.get("/ready").json()["weights"] == {"gpt": str(path)}
 
 
 def test_a_killed_replica_is_replaced_and_no_request_hangs(deployment) -> None:

@@ -426,7 +426,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     async def ready() -> Response:
         backend = server.need_backend()
         return JSONResponse({"status": "ready", "version": backend.version, "models": backend.description,
-                             "startup_s": round(backend.engine.startup_s, 2)})
+                             "weights": backend.loaded, "startup_s": round(backend.engine.startup_s, 2)})
 
     @app.get("/metrics")
     async def metrics() -> Response:
