@@ -394,7 +394,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     @app.get("/set_sovits_weights")
     async def set_weights(request: Request, weights_path: str | None = None) -> Response:
         """api_v2's routes: requests in flight finish on the old weights, new ones use the new (prepared voices are
-        prepared again under new SoVITS weights)."""
+        prepared again under new SoVITS weights); a replica's switch reaches every replica (`shared`)."""
         server.check_key(request)
         backend = server.need_backend()
         if settings.exposed and settings.api_key is None:
