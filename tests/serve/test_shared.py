@@ -102,3 +102,14 @@ def test_switches_of_both_kinds_through_two_replicas_at_once_reach_both(tmp_path
     [thread.join(120) for thread in threads]
     assert torch.equal(audio(a), audio(b))
     assert a.backend.loaded == b.backend.loaded == paths
+
+
+def test_a_broken_record_is_ignored_until_a_switch_writes_a_good_one(tmp_path, replicas) -> None:
+    a, b = replicas
+    (tmp_path / RECORD).write_text("{not json")
+    engine = b.backend.engine
+    b.follow()  # no error for the request: the weights it serves stay
+    assert b.backend.engine is engine and b.backend.loaded == {}
+    path = weights(tmp_path, "gpt", 8)
+    a.switch("gpt", path)
+    assert torch.equal(audio(b), audio(a)) and b.backend.loaded == {"gpt": path}

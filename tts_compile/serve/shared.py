@@ -82,9 +82,17 @@ class SharedWeights:
                 logger.error("serve: %s", self._problems[kind])
 
     def _read(self) -> dict[str, str]:
+        """The recorded weights by kind; none for a record that is missing or not one (logged: the next switch
+        writes a good one)."""
         try:
             record = json.loads(self.record.read_text())
         except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            logger.error("serve: %s is not a weights record (%s); it is ignored", self.record, exc)
+            return {}
+        if not isinstance(record, dict):
+            logger.error("serve: %s is not a weights record (a JSON object); it is ignored", self.record)
             return {}
         return {kind: record[kind] for kind in KINDS if isinstance(record.get(kind), str)}
 
