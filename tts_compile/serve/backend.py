@@ -123,9 +123,7 @@ class Pipeline(Backend):
 
     @property
     def description(self) -> str:
-        configs = self.frontend.tts.configs
-        return (f"GPT-SoVITS {self.version} ({getattr(configs, 't2s_weights_path', '?')}, "
-                f"{getattr(configs, 'vits_weights_path', '?')}) on {self.engine.device}")
+        return f"GPT-SoVITS {self.version} ({self.loaded['gpt']}, {self.loaded['sovits']}) on {self.engine.device}"
 
     def _load(self, kind: str, path: str) -> Engine:
         """Upstream's own loading into the pipeline (a SoVITS file may change the version), then an engine over it."""

@@ -86,13 +86,12 @@ class SharedWeights:
         writes a good one)."""
         try:
             record = json.loads(self.record.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
         except FileNotFoundError:
             return {}
         except ValueError as exc:
             logger.error("serve: %s is not a weights record (%s); it is ignored", self.record, exc)
-            return {}
-        if not isinstance(record, dict):
-            logger.error("serve: %s is not a weights record (a JSON object); it is ignored", self.record)
             return {}
         return {kind: record[kind] for kind in KINDS if isinstance(record.get(kind), str)}
 
