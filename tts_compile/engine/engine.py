@@ -366,10 +366,14 @@ class Engine:
             self._finish(request, error=request.stopped())
             return
         index, state, end, last = stream.due()
+        # What earlier chunks left stays referenced until this chunk's audio is on the host: they may come from
+        # another worker's CUDA stream, which could reuse their memory, freed sooner, while this one still reads it.
+        carried = state.tensors()
         started = time.perf_counter()
         audio = self.renderer.render_chunk(row_seed(row_seed(request.seed, index), state.chunks), request.voice,
                                            request.params, request.segments[index], state, end, last,
                                            stream.config.overlap).float().cpu()
+        del carried  # this stream's work is done: their memory may serve again
         self._rendered(started)
         rate = self.version.sample_rate
         stream.rendered(end, last)

@@ -117,6 +117,13 @@ class SegmentChunks:
     cfm: CfmChunks | None = None  # v3/v4
     complete: bool = False
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The device tensors earlier chunks left for the next one to read."""
+        cfm = self.cfm
+        found = [self.latent, self.audio] + ([] if cfm is None else
+                                             [cfm.fea_ref, cfm.ge, cfm.mel2, cfm.tail, cfm.vocoder.buffer])
+        return [t for t in found if t is not None]
+
     def next_end(self) -> int | None:
         """The end of the next chunk to render (the last one's: every token, once complete); None if none is due."""
         if self.ends:
