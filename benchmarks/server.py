@@ -105,8 +105,8 @@ def on_ray(folder: Path, args: argparse.Namespace, per_text: int, gpus: float) -
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 9898})
-        build = functools.partial(replica_backend, args.version, args.smoke)
-        serve.run(deploy(Settings(folder), build, args.ray, gpus=gpus), name="benchmark", route_prefix="/")
+        backend = functools.partial(replica_backend, args.version, args.smoke)
+        serve.run(deploy(Settings(folder), backend, args.ray, gpus=gpus), name="benchmark", route_prefix="/")
         return load("http://127.0.0.1:9898", per_text, args.callers)
     finally:
         serve.shutdown()
