@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import copy
 import weakref
+from functools import partial
+from itertools import chain
+from operator import attrgetter, is_not
 from typing import Any
 
 import torch
@@ -32,37 +35,55 @@ def structural_copy(module: nn.Module, *, share_weights: bool) -> nn.Module:
     return copy.deepcopy(module, memo=shared)
 
 
-_WALKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (its submodules, their children)
+_WALKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> _Walk
+_DTYPE, _DEVICE, _VERSION = attrgetter("dtype"), attrgetter("device"), attrgetter("_version")
+_PRESENT = partial(is_not, None)
 
 
-def _children(modules: list[nn.Module]) -> tuple[int, ...]:
-    return tuple(id(child) for m in modules for child in m._modules.values())
+class _Walk:
+    """A module's submodules as last walked: their child dicts, the children then, their weight dicts."""
+
+    def __init__(self, module: nn.Module) -> None:
+        modules = [module, *(m for m in module.modules() if m is not module)]  # the key itself is held weakly only
+        self.child_dicts = [m._modules for m in modules]
+        self.children = _values(self.child_dicts)
+        self.weight_dicts = [d for m in modules for d in (m._parameters, m._buffers)]
+
+
+def _values(dicts: list[dict]) -> tuple[Any, ...]:
+    return tuple(chain.from_iterable(map(dict.values, dicts)))
 
 
 def _tensors(module: nn.Module) -> list[torch.Tensor]:
     """Every parameter and buffer of `module` and its submodules. The submodules are walked again only when one of
-    them gained, lost or replaced a child: the walk was most of a fingerprint's cost (1.9 ms of host time per call
-    for upstream's v2ProPlus synthesizer on the H200's host, benchmarks/guard.py), which every stage call pays."""
-    walked = _WALKS.get(module)
-    if walked is None or _children([module, *walked[0]]) != walked[1]:
-        submodules = [m for m in module.modules() if m is not module]  # not the key itself: the entry stays weak
-        walked = (submodules, _children([module, *submodules]))
-        _WALKS[module] = walked
-    return [t for m in (module, *walked[0]) for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
+    them gained, lost or replaced a child, and every loop runs in C: a fingerprint is paid by every stage call
+    (benchmarks/guard.py measures it on upstream's v2ProPlus synthesizer)."""
+    walk = _WALKS.get(module)
+    if walk is None or _values(walk.child_dicts) != walk.children:
+        walk = _WALKS[module] = _Walk(module)
+    return list(filter(_PRESENT, chain.from_iterable(map(dict.values, walk.weight_dicts))))  # bias=False: None
 
 
 def storage_fingerprint(module: nn.Module) -> tuple[Any, ...]:
     """Storage, dtype and device of every parameter and buffer: changes when a weight moves or is replaced."""
-    return tuple((t.data_ptr(), t.dtype, t.device) for t in _tensors(module))
+    return _storage(_tensors(module))
 
 
 def weights_fingerprint(module: nn.Module) -> tuple[Any, ...]:
     """`storage_fingerprint` plus each tensor's in-place writes: its version counter, or for inference tensors
     (which have none) a content digest, read from the device in one transfer."""
     tensors = _tensors(module)
-    marks = tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device) for t in tensors)
-    frozen = [t for t in tensors if t.is_inference() and t.is_floating_point() and t.numel() > 1]
-    return marks + content_digest(frozen) if frozen else marks
+    storage = _storage(tensors)
+    inference = tuple(map(torch.Tensor.is_inference, tensors))
+    if not any(inference):
+        return storage + (tuple(map(_VERSION, tensors)),)
+    versions = tuple(-1 if frozen else t._version for t, frozen in zip(tensors, inference))
+    digested = [t for t, frozen in zip(tensors, inference) if frozen and t.is_floating_point() and t.numel() > 1]
+    return storage + (versions,) + content_digest(digested)
+
+
+def _storage(tensors: list[torch.Tensor]) -> tuple[tuple[Any, ...], ...]:
+    return tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_DTYPE, tensors)), tuple(map(_DEVICE, tensors))
 
 
 def content_digest(tensors: list[torch.Tensor]) -> tuple[float, ...]:
