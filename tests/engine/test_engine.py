@@ -13,11 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tts_compile.core.guard import InputError
-from tts_compile.engine import Cancelled, DeadlinePassed, Engine, EngineClosed, Params, QueueFull, Segment, stand_ins
+from tts_compile.engine import (
+    Cancelled,
+    DeadlinePassed,
+    Engine,
+    EngineClosed,
+    Params,
+    QueueFull,
+    Segment,
+    TokenChunks,
+    stand_ins,
+)
 from tts_compile.engine.render import cut
 from tts_compile.engine.request import Status
 
 EAGER = {"compile_mode": "eager", "max_rows": 8}
+PADDED = 2e-5  # fp32 max abs, the stage's padded decode vs the exact one (tests/gpt_sovits/test_sovits.py)
 TEXTS = ["你好，欢迎使用。", "今天天气很好！我们去公园吧。", "好。", "一二三四五六七八九十，十一十二。"]
 
 
@@ -286,3 +297,22 @@ def test_a_synthesizer_of_another_shape_renders_with_upstreams_own_decode(caplog
     with Engine.from_models("v2", stand_ins.models("v2")[0], plain, None, **EAGER, sovits=False) as engine:
         expected, _ = engine.submit(stand_ins.voice("v2"), stand_ins.segments(TEXTS[0]), Params(seed=3)).result(120)
     assert torch.equal(audio, expected)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_renders_with_their_own_generators_sound_as_seeded_upstream(chunked) -> None:
+    """With the SoVITS stage on, renders draw from their threads' own generators and run at once; the audio equals
+    the engine's over upstream's synthesizer, whose renders seed and hold the shared generators (same seed and
+    tokens; the stage's padded decode differs from the exact one within PADDED)."""
+    chunks = TokenChunks(4, 2) if chunked else None
+    results = []
+    for sovits in (True, False):
+        with Engine.from_models("v2", *stand_ins.models("v2"), **EAGER, sovits=sovits, render_workers=3) as engine:
+            assert engine.renderer.own_draws is sovits
+            handles = [engine.submit(stand_ins.voice("v2"), stand_ins.segments(TEXTS[i % 2]),
+                                     Params(seed=i, top_k=1, max_tokens=24), stream=chunked, chunks=chunks)
+                       for i in range(4)]
+            results.append([handle.result(120)[0] for handle in handles])
+    for mine, theirs in zip(*results, strict=True):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=PADDED)

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tts_compile.core.rng import own_draws, own_generator
 from tts_compile.gpt_sovits import optimize_sovits, restore_sovits
 from tts_compile.gpt_sovits import sovits as sovits_module
 from tts_compile.gpt_sovits.models.vits import VITSConfig, build_vits
@@ -212,3 +213,26 @@ def test_the_decoder_times_cudnns_algorithms_even_when_the_config_says_not_to(mo
     assert not torch.backends.cudnn.benchmark  # restored after the call
     v3 = optimize_sovits(build_vits(VITSConfig(version="v3")), **{**FAST, "cudnn_benchmark": False})
     assert not v3.tts_compile.runner.cudnn_benchmark
+
+
+@pytest.mark.parametrize("path", ["verified", "failed", "upstream"])
+def test_own_draws_give_what_a_seeded_decode_gives(path, monkeypatch) -> None:
+    """Inside `own_draws(seed)` (the engine's renders): the staged call, its verification, a fallback after a failure
+    and a call handed to upstream each give the audio of `torch.manual_seed(seed)` then upstream's decode, continue
+    the thread's generator where upstream's draws end, and leave the default generator alone."""
+    model = optimize_sovits(build_vits(seed=1), **{**FAST, "verify": path == "verified"})
+    if path == "failed":
+        monkeypatch.setattr(sovits_module, "_flow", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    kwargs = {**_request("v2", 20, 9, None), **({"speed": 0.5} if path == "upstream" else {})}
+    if path == "upstream":
+        monkeypatch.setattr(sovits_module, "MIN_SPEED", 0.6)  # speed 0.5: upstream's decode serves the call
+    expected, expected_next = _seeded(build_vits(seed=1).decode, seed=5, **kwargs)
+    torch.manual_seed(8)
+    state = torch.get_rng_state()
+    with own_draws(5, torch.device("cpu")), torch.inference_mode():
+        got = model.decode(**kwargs)
+        got_next = torch.rand(1, generator=own_generator(torch.device("cpu")))
+    torch.testing.assert_close(got, expected, rtol=0, atol=PADDED)
+    assert torch.equal(got_next, expected_next) and torch.equal(torch.get_rng_state(), state)
+    stats = model.tts_compile.optimization_stats()
+    assert stats[{"verified": "verifications", "failed": "fallbacks", "upstream": "eager"}[path]] == 1

@@ -428,15 +428,16 @@ class Engine:
             stages["sovits"] = attach_or_leave("engine", "SoVITS", optimize_sovits, lambda: vits, config)
         if shape.renderer == "decode":
             chunk = functools.partial(render_chunk, vits) if hasattr(vits, "decode_streaming") else None
-            return cls(t2s_model, Renderer(functools.partial(render_decode, vits), device, chunk), shape, config,
-                       _present(stages))
+            return cls(t2s_model, Renderer(functools.partial(render_decode, vits), device, chunk,
+                                           stages.get("sovits") is not None), shape, config, _present(stages))
         if config.cfm:
             stages["cfm"] = attach_or_leave("engine", "CFM", optimize_cfm, lambda: vits.cfm, config)
         if not isinstance(vocoder, OptimizedVocoder):
             vocoder = optimize_vocoder(vocoder, config=config)
         stages["vocoder"] = vocoder.optimizer
+        own = stages.get("sovits") is not None and stages.get("cfm") is not None  # the drawing modules: stages
         return cls(t2s_model, Renderer(functools.partial(render_cfm, vits, vocoder, shape), device,
-                                       functools.partial(render_chunk_cfm, vits, vocoder, shape)), shape, config,
+                                       functools.partial(render_chunk_cfm, vits, vocoder, shape), own), shape, config,
                    _present(stages))
 
     @classmethod

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.rng import own_rng
+from ..core.rng import own_draws, own_rng
 from ..gpt_sovits.versions import Version
 from .request import Params, Request, Segment, Voice
 
@@ -49,25 +49,33 @@ class Job:
 class Renderer:
     """Turns a job into its segments' audio, each (samples,) on `device`: `audio(voice, params, segments, tokens)`
     (`render_decode` or `render_cfm`) under `seeded`, so the job's noise is its seed's alone. `chunk`, where the
-    version streams token chunks (`streaming.render_chunk`), renders one chunk the same way."""
+    version streams token chunks (`streaming.render_chunk`), renders one chunk the same way. `own_draws`: every
+    module that draws is a stage (`from_models` checks), so renders draw from their thread's own generators and run
+    at once; otherwise each holds the shared ones throughout."""
 
     def __init__(self, audio: Callable[[Voice, Params, list[Segment], list[list[int]]], list[torch.Tensor]],
-                 device: torch.device, chunk: Callable[..., torch.Tensor] | None = None) -> None:
-        self.audio, self.device, self.chunk = audio, device, chunk
+                 device: torch.device, chunk: Callable[..., torch.Tensor] | None = None,
+                 own_draws: bool = False) -> None:
+        self.audio, self.device, self.chunk, self.own_draws = audio, device, chunk, own_draws
 
     def render(self, job: Job) -> list[torch.Tensor]:
-        with seeded(job.seed, self.device):
+        with seeded(job.seed, self.device, self.own_draws):
             return self.audio(*job.inputs)
 
     def render_chunk(self, seed: int, *args: Any) -> torch.Tensor:
-        with seeded(seed, self.device):
+        with seeded(seed, self.device, self.own_draws):
             return self.chunk(*args)
 
 
 @contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Draws inside come from `seed` alone. Upstream's modules draw from the default generators, which every thread
-    shares: a render holds them (`DRAWS`), seeded, until it leaves, and puts them back as they were."""
+def seeded(seed: int, device: torch.device, own: bool = False) -> Iterator[None]:
+    """Draws inside come from `seed` alone. With `own`, from generators of the thread's own (`core.rng.own_draws`);
+    otherwise upstream's modules draw from the default generators, which every thread shares: the render holds them
+    (`DRAWS`), seeded, until it leaves, and puts them back as they were."""
+    if own:
+        with own_draws(seed, device):
+            yield
+        return
     with own_rng(device):
         torch.manual_seed(seed)
         yield

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..core.config import OptimizeConfig
+from ..core.rng import own_generator
 from .config import PipelineConfig
 from .stage import Stage, attach, detach
 
@@ -106,7 +107,8 @@ class OptimizedCFM(Stage):
                    cfg_rate: float) -> torch.Tensor:
         dit = self.cfm.estimator
         batch, frames = mu.shape[0], mu.shape[1]
-        x = torch.randn([batch, self.cfm.in_channels, frames], device=mu.device, dtype=mu.dtype) * temperature
+        x = torch.randn([batch, self.cfm.in_channels, frames], device=mu.device, dtype=mu.dtype,
+                        generator=own_generator(mu.device)) * temperature
         p = prompt.size(-1)
         cond = torch.zeros_like(x, dtype=mu.dtype)
         cond[..., :p] = prompt[..., :p]

@@ -11,7 +11,8 @@ Python. Here each stage is a replayed CUDA graph:
   gives a padded key the score -1e4 (weight exactly 0) and every convolution reads `x * mask` (zeros past the end, as
   the unpadded call's zero padding);
 * flow and decoder `dec`: one graph per frame bucket. The noise is drawn by the same `randn` call as upstream's
-  `randn_like(m_p)` (shape, dtype, device, order) and padded outside the graph; speed != 1 interpolates the encoder
+  `randn_like(m_p)` (shape, dtype, device, order; inside `own_draws`, from the thread's generator) and padded
+  outside the graph; speed != 1 interpolates the encoder
   output between the two graphs exactly as upstream does. The decoder runs as a `PaddedDecoder`: each convolution's
   input zeroed past its stage's true length, so padding changes no real sample.
 `decode_streaming` (a stream's chunk: every token so far encoded, only the last chunk's frames decoded, their first
@@ -38,6 +39,7 @@ from torch import nn
 
 from ..core.buckets import Ladder
 from ..core.config import OptimizeConfig
+from ..core.rng import own_generator
 from ..core.weights import weights_fingerprint
 from .config import PipelineConfig
 from .decoder import PaddedDecoder, decoder_problem
@@ -286,7 +288,8 @@ class OptimizedSoVITS(SoVITSStage):
                 window = torch.sin(torch.arange(2 * n, device=self.device) * torch.pi / (2 * n))
                 latent[..., :n] = window[:n].view(1, 1, -1) * latent[..., :n] + window[n:].view(1, 1, -1) * overlap
             y = latent if speed == 1 else F.interpolate(latent, size=out, mode="linear")
-        noise = torch.randn((1, vits.enc_p.out_channels, out), dtype=y.dtype, device=self.device)
+        noise = torch.randn((1, vits.enc_p.out_channels, out), dtype=y.dtype, device=self.device,
+                            generator=own_generator(self.device))
         size = LADDERS["frames"].fit(out)
         inputs = (_pad(y, size), lengths, _pad(noise, size), ge)
         if decoder is None:

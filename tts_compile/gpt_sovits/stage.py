@@ -31,7 +31,7 @@ from ..core import verify
 from ..core.caches import use_cache_dir
 from ..core.config import OptimizeConfig
 from ..core.guard import Guard, Uncovered
-from ..core.rng import DRAWS, RngState
+from ..core.rng import DRAWS, RngState, own_generator, upstream_draws
 from ..core.runner import Execution, Runner
 from ..core.weights import storage_fingerprint
 from .config import PipelineConfig, pipeline_config
@@ -114,16 +114,20 @@ class Stage:
     def serve(self, method: str, args: tuple[Any, ...], problem: str | None, staged: Callable[..., Any],
               grad_mode: Callable[[], Any] = torch.no_grad) -> Any:
         """`staged(*args)` under upstream's `grad_mode`; upstream's `method` for a call with a `problem`, while off,
-        or (generator rewound) after a failure. Holds `DRAWS` throughout: the call draws, and may rewind, from the
-        shared generators."""
-        upstream = lambda: self.original[method](*args)  # noqa: E731 - the guard's fallback
+        or (generator rewound) after a failure. Holds `DRAWS` throughout (the call draws, and may rewind, from the
+        shared generators), except inside `own_draws`, where only upstream's own calls need them."""
+        def upstream() -> Any:  # the guard's fallback
+            with upstream_draws():
+                return self.original[method](*args)
+
+        shared = self.draws and own_generator(self.device) is None
         if problem:
             logger.debug("%s: upstream's %s: %s", self.name, method, problem)
-            with DRAWS if self.draws else contextlib.nullcontext():
+            with DRAWS if shared else contextlib.nullcontext():
                 return self.guard.call(method, upstream, upstream, why_not=problem)
 
         def optimized() -> Any:
-            rng = RngState(self.device)
+            rng = RngState(self.device, own_generator(self.device))
             self.follow_weights()
             self._used.keys = []
             try:
@@ -137,7 +141,7 @@ class Stage:
                 return self._verify(method, args, result, rng, new, grad_mode)
             return result
 
-        with DRAWS if self.draws else contextlib.nullcontext():
+        with DRAWS if shared else contextlib.nullcontext():
             return self.guard.call(method, optimized, upstream)
 
     def follow_weights(self) -> None:
@@ -165,7 +169,7 @@ class Stage:
         the buckets are rejected and the call is served by upstream, from the same random state."""
         started = time.perf_counter()
         rng.restore()
-        with grad_mode():
+        with grad_mode(), upstream_draws():
             expected = self.original[method](*args)
         try:
             for got, want in zip(_tensors(result), _tensors(expected), strict=True):
