@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tts_compile.core.rng import own_draws
 from tts_compile.gpt_sovits.cfm import optimize_cfm, restore_cfm
 from tts_compile.gpt_sovits.models.dit import DiTConfig, build_flow_matching
 
@@ -125,3 +126,20 @@ def test_cuda_bucket_is_captured_on_its_second_call_and_replayed() -> None:
     assert stats["captures"] == 1 and stats["replays"] == 2 and stats["direct"] == 1
     for out in outputs:
         assert float((out - expected).abs().max()) <= COMPILED
+
+
+@pytest.mark.parametrize("staged", [True, False])
+def test_own_draws_give_what_a_seeded_inference_gives(staged) -> None:
+    """Inside `own_draws(seed)` (the engine's renders) the optimized loop, and a call handed to upstream (a masking
+    x_lens), draw the seed's noise: the mel of `torch.manual_seed(seed)` then upstream's inference; the default
+    generator is left alone."""
+    cfm = optimize_cfm(build_flow_matching(), **EAGER)
+    mu, lens, prompt = _inputs(2, 16, 5)
+    args = (mu, lens if staged else torch.LongTensor([16, 11]), prompt, 3)
+    expected = _reference(cfm, *args)
+    torch.manual_seed(8)
+    state = torch.get_rng_state()
+    with own_draws(11, torch.device("cpu")):
+        got = cfm.inference(*args)
+    assert float((got - expected).abs().max()) <= EXACT and torch.equal(torch.get_rng_state(), state)
+    assert cfm.tts_compile.optimization_stats()["direct" if staged else "eager"] == 1
