@@ -69,4 +69,3 @@ def test_threads_draw_their_own_seeds_numbers_at_once() -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert all(torch.equal(torch.stack(got[s]), torch.stack(expected[s])) for s in seeds)
-

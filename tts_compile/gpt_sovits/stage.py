@@ -117,17 +117,18 @@ class Stage:
         or (generator rewound) after a failure. Holds `DRAWS` throughout (the call draws, and may rewind, from the
         shared generators), except inside `own_draws`, where only upstream's own calls need them."""
         def upstream() -> Any:  # the guard's fallback
-            with upstream_draws():
+            with self._upstream_draws():
                 return self.original[method](*args)
 
-        shared = self.draws and own_generator(self.device) is None
+        own = own_generator(self.device)
+        shared = self.draws and own is None
         if problem:
             logger.debug("%s: upstream's %s: %s", self.name, method, problem)
             with DRAWS if shared else contextlib.nullcontext():
                 return self.guard.call(method, upstream, upstream, why_not=problem)
 
         def optimized() -> Any:
-            rng = RngState(self.device, own_generator(self.device))
+            rng = RngState(self.device, own)
             self.follow_weights()
             self._used.keys = []
             try:
@@ -143,6 +144,10 @@ class Stage:
 
         with DRAWS if shared else contextlib.nullcontext():
             return self.guard.call(method, optimized, upstream)
+
+    def _upstream_draws(self) -> contextlib.AbstractContextManager:
+        """Around a call of upstream's method: the default generators lent (`upstream_draws`) where it draws."""
+        return upstream_draws() if self.draws else contextlib.nullcontext()
 
     def follow_weights(self) -> None:
         """Drop every graph and verdict when a weight moved or was replaced since they were made."""
@@ -169,7 +174,7 @@ class Stage:
         the buckets are rejected and the call is served by upstream, from the same random state."""
         started = time.perf_counter()
         rng.restore()
-        with grad_mode(), upstream_draws():
+        with grad_mode(), self._upstream_draws():
             expected = self.original[method](*args)
         try:
             for got, want in zip(_tensors(result), _tensors(expected), strict=True):
