@@ -16,6 +16,7 @@ import argparse
 import logging
 import queue
 import random
+import statistics
 import threading
 import time
 from concurrent.futures import Future
@@ -227,6 +228,22 @@ def measure(name: str, submit: Submit, labels: list[str], loads: list[tuple[str,
     return points
 
 
+def after_ready(submit: Submit, labels: list[str], repeats: int) -> dict:
+    """Each text alone, `repeats` times in turn, from the moment the engine is ready: the first request's latency
+    against the median of the others (what a first-sight capture or verification would cost a request)."""
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for _ in range(repeats):
+        for label in labels:
+            started = time.perf_counter()
+            submit(label).result()
+            times[label].append(time.perf_counter() - started)
+    result = {label: {"first_s": t[0], "steady_s": statistics.median(t[1:]), "ratio": t[0] / statistics.median(t[1:]),
+                      "all_s": t} for label, t in times.items()}
+    log.info("after ready: %s", {label: f"{r['first_s']:.3f} s vs {r['steady_s']:.3f} ({r['ratio']:.2f}x)"
+                                 for label, r in result.items()})
+    return result
+
+
 def workload(tts, version: str, device: torch.device, dtype: torch.dtype, smoke: bool):
     """The load's pieces: the serialized driver, requests per text (token counts capped at the text's mean
     segment), the engine's voice and segments per text, and the caps."""
@@ -257,6 +274,11 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=64)
     parser.add_argument("--kv-budget-gib", type=float, default=8.0)
     parser.add_argument("--render-workers", type=int, default=EngineConfig.render_workers)
+    parser.add_argument("--first-workers", type=int, default=EngineConfig.first_workers)
+    parser.add_argument("--warm-tokens", type=int, default=EngineConfig.warm_tokens,
+                        help="render buckets prepared before the engine is ready (Engine.prepare); 0: none")
+    parser.add_argument("--after-ready", type=int, default=5,
+                        help="each text this many times alone once ready, before the loads: first vs steady latency")
     parser.add_argument("--memory-requests", type=int, default=0,
                         help="after the loads, this many short requests from 64 callers, GPU memory read meanwhile")
     parser.add_argument("--stream-modes", default="0",
@@ -289,10 +311,17 @@ def main() -> None:
                                            k == "rejected"} for name, stats in results["stages"].items()})
         started = time.perf_counter()
         config = EngineConfig(compile_mode="eager" if args.smoke else "cudagraphs", max_rows=args.max_rows,
-                              kv_budget_gib=args.kv_budget_gib, render_workers=args.render_workers, progress=False)
+                              kv_budget_gib=args.kv_budget_gib, render_workers=args.render_workers,
+                              first_workers=args.first_workers, warm_tokens=args.warm_tokens, progress=False)
         engine = Engine.from_models(args.version, tts.t2s_model.model, tts.vits_model, tts.vocoder, config)
+        built = time.perf_counter() - started
+        renders = engine.prepare(voice) if args.warm_tokens else 0
         ready = time.perf_counter() - started
-        log.info("engine ready in %.1f s: %s", ready, engine.stats())
+        log.info("engine built in %.1f s, %d renders prepared, ready in %.1f s: %s", built, renders, ready,
+                 engine.stats())
+        if args.after_ready > 1:
+            results["after_ready"] = after_ready(engine_submit(engine, voice, segments, caps), labels,
+                                                 args.after_ready)
         loads = [("callers", c) for c in numbers(args.callers)] + [("rate", r) for r in numbers(args.rates)]
         for mode in (int(m) for m in args.stream_modes.split(",")):
             name = "engine" if mode == 0 else f"engine, streaming_mode {mode}"
@@ -303,7 +332,7 @@ def main() -> None:
         if args.memory_requests and device.type == "cuda":
             results["memory"] = memory_over(engine_submit(engine, voice, segments, caps), "short",
                                             args.memory_requests, 64, device)
-        results["engine_stats"] = {**engine.stats(), "ready_s": ready}
+        results["engine_stats"] = {**engine.stats(), "built_s": built, "prepared_renders": renders, "ready_s": ready}
         engine.close()
     write(args.json, {"version": args.version, "caps": caps, "args": vars(args), "results": results}, device)
 

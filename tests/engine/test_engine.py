@@ -255,17 +255,21 @@ def test_closing_fails_what_is_held_and_refuses_more() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the engine's captured graphs need a GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_batch_invariance_natively_on_cuda(dtype) -> None:
-    """On the GPU, with every T2S step and prefill a replayed graph: a request's tokens and audio are bit-identical
-    alone and amid others, in float32 and float16."""
+@pytest.mark.parametrize("chunks", [None, TokenChunks(8, 2)])
+def test_batch_invariance_natively_on_cuda(dtype, chunks) -> None:
+    """On the GPU, with every T2S step and prefill a replayed graph and the renders at once (their own generators):
+    a request's tokens and audio, whole or streamed in token chunks, are bit-identical alone and amid others, in
+    float32 and float16."""
     with stand_ins.engine("v2ProPlus", device="cuda", dtype=dtype, compile_mode="cudagraphs", max_rows=16) as engine:
+        assert engine.renderer.own_draws
         voice = stand_ins.voice("v2ProPlus")
         mine = (stand_ins.segments(TEXTS[1]), Params(seed=5, top_k=10, max_tokens=50))
-        alone = engine.submit(voice, *mine)
+        stream = {"stream": chunks is not None, "chunks": chunks}
+        alone = engine.submit(voice, *mine, **stream)
         alone_audio = alone.result(120)[0]
-        others = [engine.submit(voice, stand_ins.segments(TEXTS[i % 4]), Params(seed=i, top_p=0.8 if i % 2 else 1.0))
-                  for i in range(9)]
-        amid = engine.submit(voice, *mine)
+        others = [engine.submit(voice, stand_ins.segments(TEXTS[i % 4]), Params(seed=i, top_p=0.8 if i % 2 else 1.0),
+                                **stream) for i in range(9)]
+        amid = engine.submit(voice, *mine, **stream)
         amid_audio = amid.result(120)[0]
         [h.result(120) for h in others]
         assert amid.request.tokens == alone.request.tokens and torch.equal(amid_audio, alone_audio)

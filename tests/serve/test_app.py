@@ -17,6 +17,7 @@ import torch
 from tests.serve.conftest import AUTH, hold_steps, reference, running
 from tts_compile.engine import Cancelled, EngineConfig, Params, TokenChunks, stand_ins
 from tts_compile.serve import StandIns
+from tts_compile.serve.app import Server, Settings
 from tts_compile.serve.audio import MEDIA_TYPES, encode, pcm16
 from tts_compile.serve.voices import UnknownVoice, VoiceStore
 from tts_compile.tools.client import ClientConfig, run
@@ -299,6 +300,18 @@ def test_registered_voices_survive_a_restart(tmp_path) -> None:
     small.get("alice")
     small.reference("alice/ref.wav", "", "")
     assert len(small._held) == 1
+
+
+def test_a_server_with_registered_voices_prepares_its_render_buckets_before_it_is_ready(tmp_path) -> None:
+    backend = StandIns("v2ProPlus", EngineConfig(compile_mode="eager", max_rows=4, warm_tokens=48))
+    try:
+        VoiceStore(tmp_path, backend.voice).register("alice", reference(), "你好。", "zh")
+        server = Server(Settings(tmp_path))
+        server.ready(backend)
+        assert server.backend is backend and backend.engine._prepared == 48
+        assert backend.engine.stage_stats()["sovits"]["verifications"] > 0
+    finally:
+        backend.close()
 
 
 def test_a_voice_replaced_or_deleted_by_another_store_is_not_served_stale(tmp_path) -> None:

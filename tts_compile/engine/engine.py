@@ -4,9 +4,10 @@ One scheduler thread owns the T2S decode: it admits waiting segments into free r
 `CHECK_EVERY` steps over every running row, reads their stop flags once, and hands each request whose segments are
 all done to the render workers, which turn tokens into audio (SoVITS decode, or CFM and vocoder) on their own CUDA
 streams while the loop goes on. A stream's segments are rendered one by one as each one's tokens are done, a new
-stream's first segment ahead of every other render, so its first audio does not wait behind the load; a token-chunk
-stream (`streaming`) has its running rows' tokens read every round and each chunk rendered as soon as it is cut,
-one render job per stream at a time, its first chunk ahead of the rest. Requests
+stream's first segment taken by a worker kept for first audio (`first_workers`, on a high-priority CUDA stream, as
+the T2S loop's), so its first audio does not wait behind the load; a token-chunk stream (`streaming`) has its
+running rows' tokens read every round and each chunk rendered as soon as it is cut, one render job per stream at a
+time, its first chunk as a stream's first segment. Requests
 enter through a bounded queue (full: `QueueFull` at once), carry a deadline and a cancel flag (checked at every
 scheduling round), and fail alone: a request's error reaches its own handle and the engine goes on. Every T2S rows
 bucket is captured before the engine reports ready.
@@ -16,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
-import queue
 import threading
 import time
 from collections import Counter, deque
@@ -33,7 +32,7 @@ from ..gpt_sovits.t2s import CHECK_EVERY
 from ..gpt_sovits.versions import Version
 from ..gpt_sovits.versions import version as version_of
 from .config import EngineConfig
-from .render import Job, Renderer, fragment, render_cfm, render_decode
+from .render import Job, Renderer, fragment, render_cfm, render_decode, warm_shapes
 from .request import (
     Cancelled,
     EngineClosed,
@@ -48,13 +47,13 @@ from .request import (
     new_request,
 )
 from .sampling import row_seed
-from .scheduler import schedule
+from .scheduler import FIRST, NEXT, STOP, RenderQueue, schedule
 from .streaming import ChunkJob, ChunkStream, longest_chunk, mute_similarity, render_chunk, render_chunk_cfm
 from .t2s import BatchedT2S, Prefix, slot_bytes
 
 logger = logging.getLogger(__name__)
 
-STOP, FIRST, NEXT = -1, 0, 1  # render priorities: close, a stream's first segment, the rest in arrival order
+HIGH = -1  # CUDA stream priority of the T2S loop and the first-audio workers: ahead of the renders' kernels
 COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "prefills", "steps", "syncs", "renders",
             "row_steps", "decode_s", "render_s")
 
@@ -83,17 +82,18 @@ class Engine:
         self._cv = threading.Condition()
         self._closing = False
         self._draining = False  # no new requests; those held finish
-        self._renders: queue.PriorityQueue[tuple[int, int, Job | ChunkJob | None]] = queue.PriorityQueue()  # None: stop
+        self._renders = RenderQueue()  # Job and ChunkJob; None: stop
         self._chunked: dict[int, ChunkStream] = {}  # request id -> a token-chunk stream's chunks
         self._row_steps: dict[int, int] = {}  # slot -> steps decoded since its prefill
         self._mute = mute_similarity(t2s_model) if renderer.chunk else None
-        self._render_order = itertools.count()
+        self._prepared = 0  # the tokens up to which render buckets are prepared (`prepare`)
         started = time.perf_counter()
         self._warm_up()
         self.startup_s = time.perf_counter() - started
         self._threads = [threading.Thread(target=self._loop, name="tts_compile-engine", daemon=True)]
-        self._threads += [threading.Thread(target=self._render_loop, name=f"tts_compile-render-{i}", daemon=True)
-                          for i in range(config.render_workers)]
+        self._threads += [threading.Thread(target=self._render_loop, args=(i >= config.render_workers,),
+                                           name=f"tts_compile-render-{i}", daemon=True)
+                          for i in range(config.render_workers + config.first_workers)]
         for thread in self._threads:
             thread.start()
         logger.info("engine: GPT-SoVITS %s, %d rows of %d positions (%.0f MiB of KV caches), ready in %.1f s",
@@ -127,6 +127,30 @@ class Engine:
             self._cv.notify()
         return handle
 
+    def prepare(self, voice: Voice, tokens: int | None = None) -> int:
+        """Render now, before serving, requests of this voice that meet every render bucket (SoVITS text encoder,
+        flow and decoder; CFM windows and vocoder for v3/v4) a request of up to `tokens` tokens meets (default
+        `warm_tokens`; `warm_shapes` says which), at the default parameters: each is captured and verified against
+        upstream here, not in a request. A later voice adds its reference's graph alone. Returns the renders run."""
+        tokens = self.config.warm_tokens if tokens is None else tokens
+        if voice.prompt_bert.device != self.device or voice.prompt_bert.dtype != self.dtype:
+            voice = voice.to(self.device, self.dtype)
+        started = time.perf_counter()
+        streams = self.renderer.chunk is not None
+        phones = self.t2s.pool.capacity  # a segment's phones fit in its row's KV cache
+        shapes = warm_shapes(tokens, phones, streams, self.version) if tokens > self._prepared else []
+        shapes = shapes or [min(warm_shapes(1, 1, False, self.version))]
+        codes = voice.prompt_tokens.tolist() or [0]
+        phones = voice.prompt_phones if voice.prompt_phones.numel() else torch.ones(1, dtype=torch.long)
+        with torch.inference_mode():
+            for count, (length, width) in enumerate(shapes):
+                segment = Segment(phones.repeat(-(-width // len(phones)))[:width], phones.new_zeros(0))
+                self.renderer.audio_of(count, voice, Params(), [segment], [(codes * length)[:length]])
+        self._prepared = max(self._prepared, tokens)
+        logger.info("engine: %d renders up to %d tokens prepared in %.1f s", len(shapes), max(shapes)[0],
+                    time.perf_counter() - started)
+        return len(shapes)
+
     def stats(self) -> dict[str, Any]:
         """Counters (submitted, rejected, finished, failed, cancelled, prefills, steps, syncs, renders; row_steps:
         tokens decoded; decode_s and render_s: seconds the loop and the render workers were busy), what is held now
@@ -152,8 +176,8 @@ class Engine:
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        for _ in range(self.config.render_workers):
-            self._renders.put((STOP, next(self._render_order), None))
+        for _ in range(self.config.render_workers + self.config.first_workers):
+            self._renders.put(STOP, None)
         for thread in self._threads:
             thread.join(timeout)
         for handle in list(self._handles.values()):
@@ -179,7 +203,7 @@ class Engine:
                 logger.info("engine: T2S rows verified against the model's own logits over %d steps", steps)
 
     def _loop(self) -> None:
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        stream = _stream(self.device, HIGH)
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             while self._wait():
                 started = time.perf_counter()
@@ -249,7 +273,7 @@ class Engine:
     def _chunk_due(self, request: Request, stream: ChunkStream) -> None:
         if stream.claim():
             priority = FIRST if stream.delivered == 0 else NEXT
-            self._renders.put((priority, next(self._render_order), ChunkJob(request)))
+            self._renders.put(priority, ChunkJob(request))
 
     def _admit(self, admit: list[tuple[Request, int]]) -> bool:
         """Prefill these segments into free rows, together; a request whose segment cannot start fails alone (a
@@ -320,12 +344,13 @@ class Engine:
         segment's own seed)."""
         seed = row_seed(request.seed, indices[0]) if request.stream else request.seed
         priority = FIRST if request.stream and indices == (0,) else NEXT
-        self._renders.put((priority, next(self._render_order), Job(request, indices, seed)))
+        self._renders.put(priority, Job(request, indices, seed))
 
-    def _render_loop(self) -> None:
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+    def _render_loop(self, first_only: bool) -> None:
+        """A render worker: jobs until STOP; `first_only`, first-audio jobs alone, on a high-priority CUDA stream."""
+        stream = _stream(self.device, HIGH if first_only else 0)
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-            while (job := self._renders.get()[2]) is not None:
+            while (job := self._renders.get(first_only)) is not None:
                 try:
                     self._render_chunk(job) if isinstance(job, ChunkJob) else self._render_job(job)
                 except Exception as exc:  # noqa: BLE001 - this request fails, the worker and the engine go on
@@ -445,6 +470,12 @@ class Engine:
         """An engine over an upstream `TTS` pipeline's models (`t2s_model.model`, `vits_model`, `vocoder`)."""
         return cls.from_models(tts.configs.version, tts.t2s_model.model, tts.vits_model,
                                getattr(tts, "vocoder", None), config, **options)
+
+
+def _stream(device: torch.device, priority: int) -> torch.cuda.Stream | None:
+    """A CUDA stream of this `priority` (HIGH: its kernels' blocks go to the GPU ahead of other streams'), or None
+    off CUDA."""
+    return torch.cuda.Stream(device, priority=priority) if device.type == "cuda" else None
 
 
 def _present(stages: dict[str, Any]) -> dict[str, Any]:

@@ -24,11 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.rng import own_draws, own_rng
+from ..gpt_sovits.sovits import LADDERS
 from ..gpt_sovits.versions import Version
 from .request import Params, Request, Segment, Voice
 
 OVERLAP = 12  # CFM frames shared by neighbouring windows (upstream's overlapped_len)
 SPEC_MIN, SPEC_MAX = -12, 2  # the range upstream normalises mels to [-1, 1] with
+# Phones per token of the renders the start-up warm-up covers: speech has ~0.3-0.7 (5 tokens per Chinese character of
+# ~2 phones); a stream's chunk encodes its whole segment's phones with the tokens so far, up to STREAM_PHONES_PER_TOKEN.
+PHONES_PER_TOKEN, STREAM_PHONES_PER_TOKEN = (0.25, 1.0), 4.0
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,13 @@ class Renderer:
         self.audio, self.device, self.chunk, self.own_draws = audio, device, chunk, own_draws
 
     def render(self, job: Job) -> list[torch.Tensor]:
-        with seeded(job.seed, self.device, self.own_draws):
-            return self.audio(*job.inputs)
+        return self.audio_of(job.seed, *job.inputs)
+
+    def audio_of(self, seed: int, voice: Voice, params: Params, segments: list[Segment],
+                 tokens: list[list[int]]) -> list[torch.Tensor]:
+        """The segments' audio from their tokens, the noise drawn from `seed` alone."""
+        with seeded(seed, self.device, self.own_draws):
+            return self.audio(voice, params, segments, tokens)
 
     def render_chunk(self, seed: int, *args: Any) -> torch.Tensor:
         with seeded(seed, self.device, self.own_draws):
@@ -79,6 +88,28 @@ def seeded(seed: int, device: torch.device, own: bool = False) -> Iterator[None]
     with own_rng(device):
         torch.manual_seed(seed)
         yield
+
+
+def warm_shapes(tokens: int, phones: int, streams: bool, version: Version) -> list[tuple[int, int]]:
+    """(tokens, phones) of renders that together meet every bucket a render of up to `tokens` tokens and `phones`
+    phones meets at speed 1 with `PHONES_PER_TOKEN` (up to `STREAM_PHONES_PER_TOKEN` with `streams`): each
+    text-encoder bucket, each frame
+    bucket of the flow and decoder (v3/v4: of the conditioning stack) and, v3/v4, each count of CFM windows; largest
+    first, so the shared graph memory is sized once."""
+    ladders, low = LADDERS, PHONES_PER_TOKEN[0]
+    high = STREAM_PHONES_PER_TOKEN if streams else PHONES_PER_TOKEN[1]
+    top = ladders["tokens"].fit(tokens) or ladders["tokens"].largest
+    shapes, previous = set(), 0
+    for bucket in (t for t in ladders["tokens"].sizes if t <= top):
+        least = ladders["phones"].fit(int((previous + 1) * low))
+        most = min(ladders["phones"].fit(int(bucket * high)), ladders["phones"].fit(phones))
+        shapes |= {(bucket, p) for p in ladders["phones"].sizes if least <= p <= most}
+        previous = bucket
+    shapes |= {(frames // 2, frames // 4) for frames in ladders["frames"].sizes if frames // 2 <= top}  # 2 per token
+    if version.renderer == "cfm":  # tokens in steps shorter than the shortest stride between windows
+        step = int((version.cfm_window - version.cfm_prompt - OVERLAP) / (2 * version.upsample))
+        shapes |= {(t, t // 2) for t in range(step, top + 1, step)}
+    return sorted(shapes, reverse=True)
 
 
 def fragment(audio: torch.Tensor, interval: float, sample_rate: int) -> torch.Tensor:

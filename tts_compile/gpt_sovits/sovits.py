@@ -166,6 +166,7 @@ class SoVITSStage(Stage):
 
     name = "optimize_sovits"
     argument = "vits_model"
+    max_graphs = 160  # the engine's warm-up (`Engine.prepare`): ~100 text-encoder and 11 decoder buckets at 1024 tokens
     cudnn_benchmark = True  # the decoder's convolutions: measured in benchmarks/results/2026-11-25-h100-sovits.md
     parts: tuple[str, ...] = ()
 

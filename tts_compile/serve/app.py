@@ -78,9 +78,15 @@ class Server:
         self.shared: Any = None  # a replica's `shared.SharedWeights`: weight switches that reach every replica
 
     def ready(self, backend: Backend) -> None:
-        """The backend is built and warmed up: start serving."""
+        """The backend is built: its engine's render buckets prepared with the first registered voice (captured and
+        verified before the first request, `Engine.prepare`), then serve."""
         self.voices = VoiceStore(self.settings.voices_dir, backend.voice, int(self.settings.voice_cache_mib * 2**20),
                                  lambda: backend.weights, backend.timbre)
+        for info in self.voices.infos()[:1]:
+            try:
+                backend.engine.prepare(self.voices.get(info.name))
+            except Exception:  # noqa: BLE001 - the buckets are then prepared by the first requests instead
+                logger.exception("serve: the render buckets could not be prepared with voice %s", info.name)
         self.backend = backend
 
     def need_backend(self) -> Backend:
