@@ -310,6 +310,10 @@ def test_a_server_with_registered_voices_prepares_its_render_buckets_before_it_i
         server.ready(backend)
         assert server.backend is backend and backend.engine._prepared == 48
         assert backend.engine.stage_stats()["sovits"]["verifications"] > 0
+        torch.save(stand_ins.models("v2ProPlus", seed=1)[1].state_dict(), tmp_path / "sovits.pth")
+        old = backend.engine
+        backend.set_weights("sovits", str(tmp_path / "sovits.pth"))  # a new engine, prepared before it serves
+        assert backend.engine is not old and backend.engine._prepared == 48
     finally:
         backend.close()
 

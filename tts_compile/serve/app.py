@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..core.guard import InputError
 from ..engine import Cancelled, DeadlinePassed, EngineClosed, Handle, QueueFull
 from .audio import MEDIA_TYPES, encode, pcm16, wav_header
-from .backend import Backend
+from .backend import Backend, prepare
 from .metrics import Metrics
 from .requests import Synthesis, check_speed, parse
 from .voices import Forbidden, UnknownVoice, VoiceStore
@@ -82,11 +82,12 @@ class Server:
         verified before the first request, `Engine.prepare`), then serve."""
         self.voices = VoiceStore(self.settings.voices_dir, backend.voice, int(self.settings.voice_cache_mib * 2**20),
                                  lambda: backend.weights, backend.timbre)
-        for info in self.voices.infos()[:1]:
-            try:
-                backend.engine.prepare(self.voices.get(info.name))
-            except Exception:  # noqa: BLE001 - the buckets are then prepared by the first requests instead
-                logger.exception("serve: the render buckets could not be prepared with voice %s", info.name)
+        try:
+            backend.warm_voice = next((self.voices.get(info.name) for info in self.voices.infos()[:1]), None)
+        except Exception:  # noqa: BLE001 - serving goes on; the first requests prepare the buckets instead
+            logger.exception("serve: the first registered voice could not be read to prepare the render buckets")
+        if backend.warm_voice is not None:
+            prepare(backend.engine, backend.warm_voice)
         self.backend = backend
 
     def need_backend(self) -> Backend:

@@ -50,6 +50,7 @@ class Backend:
         self._switch = SharedLock()
         self.drain_s = drain_s  # how long an engine replaced by a weight switch may take to finish what it holds
         self.loaded: dict[str, str] = {}  # "gpt" / "sovits" -> the weights file serving now (absent: built in)
+        self.warm_voice: Voice | None = None  # the voice an engine's render buckets are prepared with (`prepare`)
         self._retiring: threading.Thread | None = None
 
     def serving(self) -> contextlib.AbstractContextManager:
@@ -84,14 +85,18 @@ class Backend:
         return self.loaded.get("sovits", "built-in")
 
     def set_weights(self, kind: str, path: str) -> None:
-        """Serve new GPT (`gpt`) or SoVITS (`sovits`) weights from now on: they load and a new engine warms up while
-        requests already submitted go on in the old engine and new ones wait; then the new engine takes them and the
+        """Serve new GPT (`gpt`) or SoVITS (`sovits`) weights from now on: they load and a new engine warms up (its
+        render buckets prepared with `warm_voice`) while requests already submitted go on in the old engine and new
+        ones wait; then the new engine takes them and the
         old one finishes what it holds (at most `drain_s`; one old engine at a time). InputError when the file does
         not load (the old weights keep serving)."""
         if self._retiring is not None:
             self._retiring.join(self.drain_s)
         with self._switch.exclusive():
-            old, self.engine = self.engine, self._load(kind, path)
+            engine = self._load(kind, path)
+            if self.warm_voice is not None:
+                prepare(engine, self.warm_voice)
+            old, self.engine = self.engine, engine
             self.loaded[kind] = path
         self._retiring = threading.Thread(target=_retire, args=(old, self.drain_s), name="tts_compile-retire",
                                           daemon=True)
@@ -104,6 +109,15 @@ class Backend:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def prepare(engine: Engine, voice: Voice) -> None:
+    """`engine.prepare(voice)`; a failure is logged and leaves the buckets to the first requests (which then capture
+    and verify them, as without it)."""
+    try:
+        engine.prepare(voice)
+    except Exception:  # noqa: BLE001 - an optimization step: serving goes on without it
+        logger.exception("serve: the engine's render buckets could not be prepared")
 
 
 class Pipeline(Backend):
