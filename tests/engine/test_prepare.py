@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts_compile.engine import Params, Segment, stand_ins
+from tts_compile.engine import Params, Segment, TokenChunks, stand_ins
 from tts_compile.engine.render import PHONES_PER_TOKEN, STREAM_PHONES_PER_TOKEN, warm_shapes
+from tts_compile.engine.streaming import warm_chunks
 from tts_compile.gpt_sovits.versions import VERSIONS
 
 EAGER = {"compile_mode": "eager", "max_rows": 4}
@@ -25,8 +26,9 @@ def prepared(request):
     with stand_ins.engine(request.param, **EAGER) as engine:
         voice = stand_ins.voice(request.param)
         streams = engine.renderer.chunk is not None
+        chunks = len(warm_chunks(engine.version)) if engine.version.renderer == "cfm" else 0
         assert engine.prepare(voice, WARM) == len(warm_shapes(WARM, engine.t2s.pool.capacity, streams,
-                                                              engine.version))
+                                                              engine.version)) + chunks
         yield engine, voice
 
 
@@ -45,6 +47,16 @@ def test_a_render_inside_the_prepared_range_meets_no_new_bucket(prepared, data) 
     assert _verifications(engine) == before
 
 
+def test_requests_and_token_chunk_streams_after_prepare_meet_no_new_bucket(prepared) -> None:
+    engine, voice = prepared
+    before = _verifications(engine)
+    text = "今天天气很好！我们去公园吧。"
+    handles = [engine.submit(voice, stand_ins.segments(text), Params(seed=i, max_tokens=30), stream=i > 0,
+                             chunks=TokenChunks(8, 2) if i == 2 else None) for i in range(3)]
+    assert all(handle.result(120)[0].numel() > 0 for handle in handles)
+    assert _verifications(engine) == before
+
+
 def test_a_render_past_the_prepared_range_is_verified_at_first_sight(prepared) -> None:
     engine, voice = prepared
     before = _verifications(engine)
@@ -56,8 +68,9 @@ def test_a_render_past_the_prepared_range_is_verified_at_first_sight(prepared) -
 
 def test_a_later_voice_renders_once_for_its_reference(prepared) -> None:
     engine, _ = prepared
-    prompt = engine.version.renderer == "cfm"  # v1-v2ProPlus may have none (upstream's no-prompt mode)
-    assert engine.prepare(stand_ins.voice(engine.version.name, seed=5, prompt=prompt), WARM) == 1
+    cfm = engine.version.renderer == "cfm"  # v1-v2ProPlus may have no prompt (upstream's no-prompt mode)
+    chunks = len(warm_chunks(engine.version)) if cfm else 0  # v3/v4 streams' windows follow the voice's prompt
+    assert engine.prepare(stand_ins.voice(engine.version.name, seed=5, prompt=cfm), WARM) == 1 + chunks
 
 
 @pytest.mark.parametrize("version", ["v2", "v4"])

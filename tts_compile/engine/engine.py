@@ -48,7 +48,17 @@ from .request import (
 )
 from .sampling import row_seed
 from .scheduler import FIRST, NEXT, STOP, RenderQueue, schedule
-from .streaming import ChunkJob, ChunkStream, longest_chunk, mute_similarity, render_chunk, render_chunk_cfm
+from .streaming import (
+    ChunkJob,
+    ChunkStream,
+    Cutter,
+    SegmentChunks,
+    longest_chunk,
+    mute_similarity,
+    render_chunk,
+    render_chunk_cfm,
+    warm_chunks,
+)
 from .t2s import BatchedT2S, Prefix, slot_bytes
 
 logger = logging.getLogger(__name__)
@@ -142,14 +152,20 @@ class Engine:
         shapes = shapes or [min(warm_shapes(1, 1, False, self.version))]
         codes = voice.prompt_tokens.tolist() or [0]
         phones = voice.prompt_phones if voice.prompt_phones.numel() else torch.ones(1, dtype=torch.long)
+        def segment(width: int) -> Segment:
+            return Segment(phones.repeat(-(-width // len(phones)))[:width], phones.new_zeros(0))
+
+        chunks = warm_chunks(self.version) if streams and self.version.renderer == "cfm" else []
         with torch.inference_mode():
             for count, (length, width) in enumerate(shapes):
-                segment = Segment(phones.repeat(-(-width // len(phones)))[:width], phones.new_zeros(0))
-                self.renderer.audio_of(count, voice, Params(), [segment], [(codes * length)[:length]])
+                self.renderer.audio_of(count, voice, Params(), [segment(width)], [(codes * length)[:length]])
+            for count, length in enumerate(chunks):  # v3/v4 streams: one first chunk per window bucket
+                state = SegmentChunks(Cutter(TokenChunks(), None), tokens=(codes * length)[:length], complete=True)
+                self.renderer.render_chunk(count, voice, Params(), segment(length), state, length, True, 0)
         self._prepared = max(self._prepared, tokens)
-        logger.info("engine: %d renders up to %d tokens prepared in %.1f s", len(shapes), max(shapes)[0],
-                    time.perf_counter() - started)
-        return len(shapes)
+        logger.info("engine: %d renders up to %d tokens and %d stream chunks prepared in %.1f s", len(shapes),
+                    max(shapes)[0], len(chunks), time.perf_counter() - started)
+        return len(shapes) + len(chunks)
 
     def stats(self) -> dict[str, Any]:
         """Counters (submitted, rejected, finished, failed, cancelled, prefills, steps, syncs, renders; row_steps:

@@ -227,6 +227,15 @@ def longest_chunk(version: Version) -> int:
     return int((version.cfm_window - version.cfm_prompt - OVERLAP) / version.masked_per_token)
 
 
+def warm_chunks(version: Version) -> list[int]:
+    """v3/v4: tokens of a stream's first chunk whose CFM window meets each window bucket (`WINDOWS`) a chunk of up
+    to `longest_chunk` tokens meets; `Engine.prepare` renders them (the window follows the voice's prompt: each
+    voice's own)."""
+    per_token = 2 * version.upsample  # CFM frames per token at speed 1
+    largest = WINDOWS.fit(int(longest_chunk(version) * per_token) + OVERLAP) or WINDOWS.largest
+    return [int(size / per_token) for size in WINDOWS.sizes if size <= largest]
+
+
 def render_chunk_cfm(vits: nn.Module, vocoder: nn.Module, version: Version, voice: Voice, params: Params,
                      segment: Segment, state: SegmentChunks, end: int, last: bool, overlap: int) -> torch.Tensor:
     """v3/v4: the audio (samples,) of the segment's chunk ending at token `end`: `decode_encp` of the tokens so far,
