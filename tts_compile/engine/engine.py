@@ -141,17 +141,19 @@ class Engine:
         """Render now, before serving, requests of this voice that meet every render bucket (SoVITS text encoder,
         flow and decoder; CFM windows and vocoder for v3/v4) a request of up to `tokens` tokens meets (default
         `warm_tokens`; `warm_shapes` says which), at the default parameters: each is captured and verified against
-        upstream here, not in a request. A later voice adds its reference's graph alone. Returns the renders run."""
+        upstream here, not in a request; v3/v4 streams also get a first chunk per CFM window bucket. A later voice
+        adds its reference's graph (and its v3/v4 stream windows, which follow its prompt). Returns the renders run."""
         tokens = self.config.warm_tokens if tokens is None else tokens
         if voice.prompt_bert.device != self.device or voice.prompt_bert.dtype != self.dtype:
             voice = voice.to(self.device, self.dtype)
         started = time.perf_counter()
         streams = self.renderer.chunk is not None
-        phones = self.t2s.pool.capacity  # a segment's phones fit in its row's KV cache
-        shapes = warm_shapes(tokens, phones, streams, self.version) if tokens > self._prepared else []
+        # a segment's phones fit in its row's KV cache: that bounds the phones of a stream's chunk
+        shapes = warm_shapes(tokens, self.t2s.pool.capacity, streams, self.version) if tokens > self._prepared else []
         shapes = shapes or [min(warm_shapes(1, 1, False, self.version))]
-        codes = voice.prompt_tokens.tolist() or [0]
+        codes = voice.prompt_tokens.tolist() or [0]  # the voice's own tokens and phones, repeated to each length
         phones = voice.prompt_phones if voice.prompt_phones.numel() else torch.ones(1, dtype=torch.long)
+
         def segment(width: int) -> Segment:
             return Segment(phones.repeat(-(-width // len(phones)))[:width], phones.new_zeros(0))
 
