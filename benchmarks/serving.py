@@ -274,7 +274,6 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=64)
     parser.add_argument("--kv-budget-gib", type=float, default=8.0)
     parser.add_argument("--render-workers", type=int, default=EngineConfig.render_workers)
-    parser.add_argument("--first-workers", type=int, default=EngineConfig.first_workers)
     parser.add_argument("--warm-tokens", type=int, default=EngineConfig.warm_tokens,
                         help="render buckets prepared before the engine is ready (Engine.prepare); 0: none")
     parser.add_argument("--after-ready", type=int, default=5,
@@ -312,7 +311,7 @@ def main() -> None:
         started = time.perf_counter()
         config = EngineConfig(compile_mode="eager" if args.smoke else "cudagraphs", max_rows=args.max_rows,
                               kv_budget_gib=args.kv_budget_gib, render_workers=args.render_workers,
-                              first_workers=args.first_workers, warm_tokens=args.warm_tokens, progress=False)
+                              warm_tokens=args.warm_tokens, progress=False)
         engine = Engine.from_models(args.version, tts.t2s_model.model, tts.vits_model, tts.vocoder, config)
         built = time.perf_counter() - started
         renders = engine.prepare(voice) if args.warm_tokens else 0

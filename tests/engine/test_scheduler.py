@@ -1,17 +1,14 @@
 """The scheduler is a pure function of request states: first come, first served over segments, up to the free rows;
-cancelled and expired requests leave. Renders are taken by priority, then arrival; first-audio workers take first
-audio alone."""
+cancelled and expired requests leave."""
 
 from __future__ import annotations
-
-import threading
 
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tts_compile.engine.request import Params, Segment, new_request
-from tts_compile.engine.scheduler import FIRST, NEXT, STOP, RenderQueue, schedule
+from tts_compile.engine.scheduler import schedule
 from tts_compile.engine.stand_ins import voice
 
 VOICE = voice("v2")
@@ -40,30 +37,3 @@ def test_cancelled_and_expired_requests_leave_and_take_no_rows() -> None:
     assert [r for r, _ in plan.admit] == [waiting, waiting]
     running.cancelled.set()
     assert running in schedule([], [running], 10, now=0.0).leave
-
-
-@settings(max_examples=40, deadline=None)
-@given(jobs=st.lists(st.sampled_from([FIRST, NEXT]), max_size=12), first_only=st.lists(st.booleans(), max_size=12))
-def test_renders_go_by_priority_then_arrival_and_first_workers_take_first_audio_alone(jobs, first_only) -> None:
-    queue = RenderQueue()
-    for i, priority in enumerate(jobs):
-        queue.put(priority, (priority, i))
-    left = sorted((priority, i) for i, priority in enumerate(jobs))
-    for only in first_only:
-        if not any(priority == FIRST or not only for priority, _ in left):
-            continue  # nothing this worker may take: it would wait (checked below)
-        assert queue.get(only) == left.pop(0)
-    queue.put(STOP, None)
-    assert queue.get(first_only=True) is None  # a stop reaches every worker, first ones included
-
-
-def test_a_first_audio_worker_waits_while_only_later_renders_are_queued() -> None:
-    queue, taken = RenderQueue(), []
-    queue.put(NEXT, "later")
-    worker = threading.Thread(target=lambda: taken.append(queue.get(first_only=True)))
-    worker.start()
-    worker.join(0.2)
-    assert worker.is_alive() and not taken
-    queue.put(FIRST, "first")
-    worker.join(10)
-    assert taken == ["first"] and queue.get() == "later"

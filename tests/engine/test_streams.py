@@ -95,29 +95,6 @@ def test_the_first_segment_arrives_before_the_last_is_rendered() -> None:
         assert len([first, *chunks]) == 3
 
 
-def test_a_streams_first_audio_does_not_wait_for_busy_render_workers() -> None:
-    """Every render worker is held by a whole request's render: a new stream's first segment is still rendered (by
-    the worker kept for first audio), its later ones once the hold ends."""
-    with stand_ins.engine("v2", **EAGER, render_workers=1, first_workers=1) as engine:
-        gate, busy, render = threading.Event(), threading.Event(), engine.renderer.render
-
-        def held(job):
-            if not job.request.stream:
-                busy.set()
-                gate.wait(60)
-            return render(job)
-
-        engine.renderer.render = held
-        voice = stand_ins.voice("v2")
-        whole = engine.submit(voice, stand_ins.segments(OTHERS[0]), Params(seed=4, max_tokens=10))
-        assert busy.wait(60)
-        stream = engine.submit(voice, stand_ins.segments(TEXT), Params(seed=5, max_tokens=20), stream=True)
-        chunks = stream.chunks(60)
-        assert next(chunks).numel() > 0 and not whole.done()
-        gate.set()
-        assert len(list(chunks)) == 2 and whole.result(60)[0].numel() > 0
-
-
 def test_a_stream_is_async_iterable() -> None:
     with stand_ins.engine("v2", **EAGER) as engine:
         voice, segments = stand_ins.voice("v2"), stand_ins.segments(TEXT)

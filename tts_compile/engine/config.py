@@ -31,19 +31,15 @@ class EngineConfig(PipelineConfig):
         "own CUDA stream beside the T2S loop's (>= 1). Where every module that draws noise is a stage, renders run "
         "at once, each drawing its seed's noise from its own generators; otherwise they take turns on the shared "
         "ones. Two keep the GPU busy (H100, v2ProPlus, 64 callers: 36-39 req/s with two or four)."))
-    first_workers: int = field(default=1, metadata=doc(
-        "Render workers kept for first audio (>= 0): they take only a stream's first piece, on a high-priority CUDA "
-        "stream, so a new stream's first audio does not wait behind the other streams' renders. 0: first pieces "
-        "only go ahead of the others in the render workers' queue."))
     warm_tokens: int = field(default=1024, metadata=doc(
         "Tokens of the longest request whose render buckets `Engine.prepare(voice)` captures and verifies before "
-        "serving (>= 0; the server prepares with its first voice before it is ready): about 90 renders and 11 "
-        "decoder buckets at 1024 tokens. A longer request, or one at another speed, noise scale or CFM step count, "
-        "captures its bucket at first sight."))
+        "serving (>= 0; the server prepares with its first voice before it is ready): 109 renders at 1024 tokens "
+        "(v2ProPlus, H100: 59 s cold, 39 s with warm caches). A longer request, or one at another speed, noise "
+        "scale or CFM step count, captures and verifies its bucket at first sight."))
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int(self, "queue_size", "max_rows", "render_workers", minimum=1)
-        check_int(self, "first_workers", "warm_tokens", minimum=0)
+        check_int(self, "warm_tokens", minimum=0)
         check_int(self, "kv_capacity", minimum=64)
         if not isinstance(self.kv_budget_gib, (int, float)) or isinstance(self.kv_budget_gib, bool) or \
                 not self.kv_budget_gib > 0:

@@ -4,10 +4,9 @@ One scheduler thread owns the T2S decode: it admits waiting segments into free r
 `CHECK_EVERY` steps over every running row, reads their stop flags once, and hands each request whose segments are
 all done to the render workers, which turn tokens into audio (SoVITS decode, or CFM and vocoder) on their own CUDA
 streams while the loop goes on. A stream's segments are rendered one by one as each one's tokens are done, a new
-stream's first segment taken by a worker kept for first audio (`first_workers`, on a high-priority CUDA stream, as
-the T2S loop's), so its first audio does not wait behind the load; a token-chunk stream (`streaming`) has its
-running rows' tokens read every round and each chunk rendered as soon as it is cut, one render job per stream at a
-time, its first chunk as a stream's first segment. Requests
+stream's first segment ahead of every other render, so its first audio does not wait behind the load; a token-chunk
+stream (`streaming`) has its running rows' tokens read every round and each chunk rendered as soon as it is cut,
+one render job per stream at a time, its first chunk ahead of the rest. Requests
 enter through a bounded queue (full: `QueueFull` at once), carry a deadline and a cancel flag (checked at every
 scheduling round), and fail alone: a request's error reaches its own handle and the engine goes on. Every T2S rows
 bucket is captured before the engine reports ready.
@@ -17,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
@@ -47,7 +48,7 @@ from .request import (
     new_request,
 )
 from .sampling import row_seed
-from .scheduler import FIRST, NEXT, STOP, RenderQueue, schedule
+from .scheduler import schedule
 from .streaming import (
     ChunkJob,
     ChunkStream,
@@ -63,7 +64,7 @@ from .t2s import BatchedT2S, Prefix, slot_bytes
 
 logger = logging.getLogger(__name__)
 
-HIGH = -1  # CUDA stream priority of the T2S loop and the first-audio workers: ahead of the renders' kernels
+STOP, FIRST, NEXT = -1, 0, 1  # render priorities: close, a stream's first segment, the rest in arrival order
 COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "prefills", "steps", "syncs", "renders",
             "row_steps", "decode_s", "render_s")
 
@@ -92,18 +93,18 @@ class Engine:
         self._cv = threading.Condition()
         self._closing = False
         self._draining = False  # no new requests; those held finish
-        self._renders = RenderQueue()  # Job and ChunkJob; None: stop
+        self._renders: queue.PriorityQueue[tuple[int, int, Job | ChunkJob | None]] = queue.PriorityQueue()  # None: stop
         self._chunked: dict[int, ChunkStream] = {}  # request id -> a token-chunk stream's chunks
         self._row_steps: dict[int, int] = {}  # slot -> steps decoded since its prefill
         self._mute = mute_similarity(t2s_model) if renderer.chunk else None
+        self._render_order = itertools.count()
         self._prepared = 0  # the tokens up to which render buckets are prepared (`prepare`)
         started = time.perf_counter()
         self._warm_up()
         self.startup_s = time.perf_counter() - started
         self._threads = [threading.Thread(target=self._loop, name="tts_compile-engine", daemon=True)]
-        self._threads += [threading.Thread(target=self._render_loop, args=(i >= config.render_workers,),
-                                           name=f"tts_compile-render-{i}", daemon=True)
-                          for i in range(config.render_workers + config.first_workers)]
+        self._threads += [threading.Thread(target=self._render_loop, name=f"tts_compile-render-{i}", daemon=True)
+                          for i in range(config.render_workers)]
         for thread in self._threads:
             thread.start()
         logger.info("engine: GPT-SoVITS %s, %d rows of %d positions (%.0f MiB of KV caches), ready in %.1f s",
@@ -194,8 +195,8 @@ class Engine:
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        for _ in range(self.config.render_workers + self.config.first_workers):
-            self._renders.put(STOP, None)
+        for _ in range(self.config.render_workers):
+            self._renders.put((STOP, next(self._render_order), None))
         for thread in self._threads:
             thread.join(timeout)
         for handle in list(self._handles.values()):
@@ -221,7 +222,7 @@ class Engine:
                 logger.info("engine: T2S rows verified against the model's own logits over %d steps", steps)
 
     def _loop(self) -> None:
-        stream = _stream(self.device, HIGH)
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             while self._wait():
                 started = time.perf_counter()
@@ -291,7 +292,7 @@ class Engine:
     def _chunk_due(self, request: Request, stream: ChunkStream) -> None:
         if stream.claim():
             priority = FIRST if stream.delivered == 0 else NEXT
-            self._renders.put(priority, ChunkJob(request))
+            self._renders.put((priority, next(self._render_order), ChunkJob(request)))
 
     def _admit(self, admit: list[tuple[Request, int]]) -> bool:
         """Prefill these segments into free rows, together; a request whose segment cannot start fails alone (a
@@ -362,13 +363,12 @@ class Engine:
         segment's own seed)."""
         seed = row_seed(request.seed, indices[0]) if request.stream else request.seed
         priority = FIRST if request.stream and indices == (0,) else NEXT
-        self._renders.put(priority, Job(request, indices, seed))
+        self._renders.put((priority, next(self._render_order), Job(request, indices, seed)))
 
-    def _render_loop(self, first_only: bool) -> None:
-        """A render worker: jobs until STOP; `first_only`, first-audio jobs alone, on a high-priority CUDA stream."""
-        stream = _stream(self.device, HIGH if first_only else 0)
+    def _render_loop(self) -> None:
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-            while (job := self._renders.get(first_only)) is not None:
+            while (job := self._renders.get()[2]) is not None:
                 try:
                     self._render_chunk(job) if isinstance(job, ChunkJob) else self._render_job(job)
                 except Exception as exc:  # noqa: BLE001 - this request fails, the worker and the engine go on
@@ -488,12 +488,6 @@ class Engine:
         """An engine over an upstream `TTS` pipeline's models (`t2s_model.model`, `vits_model`, `vocoder`)."""
         return cls.from_models(tts.configs.version, tts.t2s_model.model, tts.vits_model,
                                getattr(tts, "vocoder", None), config, **options)
-
-
-def _stream(device: torch.device, priority: int) -> torch.cuda.Stream | None:
-    """A CUDA stream of this `priority` (HIGH: its kernels' blocks go to the GPU ahead of other streams'), or None
-    off CUDA."""
-    return torch.cuda.Stream(device, priority=priority) if device.type == "cuda" else None
 
 
 def _present(stages: dict[str, Any]) -> dict[str, Any]:
