@@ -29,6 +29,7 @@ from pipeline import PROMPT_PHONES, Pipeline, build, make_request
 
 from tts_compile.engine import Engine, EngineConfig, Params, Segment, TokenChunks, Voice
 from tts_compile.engine.engine import COUNTERS
+from tts_compile.engine.request import MARKS
 from tts_compile.gpt_sovits import VERSIONS, optimize_pipeline
 from tts_compile.tools.client import TEXTS
 
@@ -59,9 +60,10 @@ class Serialized:
 
 
 def engine_submit(engine: Engine, voice: Voice, segments: dict, caps: dict, mode: int = 0,
-                  min_chunk: int = 16) -> Submit:
+                  min_chunk: int = 16, timings: list | None = None) -> Submit:
     """Requests to the engine; streamed with api_v2's `streaming_mode` `mode` (1: segments, 2 and 3: token chunks of
-    at least `min_chunk` tokens), the result then (samples, seconds to the first audio)."""
+    at least `min_chunk` tokens), the result then (samples, seconds to the first audio). Each finished request's
+    `Handle.timings()` goes to `timings`, when given."""
     chunks = TokenChunks(min_chunk, 2, mode == 2) if mode in (2, 3) else None
 
     def submit(label: str) -> Future:
@@ -78,8 +80,10 @@ def engine_submit(engine: Engine, voice: Voice, segments: dict, caps: dict, mode
                     for _ in handle.chunks():
                         first = first or time.perf_counter() - started
                     future.set_result((handle.result()[0].shape[-1], first))
-                    return
-                future.set_result(handle.result()[0].shape[-1])
+                else:
+                    future.set_result(handle.result()[0].shape[-1])
+                if timings is not None:
+                    timings.append(handle.timings())
             except Exception as exc:  # noqa: BLE001 - counted as a failure by the load
                 future.set_exception(exc)
 
@@ -228,6 +232,17 @@ def measure(name: str, submit: Submit, labels: list[str], loads: list[tuple[str,
     return points
 
 
+def steps(timings: list[dict]) -> dict:
+    """p50 / p95 seconds of each step of a request's way (`MARKS`: from submission, then from the step before)."""
+    out = {}
+    for before, after in zip(("submitted", *MARKS), MARKS):
+        gaps = sorted(t[after] - t.get(before, 0.0) for t in timings if after in t and (before in t or
+                                                                                       before == "submitted"))
+        if gaps:
+            out[f"{before}->{after}"] = {"p50": gaps[len(gaps) // 2], "p95": gaps[int(0.95 * (len(gaps) - 1))]}
+    return out
+
+
 def after_ready(submit: Submit, labels: list[str], repeats: int) -> dict:
     """Each text alone, `repeats` times in turn, from the moment the engine is ready: the first request's latency
     against the median of the others (what a first-sight capture or verification would cost a request)."""
@@ -324,8 +339,16 @@ def main() -> None:
         loads = [("callers", c) for c in numbers(args.callers)] + [("rate", r) for r in numbers(args.rates)]
         for mode in (int(m) for m in args.stream_modes.split(",")):
             name = "engine" if mode == 0 else f"engine, streaming_mode {mode}"
-            results[name] = measure(name, engine_submit(engine, voice, segments, caps, mode, args.min_chunk), labels,
-                                    loads, args.seconds, shape.sample_rate, engine.stats)
+            results[name] = {}
+            for load in loads:  # each point with its requests' timings: where their time went
+                timings: list[dict] = []
+                point = measure(name, engine_submit(engine, voice, segments, caps, mode, args.min_chunk, timings),
+                                labels, [load], args.seconds, shape.sample_rate, engine.stats)
+                for key, summary in point.items():
+                    summary["steps"] = steps(timings)
+                    log.info("%-18s %-13s steps p50 / p95 s: %s", name, key, {
+                        k: f"{v['p50']:.3f} / {v['p95']:.3f}" for k, v in summary["steps"].items()})
+                results[name].update(point)
         if "3" in args.stream_modes.split(","):
             results["stream_vs_whole"] = stream_difference(engine, voice, segments, caps, args.min_chunk)
         if args.memory_requests and device.type == "cuda":

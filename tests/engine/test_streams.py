@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tts_compile.core.guard import InputError
-from tts_compile.engine import Cancelled, Params, stand_ins
+from tts_compile.engine import Cancelled, Params, TokenChunks, stand_ins
 from tts_compile.engine.render import Job, fragment
-from tts_compile.engine.request import Status
+from tts_compile.engine.request import MARKS, Status
 from tts_compile.engine.sampling import row_seed
 
 EAGER = {"compile_mode": "eager", "max_rows": 8}
@@ -93,6 +93,28 @@ def test_the_first_segment_arrives_before_the_last_is_rendered() -> None:
         assert first.numel() > 0 and not handle.done()
         gate.set()
         assert len([first, *chunks]) == 3
+
+
+@pytest.mark.parametrize("mode", ["whole", "segments", "chunks"])
+def test_a_requests_timings_follow_its_way_in_order(mode) -> None:
+    with stand_ins.engine("v2", **EAGER) as engine:
+        handle = engine.submit(stand_ins.voice("v2"), stand_ins.segments(TEXT), Params(seed=6, max_tokens=20),
+                               stream=mode != "whole", chunks=TokenChunks(4, 2) if mode == "chunks" else None)
+        first = next(iter(handle.chunks(60)))
+        assert first.numel() > 0 and "first_audio" in handle.timings()
+        handle.result(60)
+        timings = handle.timings()
+        assert list(timings) == list(MARKS) and list(timings.values()) == sorted(timings.values())
+        assert timings["prefilled"] >= 0
+
+
+def test_a_failed_request_has_no_first_audio() -> None:
+    with stand_ins.engine("v2", **EAGER) as engine:
+        engine.renderer.render = lambda job: 1 / 0
+        handle = engine.submit(stand_ins.voice("v2"), stand_ins.segments(TEXT), Params(seed=6, max_tokens=20))
+        with pytest.raises(ZeroDivisionError):
+            handle.result(60)
+        assert "first_audio" not in handle.timings() and "finished" in handle.timings()
 
 
 def test_a_stream_is_async_iterable() -> None:

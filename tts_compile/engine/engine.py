@@ -292,6 +292,7 @@ class Engine:
     def _chunk_due(self, request: Request, stream: ChunkStream) -> None:
         if stream.claim():
             priority = FIRST if stream.delivered == 0 else NEXT
+            request.mark("render_queued")
             self._renders.put((priority, next(self._render_order), ChunkJob(request)))
 
     def _admit(self, admit: list[tuple[Request, int]]) -> bool:
@@ -327,6 +328,7 @@ class Engine:
                 continue
             self._rows[slot] = (request, index)
             self._row_steps[slot] = 0
+            request.mark("prefilled")
             request.next_segment = index + 1
             if request.pending == 0:
                 with self._cv:
@@ -363,6 +365,7 @@ class Engine:
         segment's own seed)."""
         seed = row_seed(request.seed, indices[0]) if request.stream else request.seed
         priority = FIRST if request.stream and indices == (0,) else NEXT
+        request.mark("render_queued")
         self._renders.put((priority, next(self._render_order), Job(request, indices, seed)))
 
     def _render_loop(self) -> None:
@@ -384,6 +387,7 @@ class Engine:
             self._finish(request, error=request.stopped())
             return
         started = time.perf_counter()
+        request.mark("render_started")
         pieces = self.renderer.render(job)
         host = torch.cat(pieces).float().cpu().split([len(piece) for piece in pieces])  # one copy to the host
         self._rendered(started)
@@ -394,6 +398,7 @@ class Engine:
             return
         with self._cv:
             handle = self._handles.get(request.id)
+        request.mark("first_audio")
         if handle is not None and handle.deliver(job.indices[0], fragments[0]) == len(request.segments):
             self._finish(request, result=(torch.cat(handle.delivered()), rate))
 
@@ -413,6 +418,7 @@ class Engine:
         # another worker's CUDA stream, which could reuse their memory, freed sooner, while this one still reads it.
         carried = state.tensors()
         started = time.perf_counter()
+        request.mark("render_started")
         audio = self.renderer.render_chunk(row_seed(row_seed(request.seed, index), state.chunks), request.voice,
                                            request.params, request.segments[index], state, end, last,
                                            stream.config.overlap).float().cpu()
@@ -421,6 +427,7 @@ class Engine:
         rate = self.version.sample_rate
         stream.rendered(end, last)
         if audio.numel() or last:  # v3/v4: the vocoder may hold a short chunk's frames until more context is in
+            request.mark("first_audio")
             handle.deliver(stream.delivered, fragment(audio, request.params.fragment_interval if last else 0, rate))
             stream.delivered += 1
         if stream.finished:
@@ -444,6 +451,9 @@ class Engine:
             status, counter = Status.CANCELLED, "cancelled"
         else:
             status, counter = Status.FAILED, "failed"
+        if error is None:
+            request.mark("first_audio")  # a whole request's: all of it at once
+        request.mark("finished")
         with self._cv:
             handle = self._handles.pop(request.id, None)
             self._chunked.pop(request.id, None)

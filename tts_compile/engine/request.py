@@ -165,6 +165,11 @@ class Request:
     next_segment: int = 0  # segments before it have rows (or are done)
     tokens: dict[int, list[int]] = field(default_factory=dict)  # segment -> its semantic tokens, once done
     cancelled: threading.Event = field(default_factory=threading.Event)
+    marks: dict[str, float] = field(default_factory=dict)  # `MARKS` -> when it first happened (monotonic seconds)
+
+    def mark(self, name: str) -> None:
+        """Note when `name` (one of `MARKS`) first happened to this request."""
+        self.marks.setdefault(name, time.monotonic())
 
     @property
     def deadline(self) -> float | None:
@@ -186,6 +191,9 @@ class Request:
         if self.cancelled.is_set():
             return Cancelled(f"request {self.id} was cancelled")
         return DeadlinePassed(f"request {self.id} passed its deadline ({self.params.timeout_s} s)")
+
+
+MARKS = ("prefilled", "render_queued", "render_started", "first_audio", "finished")  # a request's way, in order
 
 
 def new_request(voice: Voice, segments: list[Segment] | tuple[Segment, ...], params: Params,
@@ -266,6 +274,12 @@ class Handle:
                 return
             index += 1
             yield chunk
+
+    def timings(self) -> dict[str, float]:
+        """Seconds from submission to each step this request reached, in order: its first segment prefilled, its
+        first render queued and started, its first audio out, finished (`MARKS`)."""
+        marks = self.request.marks
+        return {name: marks[name] - self.request.submitted for name in MARKS if name in marks}
 
     def delivered(self) -> list[torch.Tensor]:
         """The pieces of audio delivered so far, in order."""
