@@ -93,9 +93,8 @@ def seeded(seed: int, device: torch.device, own: bool = False) -> Iterator[None]
 def warm_shapes(tokens: int, phones: int, streams: bool, version: Version) -> list[tuple[int, int]]:
     """(tokens, phones) of renders that together meet every bucket a render of up to `tokens` tokens and `phones`
     phones meets at speed 1 with `PHONES_PER_TOKEN` (up to `STREAM_PHONES_PER_TOKEN` with `streams`): each
-    text-encoder bucket, each frame
-    bucket of the flow and decoder (v3/v4: of the conditioning stack) and, v3/v4, each count of CFM windows; largest
-    first, so the shared graph memory is sized once."""
+    text-encoder bucket, each frame bucket of the flow and decoder (v3/v4: of the conditioning stack) and, v3/v4,
+    each count of CFM windows; largest first, so the shared graph memory is sized once."""
     ladders, low = LADDERS, PHONES_PER_TOKEN[0]
     high = STREAM_PHONES_PER_TOKEN if streams else PHONES_PER_TOKEN[1]
     top = ladders["tokens"].fit(tokens) or ladders["tokens"].largest

@@ -87,9 +87,8 @@ class Backend:
     def set_weights(self, kind: str, path: str) -> None:
         """Serve new GPT (`gpt`) or SoVITS (`sovits`) weights from now on: they load and a new engine warms up (its
         render buckets prepared with `warm_voice`) while requests already submitted go on in the old engine and new
-        ones wait; then the new engine takes them and the
-        old one finishes what it holds (at most `drain_s`; one old engine at a time). InputError when the file does
-        not load (the old weights keep serving)."""
+        ones wait; then the new engine takes them and the old one finishes what it holds (at most `drain_s`; one old
+        engine at a time). InputError when the file does not load (the old weights keep serving)."""
         if self._retiring is not None:
             self._retiring.join(self.drain_s)
         with self._switch.exclusive():
