@@ -188,14 +188,15 @@ def memory_over(submit: Submit, label: str, count: int, callers: int, device: to
     return marks
 
 
+def pct(values: list[float], q: float) -> float | None:
+    """The `q` quantile of sorted `values` (None when empty)."""
+    return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+
 def summarize(records: list[dict], rate: int) -> dict:
     ok = [r for r in records if r["error"] is None]
     wall = max(r["end"] for r in records) - min(r["start"] for r in records) if records else 0.0
     latency = sorted(r["end"] - r["start"] for r in ok)
-
-    def pct(values: list[float], q: float) -> float | None:
-        return values[min(len(values) - 1, int(q * len(values)))] if values else None
-
     per_text = {t: sorted(r["end"] - r["start"] for r in ok if r["text"] == t) for t in {r["text"] for r in ok}}
     first = sorted(r["first"] for r in ok if r.get("first") is not None)
     return {"first_audio": {"p50": pct(first, 0.5), "p95": pct(first, 0.95), "p99": pct(first, 0.99)} if first
@@ -234,12 +235,11 @@ def measure(name: str, submit: Submit, labels: list[str], loads: list[tuple[str,
 
 def steps(timings: list[dict]) -> dict:
     """p50 / p95 seconds of each step of a request's way (`MARKS`: from submission, then from the step before)."""
-    out = {}
+    out, timings = {}, [{"submitted": 0.0, **t} for t in timings]
     for before, after in zip(("submitted", *MARKS), MARKS):
-        gaps = sorted(t[after] - t.get(before, 0.0) for t in timings if after in t and (before in t or
-                                                                                       before == "submitted"))
+        gaps = sorted(t[after] - t[before] for t in timings if before in t and after in t)
         if gaps:
-            out[f"{before}->{after}"] = {"p50": gaps[len(gaps) // 2], "p95": gaps[int(0.95 * (len(gaps) - 1))]}
+            out[f"{before}->{after}"] = {"p50": pct(gaps, 0.5), "p95": pct(gaps, 0.95)}
     return out
 
 
