@@ -151,7 +151,7 @@ class Engine:
         streams = self.renderer.chunk is not None
         # a segment's phones fit in its row's KV cache: that bounds the phones of a stream's chunk
         shapes = warm_shapes(tokens, self.t2s.pool.capacity, streams, self.version) if tokens > self._prepared else []
-        shapes = shapes or [min(warm_shapes(1, 1, False, self.version))]
+        shapes = shapes or [min(warm_shapes(1, 1, False, self.version))]  # prepared already: one short render
         codes = voice.prompt_tokens.tolist() or [0]  # the voice's own tokens and phones, repeated to each length
         phones = voice.prompt_phones if voice.prompt_phones.numel() else torch.ones(1, dtype=torch.long)
 
