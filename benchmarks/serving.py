@@ -333,6 +333,9 @@ def main() -> None:
         ready = time.perf_counter() - started
         log.info("engine built in %.1f s, %d renders prepared, ready in %.1f s: %s", built, renders, ready,
                  engine.stats())
+        results["prepared_stages"] = engine.stage_stats()  # where start-up went: captures, verifications, their ms
+        log.info("prepared stages: %s", {name: {k: v for k, v in stats.items() if k.startswith(("captur", "verif"))}
+                                         for name, stats in results["prepared_stages"].items()})
         if args.after_ready > 1:
             results["after_ready"] = after_ready(engine_submit(engine, voice, segments, caps), labels,
                                                  args.after_ready)

@@ -28,3 +28,13 @@ def test_a_bucket_captured_under_inference_mode_serves_another_thread(device) ->
     thread.start()
     thread.join()
     torch.testing.assert_close(got[0], _double(value), rtol=0, atol=0)
+
+
+def test_captures_count_their_milliseconds(monkeypatch) -> None:
+    """Start-up's cost shows per stage: each capture adds its wall time, in whole milliseconds, to `capture_ms`."""
+    clock = iter([10.0, 10.25, 20.0, 20.5])  # two captures: 250 ms and 500 ms
+    monkeypatch.setattr("tts_compile.core.runner.time.perf_counter", lambda: next(clock))
+    runner = Runner(Execution.of("eager", torch.device("cpu")), torch.device("cpu"))
+    assert runner.prepare("a", _double, [torch.ones(2)]) == 0.25
+    assert runner.prepare("b", _double, [torch.ones(3)]) == 0.5
+    assert (runner.counters["captures"], runner.counters["capture_ms"]) == (2, 750)

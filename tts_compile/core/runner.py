@@ -77,7 +77,7 @@ class Runner:
         self.cudnn_benchmark = cudnn_benchmark
         self.benchmark_direct = benchmark_direct  # time cuDNN's algorithms on the direct path too
         self.graphs = execution.graphs
-        self.counters: Counter[str] = Counter(dict.fromkeys(("captures", "replays", "runs", "direct"), 0))
+        self.counters: Counter[str] = Counter(dict.fromkeys(("captures", "capture_ms", "replays", "runs", "direct"), 0))
         self.lock = threading.RLock()
         self._captures: dict[Hashable, _Capture] = {}
         self._compiled: dict[Hashable, Call] = {}
@@ -117,8 +117,7 @@ class Runner:
                 self._captures[key] = _Capture(call, graph, static, output)
             else:
                 self._captures[key] = _Capture(call, None, static, self._call(call, static))
-            self.counters["captures"] += 1
-        return time.perf_counter() - start
+            return self._count_capture(start)
 
     def run(self, key: Hashable, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Output of bucket `key` on `inputs`, in a fresh tensor that no later replay can overwrite. The static
@@ -157,14 +156,20 @@ class Runner:
             graph, _ = self._graph(step)
             restore()
             self._captures[key] = _Capture(None, graph, (), None)
-            self.counters["captures"] += 1
-        return time.perf_counter() - start
+            return self._count_capture(start)
 
     def replay(self, key: Hashable) -> None:
         """Replay the graph of `key`, made by `capture`, on the caller's stream."""
         with self.lock:
             self._captures[key].graph.replay()
             self.counters["replays"] += 1
+
+    def _count_capture(self, start: float) -> float:
+        """Count one capture that began at `start` (its milliseconds too: what start-up spends where); its seconds."""
+        seconds = time.perf_counter() - start
+        self.counters["captures"] += 1
+        self.counters["capture_ms"] += round(1e3 * seconds)
+        return seconds
 
     def _graph(self, run: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, object]:
         """`run` warmed up on the side stream, then captured into the shared pool: (graph, what the capture

@@ -106,10 +106,9 @@ class Stage:
     def optimization_stats(self) -> dict[str, Any]:
         """The guard's counters (calls, optimized, eager, uncovered, fallbacks, failure), verification's
         (verifications, verify_ms, rejected buckets), weight changes followed (rebuilds), the runner's (captures,
-        replays, direct) and the stage's own."""
+        capture_ms, replays, direct) and the stage's own."""
         runner = self.runner.counters
-        return {**self.guard.counters(), "captures": runner["captures"], "replays": runner["replays"],
-                "direct": runner["direct"]}
+        return {**self.guard.counters(), **{k: runner[k] for k in ("captures", "capture_ms", "replays", "direct")}}
 
     def serve(self, method: str, args: tuple[Any, ...], problem: str | None, staged: Callable[..., Any],
               grad_mode: Callable[[], Any] = torch.no_grad) -> Any:

@@ -81,8 +81,8 @@ class VocoderOptimizer:
 
     def optimization_stats(self) -> dict[str, Any]:
         """Counters (calls, optimized, eager, uncovered, fallbacks, windows, rebuilds, degraded, verifications and
-        their milliseconds; once set up: captures, replays, runs, direct) and the setup (context, buckets, hop,
-        receptive field, compile mode, failure)."""
+        their milliseconds; once set up: captures and their milliseconds, replays, runs, direct) and the setup
+        (context, buckets, hop, receptive field, compile mode, failure)."""
         stats = self.guard.counters()
         setup = self._setup
         if setup is not None:
