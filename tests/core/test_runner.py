@@ -31,10 +31,12 @@ def test_a_bucket_captured_under_inference_mode_serves_another_thread(device) ->
 
 
 def test_captures_count_their_milliseconds(monkeypatch) -> None:
-    """Start-up's cost shows per stage: each capture adds its wall time, in whole milliseconds, to `capture_ms`."""
+    """Start-up's cost shows per stage and kind of bucket: each capture adds its wall time, in whole milliseconds, to
+    `capture_ms` and to its kind's."""
     clock = iter([10.0, 10.25, 20.0, 20.5])  # two captures: 250 ms and 500 ms
     monkeypatch.setattr("tts_compile.core.runner.time.perf_counter", lambda: next(clock))
     runner = Runner(Execution.of("eager", torch.device("cpu")), torch.device("cpu"))
-    assert runner.prepare("a", _double, [torch.ones(2)]) == 0.25
+    assert runner.prepare(("enc", 64), _double, [torch.ones(2)]) == 0.25
     assert runner.prepare("b", _double, [torch.ones(3)]) == 0.5
     assert (runner.counters["captures"], runner.counters["capture_ms"]) == (2, 750)
+    assert runner.capture_ms_by_kind == {"enc": 250, "str": 500}  # a tuple key's first item, else its type

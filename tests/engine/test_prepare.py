@@ -81,3 +81,17 @@ def test_the_warm_shapes_meet_every_bucket_of_the_ladders(version) -> None:
     assert {LADDERS["tokens"].fit(t) for t, _ in shapes} == {t for t in LADDERS["tokens"].sizes if t <= 1024}
     assert {LADDERS["frames"].fit(2 * t) for t, _ in shapes} == {f for f in LADDERS["frames"].sizes if f <= 2048}
     assert shapes == sorted(shapes, reverse=True)
+
+
+def test_the_stages_say_where_prepare_went(prepared) -> None:
+    """Every verification's milliseconds are counted once under the kinds of buckets it covered, every capture's under
+    its kind, so the parts add up to the totals; the SoVITS text encoder is among them."""
+    engine, _ = prepared
+    stages = engine.stage_stats()
+    assert set(stages) == ({"sovits", "cfm", "vocoder"} if engine.version.renderer == "cfm" else {"sovits"})
+    for name, stats in stages.items():
+        assert sum(stats["capture_ms_by_kind"].values()) == stats["capture_ms"], name
+        if name != "vocoder":  # the vocoder verifies its setup, not buckets
+            assert sum(stats["verify_ms_by_kinds"].values()) == stats["verify_ms"] > 0, name
+    sovits = engine.stage_stats()["sovits"]
+    assert any("enc" in kinds.split("+") for kinds in sovits["verify_ms_by_kinds"])

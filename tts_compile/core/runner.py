@@ -34,6 +34,12 @@ _GRAPHS = ("reduce-overhead", "max-autotune", "cudagraphs")
 Call = Callable[..., torch.Tensor]
 
 
+def kind(key: Hashable) -> str:
+    """A bucket key's kind, for accounting: the first item of a tuple key (a stage's part: "enc", "decode", ...), or
+    the key's type."""
+    return str(key[0]) if isinstance(key, tuple) and key else type(key).__name__
+
+
 def uses_inductor(mode: str) -> bool:
     """Whether `compile_mode` compiles with inductor (an inductor failure can then degrade to 'cudagraphs')."""
     return mode in _INDUCTOR
@@ -78,6 +84,7 @@ class Runner:
         self.benchmark_direct = benchmark_direct  # time cuDNN's algorithms on the direct path too
         self.graphs = execution.graphs
         self.counters: Counter[str] = Counter(dict.fromkeys(("captures", "capture_ms", "replays", "runs", "direct"), 0))
+        self.capture_ms_by_kind: Counter[str] = Counter()  # capture_ms per kind of bucket (`kind`): where start-up goes
         self.lock = threading.RLock()
         self._captures: dict[Hashable, _Capture] = {}
         self._compiled: dict[Hashable, Call] = {}
@@ -117,7 +124,7 @@ class Runner:
                 self._captures[key] = _Capture(call, graph, static, output)
             else:
                 self._captures[key] = _Capture(call, None, static, self._call(call, static))
-            return self._count_capture(start)
+            return self._count_capture(key, start)
 
     def run(self, key: Hashable, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Output of bucket `key` on `inputs`, in a fresh tensor that no later replay can overwrite. The static
@@ -156,7 +163,7 @@ class Runner:
             graph, _ = self._graph(step)
             restore()
             self._captures[key] = _Capture(None, graph, (), None)
-            return self._count_capture(start)
+            return self._count_capture(key, start)
 
     def replay(self, key: Hashable) -> None:
         """Replay the graph of `key`, made by `capture`, on the caller's stream."""
@@ -164,11 +171,13 @@ class Runner:
             self._captures[key].graph.replay()
             self.counters["replays"] += 1
 
-    def _count_capture(self, start: float) -> float:
-        """Count one capture that began at `start` (its milliseconds too: what start-up spends where); its seconds."""
+    def _count_capture(self, key: Hashable, start: float) -> float:
+        """Count the capture of `key` that began at `start`, with its milliseconds, in all and for its kind; its
+        seconds."""
         seconds = time.perf_counter() - start
         self.counters["captures"] += 1
         self.counters["capture_ms"] += round(1e3 * seconds)
+        self.capture_ms_by_kind[kind(key)] += round(1e3 * seconds)
         return seconds
 
     def _graph(self, run: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, object]:

@@ -32,7 +32,7 @@ from ..core.caches import use_cache_dir
 from ..core.config import OptimizeConfig
 from ..core.guard import Guard, Uncovered
 from ..core.rng import DRAWS, RngState, own_generator, upstream_draws
-from ..core.runner import Execution, Runner
+from ..core.runner import Execution, Runner, kind
 from ..core.weights import storage_fingerprint
 from .config import PipelineConfig, pipeline_config
 
@@ -74,6 +74,7 @@ class Stage:
         self._storage = storage_fingerprint(self.weights)
         self._verified: set[Hashable] = set()
         self._rejected: dict[Hashable, str] = {}
+        self._verify_ms_by_kinds: Counter[str] = Counter()  # verify_ms per set of bucket kinds a verification covered
         self._used = threading.local()  # the buckets the current call of this thread ran
 
     @classmethod
@@ -106,9 +107,15 @@ class Stage:
     def optimization_stats(self) -> dict[str, Any]:
         """The guard's counters (calls, optimized, eager, uncovered, fallbacks, failure), verification's
         (verifications, verify_ms, rejected buckets), weight changes followed (rebuilds), the runner's (captures,
-        capture_ms, replays, direct) and the stage's own."""
+        capture_ms, replays, direct), the stage's own, and where start-up went: capture_ms by bucket kind, verify_ms
+        by the kinds each verification covered."""
         runner = self.runner.counters
-        return {**self.guard.counters(), **{k: runner[k] for k in ("captures", "capture_ms", "replays", "direct")}}
+        with self.runner.lock:  # the two locks one after the other: run_graph takes them the other way round
+            by_kind = dict(self.runner.capture_ms_by_kind)
+        with self._lock:
+            by_kinds = dict(self._verify_ms_by_kinds)
+        return {**self.guard.counters(), **{k: runner[k] for k in ("captures", "capture_ms", "replays", "direct")},
+                "capture_ms_by_kind": by_kind, "verify_ms_by_kinds": by_kinds}
 
     def serve(self, method: str, args: tuple[Any, ...], problem: str | None, staged: Callable[..., Any],
               grad_mode: Callable[[], Any] = torch.no_grad) -> Any:
@@ -187,8 +194,11 @@ class Stage:
             rng.restore()
             raise Uncovered(f"{', '.join(map(str, keys))} failed verification") from exc
         finally:
+            ms = round(1e3 * (time.perf_counter() - started))
             self.guard.count("verifications")
-            self.guard.count("verify_ms", round(1e3 * (time.perf_counter() - started)))
+            self.guard.count("verify_ms", ms)
+            with self._lock:
+                self._verify_ms_by_kinds["+".join(sorted({kind(key) for key in keys}))] += ms
         with self._lock:
             self._verified.update(keys)
         return result

@@ -81,12 +81,12 @@ class VocoderOptimizer:
 
     def optimization_stats(self) -> dict[str, Any]:
         """Counters (calls, optimized, eager, uncovered, fallbacks, windows, rebuilds, degraded, verifications and
-        their milliseconds; once set up: captures and their milliseconds, replays, runs, direct) and the setup
-        (context, buckets, hop, receptive field, compile mode, failure)."""
+        their milliseconds; once set up: captures and their milliseconds, in all and by kind, replays, runs, direct)
+        and the setup (context, buckets, hop, receptive field, compile mode, failure)."""
         stats = self.guard.counters()
         setup = self._setup
         if setup is not None:
-            stats.update(setup.runner.counters)
+            stats.update(setup.runner.counters, capture_ms_by_kind=dict(setup.runner.capture_ms_by_kind))
             stats.update(context=setup.buckets.context, buckets=setup.buckets.lengths, hop=setup.field.hop,
                          receptive_field=(setup.field.left, setup.field.right))
         stats["compile_mode"] = self.mode
