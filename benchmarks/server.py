@@ -1,14 +1,14 @@
-"""The engine in-process and behind `python -m tts_compile serve`'s HTTP server, side by side, one process.
+"""The engine in-process and behind `python -m tts_compile serve`'s HTTP server, side by side, one engine.
 
 One engine over upstream's modules (random weights, fp16) and the serving benchmark's voice, text mix and token caps
 (`serving.py`). In-process: closed-loop callers submit to it directly for `--seconds`. Over HTTP: the server's app
-(uvicorn on 127.0.0.1, in a thread of this process) over the same engine, loaded by `python -m tts_compile client`
-(api_v2's `/tts`, WAV answers) with as many callers and about as many requests. The frontend is left out on both
-sides (each text's segments are the workload's; upstream's BERT and G2P need pretrained models): what differs is
-the HTTP layer, parsing, WAV encoding and the event loop. With `--ray N` (the `ray` extra), a third side: the same
-app as N Ray Serve replicas (`serve.replicas.deploy`, one GPU each where there is one), each building its own models
-and engine in its own process, loaded the same way through Serve's proxy: what Ray's routing costs. Per side:
-requests/s, p50 / p95 per text.
+(uvicorn on 127.0.0.1, in a thread of this process) over the same engine, loaded by `python -m tts_compile client`'s
+`run` from a process of its own (api_v2's `/tts`, WAV answers) with as many callers and about as many requests. The
+frontend is left out on both sides (each text's segments are the workload's; upstream's BERT and G2P need
+pretrained models): what differs is the HTTP layer, parsing, WAV encoding and the event loop. With `--ray N` (the
+`ray` extra), a third side: the same app as N Ray Serve replicas (`serve.replicas.deploy`, one GPU each where there
+is one), each building its own models and engine in its own process, loaded the same way through Serve's proxy:
+what Ray's routing costs. Per side: requests/s, p50 / p95 per text.
 
 Usage (repo root, GPU): GPT_SOVITS_HOME=upstream python benchmarks/server.py --json server.json [--ray 1]
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -87,11 +88,13 @@ def replica_backend(version: str, smoke: bool) -> Workload:
 
 
 def load(url: str, per_text: int, callers: int) -> dict:
-    """The client's load on a server at `url`: `per_text` requests of each text from `callers` callers."""
+    """The client's load on a server at `url`: `per_text` requests of each text from `callers` callers, sent from a
+    process of its own (as a real client's are), so its threads do not share the server's interpreter lock."""
     client = ClientConfig(url=url, endpoint="tts", texts=dict(TEXTS), requests=per_text, warmup=1,
                           concurrency=callers, timeout_s=300,
                           params={"ref_audio_path": "ref.wav", "prompt_text": "x", "prompt_lang": "zh"})
-    return run(client, progress=False)["summary"]
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run, (client, False))["summary"]
 
 
 def on_ray(folder: Path, args: argparse.Namespace, per_text: int, gpus: float) -> dict:
