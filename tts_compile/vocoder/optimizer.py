@@ -86,7 +86,8 @@ class VocoderOptimizer:
         stats = self.guard.counters()
         setup = self._setup
         if setup is not None:
-            stats.update(setup.runner.counters, capture_ms_by_kind=dict(setup.runner.capture_ms_by_kind))
+            with setup.runner.lock:  # a capture may add a kind meanwhile
+                stats.update(setup.runner.counters, capture_ms_by_kind=dict(setup.runner.capture_ms_by_kind))
             stats.update(context=setup.buckets.context, buckets=setup.buckets.lengths, hop=setup.field.hop,
                          receptive_field=(setup.field.left, setup.field.right))
         stats["compile_mode"] = self.mode
