@@ -175,9 +175,10 @@ class Runner:
         """Count the capture of `key` that began at `start`, with its milliseconds, in all and for its kind; its
         seconds."""
         seconds = time.perf_counter() - start
+        ms = round(1e3 * seconds)
         self.counters["captures"] += 1
-        self.counters["capture_ms"] += round(1e3 * seconds)
-        self.capture_ms_by_kind[kind(key)] += round(1e3 * seconds)
+        self.counters["capture_ms"] += ms
+        self.capture_ms_by_kind[kind(key)] += ms
         return seconds
 
     def _graph(self, run: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, object]:
