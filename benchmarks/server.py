@@ -123,18 +123,26 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="the in-process load's duration")
     parser.add_argument("--requests", type=int, default=0,
                         help="HTTP requests per text (default: as many as in-process served in its load)")
+    parser.add_argument("--warm-tokens", type=int, default=EngineConfig.warm_tokens,
+                        help="render buckets prepared before the loads (Engine's `prepare`); 0: none")
     parser.add_argument("--ray", type=int, default=0, help="also through this many Ray Serve replicas (0: not)")
     parser.add_argument("--json", default="server.json")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.warm_tokens = min(args.warm_tokens, 48)
     root, device, dtype = setup(args.smoke)
     shape = VERSIONS[args.version]
     tts = build(root, args.version, device, dtype, args.smoke)
     _, requests, voice, segments, caps = workload(tts, args.version, device, dtype, args.smoke)
     labels = list(requests)
+    started = time.perf_counter()
     engine = Engine.from_models(args.version, tts.t2s_model.model, tts.vits_model, tts.vocoder,
                                 engine_config(args.smoke))
-    results = {}
+    if args.warm_tokens:
+        engine.prepare(voice.to(device, dtype), args.warm_tokens)
+    results = {"ready_s": time.perf_counter() - started}
+    log.info("engine ready in %.1f s", results["ready_s"])
     with torch.inference_mode():
         point = measure("in-process", engine_submit(engine, voice, segments, caps), labels,
                         [("callers", args.callers)], args.seconds, shape.sample_rate)
