@@ -57,11 +57,12 @@ def _alone(engine, request, index: int) -> torch.Tensor:
 @given(data=st.data())
 def test_a_stream_is_the_same_alone_or_amid_others(engine, data) -> None:
     """Batch invariance holds for streams: the chunks of a stream alone equal those amid other requests, streamed
-    or not, that arrive around it."""
+    or not, that arrive around it, whether the loop waits for streams' first renders (`first_alone`) or not."""
     params = Params(seed=data.draw(st.integers(0, 2**40)), max_tokens=data.draw(st.integers(5, 40)))
     alone = list(engine.submit(engine.voice_, stand_ins.segments(TEXT), params, stream=True).chunks(120))
     others = data.draw(st.lists(st.tuples(st.sampled_from(OTHERS), st.booleans(), st.integers(0, 2**40)),
                                 min_size=1, max_size=4))
+    engine.first_alone = data.draw(st.booleans(), label="first_alone")  # the loop waits for first renders, or not
     handles = [engine.submit(engine.voice_, stand_ins.segments(text), Params(seed=seed, max_tokens=30),
                              stream=streamed) for text, streamed, seed in others[:2]]
     mine = engine.submit(engine.voice_, stand_ins.segments(TEXT), params, stream=True)
@@ -71,6 +72,7 @@ def test_a_stream_is_the_same_alone_or_amid_others(engine, data) -> None:
     assert len(amid) == len(alone) and all(torch.equal(a, b) for a, b in zip(alone, amid))
     for handle in handles:
         handle.result(120)
+    engine.first_alone = engine.config.first_alone
 
 
 def test_the_first_segment_arrives_before_the_last_is_rendered() -> None:

@@ -6,10 +6,10 @@ all done to the render workers, which turn tokens into audio (SoVITS decode, or 
 streams while the loop goes on. A stream's segments are rendered one by one as each one's tokens are done, a new
 stream's first segment ahead of every other render, so its first audio does not wait behind the load; a token-chunk
 stream (`streaming`) has its running rows' tokens read every round and each chunk rendered as soon as it is cut,
-one render job per stream at a time, its first chunk ahead of the rest. Requests
-enter through a bounded queue (full: `QueueFull` at once), carry a deadline and a cancel flag (checked at every
-scheduling round), and fail alone: a request's error reaches its own handle and the engine goes on. Every T2S rows
-bucket is captured before the engine reports ready.
+one render job per stream at a time, its first chunk ahead of the rest; while a stream's first render runs, the loop
+and the renders not begun yet wait for it (`first_alone`). Requests enter through a bounded queue (full: `QueueFull`
+at once), carry a deadline and a cancel flag (checked at every scheduling round), and fail alone: a request's error
+reaches its own handle and the engine goes on. Every T2S rows bucket is captured before the engine reports ready.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from .t2s import BatchedT2S, Prefix, slot_bytes
 logger = logging.getLogger(__name__)
 
 STOP, FIRST, NEXT = -1, 0, 1  # render priorities: close, a stream's first segment, the rest in arrival order
+HOLD_S = 0.1  # `first_alone`: the longest the T2S loop and later renders wait for a stream's first render at a time
 COUNTERS = ("submitted", "rejected", "finished", "failed", "cancelled", "prefills", "steps", "syncs", "renders",
             "row_steps", "decode_s", "render_s")
 
@@ -93,11 +94,14 @@ class Engine:
         self._cv = threading.Condition()
         self._closing = False
         self._draining = False  # no new requests; those held finish
-        self._renders: queue.PriorityQueue[tuple[int, int, Job | ChunkJob | None]] = queue.PriorityQueue()  # None: stop
+        # (priority, order, job or None to stop, whether the job holds the loop: `first_alone`)
+        self._renders: queue.PriorityQueue[tuple[int, int, Job | ChunkJob | None, bool]] = queue.PriorityQueue()
         self._chunked: dict[int, ChunkStream] = {}  # request id -> a token-chunk stream's chunks
         self._row_steps: dict[int, int] = {}  # slot -> steps decoded since its prefill
         self._mute = mute_similarity(t2s_model) if renderer.chunk else None
         self._render_order = itertools.count()
+        self.first_alone = config.first_alone  # an attribute: benchmarks/toggle.py switches it on a running engine
+        self._firsts = 0  # streams' first renders queued or running
         self._prepared = 0  # the tokens up to which render buckets are prepared (`prepare`)
         started = time.perf_counter()
         self._warm_up()
@@ -196,7 +200,7 @@ class Engine:
             self._closing = True
             self._cv.notify_all()
         for _ in range(self.config.render_workers):
-            self._renders.put((STOP, next(self._render_order), None))
+            self._renders.put((STOP, next(self._render_order), None, False))
         for thread in self._threads:
             thread.join(timeout)
         for handle in list(self._handles.values()):
@@ -212,10 +216,12 @@ class Engine:
     def _warm_up(self) -> None:
         """Capture every T2S step and prefill graph (on CUDA), largest first; then verify the decode against the
         model's own (`config.verify`): a mismatch stops the engine here, before it serves anything."""
+        started = time.perf_counter()
         with torch.inference_mode():
             if self.t2s.runner.graphs:
                 captured = self.t2s.capture()
-                logger.info("engine: %d T2S graphs captured (%s ... %s)", len(captured), captured[0], captured[-1])
+                logger.info("engine: %d T2S graphs captured (%s ... %s) in %.1f s", len(captured), captured[0],
+                            captured[-1], time.perf_counter() - started)
             if self.config.verify:
                 model = self.t2s.model
                 steps = self.t2s.probe(type(model).infer_panel_naive.__get__(model))
@@ -243,6 +249,7 @@ class Engine:
 
     def _round(self) -> None:
         """Leave, admit, `CHECK_EVERY` steps over the running rows, then retire the rows that stopped."""
+        self._yield_to_firsts()
         with self._cv:
             queued = list(self._queued)
         running = list({request.id: request for request, _ in self._rows.values()}.values())
@@ -293,7 +300,7 @@ class Engine:
         if stream.claim():
             priority = FIRST if stream.delivered == 0 else NEXT
             request.mark("render_queued")
-            self._renders.put((priority, next(self._render_order), ChunkJob(request)))
+            self._queue_render(priority, ChunkJob(request))
 
     def _admit(self, admit: list[tuple[Request, int]]) -> bool:
         """Prefill these segments into free rows, together; a request whose segment cannot start fails alone (a
@@ -366,18 +373,42 @@ class Engine:
         seed = row_seed(request.seed, indices[0]) if request.stream else request.seed
         priority = FIRST if request.stream and indices == (0,) else NEXT
         request.mark("render_queued")
-        self._renders.put((priority, next(self._render_order), Job(request, indices, seed)))
+        self._queue_render(priority, Job(request, indices, seed))
+
+    def _queue_render(self, priority: int, job: Job | ChunkJob) -> None:
+        """Queue `job`; with `first_alone`, a stream's first render holds the loop from now until it is done."""
+        held = priority == FIRST and self.first_alone
+        if held:
+            self._hold_for_first(1)
+        self._renders.put((priority, next(self._render_order), job, held))
 
     def _render_loop(self) -> None:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-            while (job := self._renders.get()[2]) is not None:
+            while (item := self._renders.get())[2] is not None:
+                _, _, job, held = item
+                if not held:
+                    self._yield_to_firsts()
                 try:
                     self._render_chunk(job) if isinstance(job, ChunkJob) else self._render_job(job)
                 except Exception as exc:  # noqa: BLE001 - this request fails, the worker and the engine go on
                     logger.warning("engine: request %d failed while rendering: %s: %s", job.request.id,
                                    type(exc).__name__, exc)
                     self._finish(job.request, error=exc)
+                finally:
+                    if held:
+                        self._hold_for_first(-1)
+
+    def _hold_for_first(self, change: int) -> None:
+        with self._cv:
+            self._firsts += change
+            self._cv.notify_all()
+
+    def _yield_to_firsts(self) -> None:
+        """With `first_alone`, wait while a stream's first render is queued or runs (at most `HOLD_S`)."""
+        if self.first_alone:
+            with self._cv:
+                self._cv.wait_for(lambda: not self._firsts or self._closing, HOLD_S)
 
     def _render_job(self, job: Job) -> None:
         """Render the job's segments, each followed by its silence, and deliver them: the request's result, or a
