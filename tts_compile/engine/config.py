@@ -37,10 +37,11 @@ class EngineConfig(PipelineConfig):
         "(v2ProPlus, H100: 59 s cold, 39 s with warm caches). A longer request, or one at another speed, noise "
         "scale or CFM step count, captures and verifies its bucket at first sight."))
     first_alone: bool = field(default=True, metadata=doc(
-        "While a stream's first render runs, the T2S loop and renders not begun yet wait for it (at most 0.1 s): the "
-        "first audio has the GPU to itself. H100, v2ProPlus, token-chunk streams, toggled on one engine: first audio "
-        "p50 0.045 s against 0.051-0.061 s to one caller, 0.100-0.106 against 0.128-0.134 s at 16 callers (p95 "
-        "unchanged there); whole requests at 64 callers 37.0 against 36.4-36.6 req/s."))
+        "From the moment a stream's first render is queued until it is done, the T2S loop and renders not begun yet "
+        "wait (at most 0.1 s): the first audio has the GPU to itself. H100, v2ProPlus, token-chunk streams, toggled "
+        "on one engine: first audio p50 / p95 0.028-0.029 / 0.032-0.033 s against 0.053-0.061 / 0.065-0.068 s to one "
+        "caller, 0.083-0.084 / 0.248-0.252 against 0.116-0.129 / 0.280-0.288 s at 16 callers, the streams' "
+        "throughput unchanged. A load of whole requests only has nothing to wait for."))
 
     def __post_init__(self) -> None:
         super().__post_init__()
