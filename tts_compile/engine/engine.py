@@ -101,7 +101,8 @@ class Engine:
         self._mute = mute_similarity(t2s_model) if renderer.chunk else None
         self._render_order = itertools.count()
         self.first_alone = config.first_alone  # an attribute: benchmarks/toggle.py switches it on a running engine
-        self._firsts = 0  # streams' first renders queued or running
+        self._firsts = 0  # streams' first renders queued or running (`first_alone`)
+        self._firsts_queued = 0  # of which not picked up by a render worker yet
         self._prepared = 0  # the tokens up to which render buckets are prepared (`prepare`)
         started = time.perf_counter()
         self._warm_up()
@@ -379,7 +380,7 @@ class Engine:
         """Queue `job`; with `first_alone`, a stream's first render holds the loop from now until it is done."""
         held = priority == FIRST and self.first_alone
         if held:
-            self._hold_for_first(1)
+            self._hold_for_first(1, 1)
         self._renders.put((priority, next(self._render_order), job, held))
 
     def _render_loop(self) -> None:
@@ -387,7 +388,12 @@ class Engine:
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             while (item := self._renders.get())[2] is not None:
                 _, _, job, held = item
-                if not held:
+                if held:
+                    self._hold_for_first(0, -1)
+                elif self._firsts_queued:  # a first render came in after this one was taken: it goes first
+                    self._renders.put(item)
+                    continue
+                else:
                     self._yield_to_firsts()
                 try:
                     self._render_chunk(job) if isinstance(job, ChunkJob) else self._render_job(job)
@@ -397,11 +403,12 @@ class Engine:
                     self._finish(job.request, error=exc)
                 finally:
                     if held:
-                        self._hold_for_first(-1)
+                        self._hold_for_first(-1, 0)
 
-    def _hold_for_first(self, change: int) -> None:
+    def _hold_for_first(self, change: int, queued: int) -> None:
         with self._cv:
             self._firsts += change
+            self._firsts_queued += queued
             self._cv.notify_all()
 
     def _yield_to_firsts(self) -> None:
