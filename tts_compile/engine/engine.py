@@ -6,10 +6,11 @@ all done to the render workers, which turn tokens into audio (SoVITS decode, or 
 streams while the loop goes on. A stream's segments are rendered one by one as each one's tokens are done, a new
 stream's first segment ahead of every other render, so its first audio does not wait behind the load; a token-chunk
 stream (`streaming`) has its running rows' tokens read every round and each chunk rendered as soon as it is cut,
-one render job per stream at a time, its first chunk ahead of the rest; while a stream's first render runs, the loop
-and the renders not begun yet wait for it (`first_alone`). Requests enter through a bounded queue (full: `QueueFull`
-at once), carry a deadline and a cancel flag (checked at every scheduling round), and fail alone: a request's error
-reaches its own handle and the engine goes on. Every T2S rows bucket is captured before the engine reports ready.
+one render job per stream at a time, its first chunk ahead of the rest; while a stream's first render is queued or
+runs, the loop and the renders not begun yet wait for it (`first_alone`). Requests enter through a bounded queue
+(full: `QueueFull` at once), carry a deadline and a cancel flag (checked at every scheduling round), and fail alone:
+a request's error reaches its own handle and the engine goes on. Every T2S rows bucket is captured before the engine
+reports ready.
 """
 
 from __future__ import annotations
@@ -406,6 +407,7 @@ class Engine:
                         self._hold_for_first(-1, 0)
 
     def _hold_for_first(self, change: int, queued: int) -> None:
+        """Count the streams' first renders held (`change`) and, of them, those still queued (`queued`)."""
         with self._cv:
             self._firsts += change
             self._firsts_queued += queued
