@@ -208,3 +208,36 @@ def test_a_stream_that_fails_while_its_segments_wait_does_not_block_others() -> 
         while (engine.stats()["queued"] or engine.stats()["rows"]) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert engine.stats()["queued"] == 0 and engine.stats()["rows"] == 0
+
+
+def test_a_first_render_queued_after_the_worker_took_a_later_one_goes_first(monkeypatch) -> None:
+    """`first_alone`, one render worker: a stream's first render queued just after the worker took another request's
+    render is rendered first (the other goes back to the queue), not left waiting behind it."""
+    import queue
+
+    from tts_compile.engine.engine import FIRST, NEXT
+    from tts_compile.engine.request import new_request
+
+    arrivals = []  # called with each item the worker takes
+
+    class Watched(queue.PriorityQueue):
+        def get(self, *args, **kwargs):
+            item = super().get(*args, **kwargs)
+            for arrive in arrivals:
+                arrive(item)
+            return item
+
+    monkeypatch.setattr(queue, "PriorityQueue", Watched)
+    with stand_ins.engine("v2", **EAGER, render_workers=1) as engine:
+        assert engine.first_alone
+        voice, order = stand_ins.voice("v2"), []
+        first = new_request(voice, tuple(stand_ins.segments("好。")), Params(seed=1), stream=True)
+        arrivals.append(lambda item: item[0] == NEXT and not order and
+                        engine._queue_render(FIRST, Job(first, (0,), 0)))
+        render = engine._render_job
+        monkeypatch.setattr(engine, "_render_job", lambda job: order.append(job.request.id) or (
+            None if job.request is first else render(job)))
+        handle = engine.submit(voice, stand_ins.segments(TEXT), Params(seed=2, max_tokens=20))
+        assert handle.result(120)[0].numel() > 0
+        assert order == [first.id, handle.request.id]
+        assert (engine._firsts, engine._firsts_queued) == (0, 0)
