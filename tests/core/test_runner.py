@@ -40,3 +40,21 @@ def test_captures_count_their_milliseconds(monkeypatch) -> None:
     assert runner.prepare("b", _double, [torch.ones(3)]) == 0.5
     assert (runner.counters["captures"], runner.counters["capture_ms"]) == (2, 750)
     assert runner.capture_ms_by_kind == {"enc": 250, "str": 500}  # a tuple key's first item, else its type
+
+
+def test_a_capture_holds_the_shared_generators() -> None:
+    """A capture registers the default CUDA generator: while one is made, no other thread may draw from it, so the
+    capture holds `DRAWS`, which upstream's draws on other threads take."""
+    from tts_compile.core.rng import DRAWS
+
+    runner = Runner(Execution.of("eager", torch.device("cpu")), torch.device("cpu"))
+    free = []
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        other = threading.Thread(target=lambda: free.append(DRAWS.acquire(timeout=0.01) and DRAWS.release() is None))
+        other.start()
+        other.join()
+        return x
+
+    runner.prepare("b", call, [torch.ones(2)])
+    assert free == [False]

@@ -6,7 +6,8 @@ Every thread shares the default generators, so whoever saves their state to rest
 verification compares two runs, holds `DRAWS` meanwhile: otherwise another thread's draws land between a
 verification's two runs (a false mismatch) or a restore rewinds them (numbers repeated). The stages and verification
 hold it; a caller who needs a seeded call's numbers from its seed under threads holds it around the seeding and the
-call. The optimizer's own examples and probes draw from private generators instead.
+call. The optimizer's own examples and probes draw from private generators instead. A CUDA graph capture holds it
+too (`core.runner`): it registers the default CUDA generator, which no other thread may draw from meanwhile.
 
 A thread inside `own_draws(seed)` (the engine's renders) needs no lock for the stages' draws: they come from
 generators of its own, seeded as `torch.manual_seed(seed)` seeds the default ones (the same numbers). Upstream's own

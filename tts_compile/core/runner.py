@@ -24,6 +24,8 @@ from typing import Callable, Hashable, Iterator, Sequence
 
 import torch
 
+from .rng import DRAWS
+
 logger = logging.getLogger(__name__)
 
 WARMUP_CALLS = 2  # eager-mode calls before a capture: compile, cuDNN/cuBLAS handles and algorithm choice
@@ -117,7 +119,7 @@ class Runner:
     def prepare(self, key: Hashable, call: Call, inputs: Sequence[torch.Tensor]) -> float:
         """Compile (first time) and capture the bucket `key` from example `inputs`; returns seconds taken."""
         start = time.perf_counter()
-        with self.lock, _scoped_compile_settings(self.cudnn_benchmark):
+        with DRAWS, self.lock, _scoped_compile_settings(self.cudnn_benchmark):  # DRAWS: see `_graph`
             static = tuple(t.clone() for t in inputs)
             if self.graphs:
                 graph, output = self._graph(lambda: self._call(call, static))
@@ -159,7 +161,7 @@ class Runner:
         """Capture `step()`, which reads and writes buffers its owner keeps (no copies in or out), after warm-up
         runs; `restore()` then undoes what the warm-ups and the capture wrote. Returns seconds taken."""
         start = time.perf_counter()
-        with self.lock:
+        with DRAWS, self.lock:  # DRAWS: see `_graph`
             graph, _ = self._graph(step)
             restore()
             self._captures[key] = _Capture(None, graph, (), None)
@@ -183,7 +185,9 @@ class Runner:
 
     def _graph(self, run: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, object]:
         """`run` warmed up on the side stream, then captured into the shared pool: (graph, what the capture
-        returned)."""
+        returned). The caller holds `DRAWS` (taken before the lock, the order the stages take them in): a capture
+        registers the default CUDA generator, and a draw from it on another thread meanwhile (upstream's code in a
+        verification or a fallback) would fail there."""
         caller = torch.cuda.current_stream(self.device)
         self._stream.wait_stream(caller)
         with torch.cuda.stream(self._stream):

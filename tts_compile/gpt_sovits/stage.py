@@ -216,8 +216,11 @@ class Stage:
         if key in self._rejected:
             raise Uncovered(f"bucket {key} failed verification: {self._rejected[key]}")
         getattr(self._used, "keys", []).append(key)
-        with self._lock:
-            if capture and self.runner.graphs and not self.runner.has(key):
+        new = capture and self.runner.graphs and not self.runner.has(key)
+        # A capture holds DRAWS (`Runner._graph`): taken before this stage's lock, the order calls on the shared
+        # generators take them in, so that no two threads take the two the other way round.
+        with DRAWS if new else contextlib.nullcontext(), self._lock:
+            if new and not self.runner.has(key):
                 if self.runner.counters["captures"] < self.max_graphs:
                     seconds = self.runner.prepare(key, call, inputs)
                     logger.info("%s: captured the %s in %.2f s", self.name, label, seconds)

@@ -23,7 +23,7 @@ from ..core.buckets import Bucket, Window, group, plan
 from ..core.config import OptimizeConfig
 from ..core.guard import Guard, InputError
 from ..core.progress import ProgressBar
-from ..core.rng import private_generator
+from ..core.rng import DRAWS, private_generator
 from ..core.runner import Execution, uses_inductor
 from ..core.weights import structural_copy
 from . import setup as setup_
@@ -99,6 +99,10 @@ class VocoderOptimizer:
         and again when its weights moved, were cast or were loaded in place."""
         with self._lock:
             setup = self._setup
+            if setup is not None and setup.fingerprint == setup_.fingerprint(self._module):
+                return setup
+        with DRAWS, self._lock:  # it may capture: as in `_capture_all`
+            setup = self._setup
             if setup is None or setup.fingerprint != setup_.fingerprint(self._module):
                 if setup is not None:
                     self.guard.count("rebuilds")
@@ -134,7 +138,7 @@ class VocoderOptimizer:
 
     # ------------------------------------------------------------------------------------------- capture
     def _capture_all(self, setup: Setup, cond: Conditioning) -> None:
-        with self._lock:
+        with DRAWS, self._lock:  # DRAWS before this lock, the order of calls on the shared generators (`Runner._graph`)
             todo = [b for b in setup.buckets.buckets() if not setup.runner.has(_key(cond, b))]
             if not todo:
                 return
@@ -147,7 +151,7 @@ class VocoderOptimizer:
                         time.perf_counter() - started, (_reserved(setup.device) - memory) / 2**20, setup.device)
 
     def _capture(self, setup: Setup, cond: Conditioning, bucket: Bucket) -> None:
-        with self._lock:
+        with DRAWS, self._lock:  # as in `_capture_all`
             key = _key(cond, bucket)
             if setup.runner.has(key):
                 return
