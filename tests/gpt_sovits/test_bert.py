@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts_compile.gpt_sovits.bert import LADDER, optimize_bert, restore_bert
+from tts_compile.gpt_sovits.bert import LADDER, ROWS, optimize_bert, restore_bert
 from tts_compile.gpt_sovits.upstream import upstream_method
 
 transformers = pytest.importorskip("transformers", reason="the BERT stage's tests need transformers")
@@ -81,6 +81,33 @@ def test_one_graph_serves_every_length_of_its_bucket(pretrained) -> None:
         frontend.get_bert_feature(CHINESE[:n], [2] * n)
     stats = frontend.tts_compile.optimization_stats()
     assert LADDER.fit(14) == LADDER.sizes[0] and stats["verifications"] == 1 and stats["optimized"] == 12
+
+
+@settings(max_examples=10, deadline=None)
+@given(texts=st.lists(st.text(alphabet=CHINESE, min_size=1, max_size=40), min_size=1, max_size=ROWS.largest + 3),
+       data=st.data())
+def test_several_texts_in_one_call_equal_each_alone(pretrained, texts, data) -> None:
+    """`features`: one request's segments in one encoder call (rows padded to a power of two, each its own text),
+    each equal to upstream's `get_bert_feature` of that text alone; past `ROWS.largest` texts, several calls."""
+    frontend, plain = optimize_bert(Frontend(pretrained), **FAST), Frontend(pretrained)
+    items = [(text, data.draw(st.lists(st.integers(1, 3), min_size=len(text), max_size=len(text))))
+             for text in texts]
+    got = frontend.tts_compile.features(items)
+    assert len(got) == len(items)
+    for feature, (text, word2ph) in zip(got, items):
+        expected = plain.get_bert_feature(text, word2ph)
+        assert feature.shape == expected.shape == (32, sum(word2ph))
+        assert float((feature - expected).abs().max()) <= PADDED * float(expected.abs().max())
+    stats = frontend.tts_compile.optimization_stats()
+    assert stats["calls"] == stats["optimized"] == stats["verifications"] == 1 and stats["rejected"] == 0
+    assert stats["direct"] == -(-len(items) // ROWS.largest)  # encoder calls (eager on the CPU: no graphs)
+
+
+def test_one_text_not_covered_sends_the_whole_call_to_upstream(pretrained) -> None:
+    frontend = optimize_bert(Frontend(pretrained), **FAST)
+    with pytest.raises(AssertionError):  # upstream's own check that word2ph has a count per character
+        frontend.tts_compile.features([("今天", [1, 1]), ("天气", [1])])
+    assert frontend.tts_compile.optimization_stats()["uncovered"] == 1
 
 
 @pytest.mark.parametrize("text, word2ph", [

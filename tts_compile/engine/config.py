@@ -36,6 +36,12 @@ class EngineConfig(PipelineConfig):
         "serving (>= 0; the server prepares with its first voice before it is ready): 109 renders at 1024 tokens "
         "(v2ProPlus, H100: 59 s cold, 39 s with warm caches). A longer request, or one at another speed, noise "
         "scale or CFM step count, captures and verifies its bucket at first sight."))
+    g2p_workers: int = field(default=2, metadata=doc(
+        "The server over upstream's pipeline: processes that run the text frontend's G2P (jieba, pypinyin, G2PW), "
+        "so that a long text's G2P holds neither the GIL of the T2S loop nor other requests' G2P; a request's BERT "
+        "then runs once for all its segments (>= 0; 0: G2P in the request's thread, one segment at a time). Each "
+        "process holds upstream's text frontend (G2PW's model included: about 1 GiB of memory) and starts with "
+        "the server (seconds)."))
     first_alone: bool = field(default=True, metadata=doc(
         "From the moment a stream's first render is queued until it is done, the T2S loop and renders not begun yet "
         "wait (at most 0.1 s): the first audio has the GPU to itself. H100, v2ProPlus, token-chunk streams, toggled "
@@ -47,7 +53,7 @@ class EngineConfig(PipelineConfig):
         super().__post_init__()
         check_int(self, "queue_size", "max_rows", "render_workers", minimum=1)
         check_bool(self, "first_alone")
-        check_int(self, "warm_tokens", minimum=0)
+        check_int(self, "warm_tokens", "g2p_workers", minimum=0)
         check_int(self, "kv_capacity", minimum=64)
         if not isinstance(self.kv_budget_gib, (int, float)) or isinstance(self.kv_budget_gib, bool) or \
                 not self.kv_budget_gib > 0:

@@ -9,29 +9,59 @@ these calls (its prompt cache, BERT on one device), so calls are serialized.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..core.guard import InputError
+from .bert import Item, OptimizedBert
+from .g2p import G2PPool, Spoken, Unplaced, g2p, upstream_preprocessor
+from .stage import HANDLE
 from .upstream import HOME, use_upstream
+
+logger = logging.getLogger(__name__)
 
 
 class PipelineFrontend:
     """The frontend and reference encoders of upstream's `TTS` pipeline `tts`."""
 
-    def __init__(self, tts: Any) -> None:
+    def __init__(self, tts: Any, g2p_workers: int = 0, g2p_factory: Callable[[], Any] | None = None) -> None:
+        """`g2p_workers` > 0: G2P in that many processes, each with a preprocessor from `g2p_factory` (default:
+        upstream's `TextPreprocessor` without a BERT, from the checkout on the path)."""
         self.tts = tts
         self.version: str = tts.configs.version
         self.languages: tuple[str, ...] = tuple(tts.configs.languages)
         self._module = sys.modules[type(tts).__module__]  # upstream's TTS.py: mel functions, resample, splits
         self._lock = threading.Lock()
+        self._pool = self._start_pool(g2p_factory, g2p_workers) if g2p_workers and self._bert_shape() else None
+
+    def _start_pool(self, factory: Callable[[], Any] | None, workers: int) -> G2PPool | None:
+        """The G2P workers, or None (G2P in the callers' threads, logged) when they cannot start. By default each
+        has upstream's preprocessor from the checkout the pipeline came from (its GPT_SoVITS/TTS_infer_pack/TTS.py)."""
+        factory = factory or functools.partial(upstream_preprocessor, str(Path(self._module.__file__).parents[2]))
+        start = time.perf_counter()
+        try:
+            pool = G2PPool(factory, workers)
+        except BrokenProcessPool as exc:
+            logger.warning("frontend: the G2P workers did not start (%s); G2P runs in the callers' threads", exc)
+            return None
+        logger.info("frontend: %d G2P workers ready in %.1f s", workers, time.perf_counter() - start)
+        return pool
+
+    def close(self) -> None:
+        """Stop the G2P workers."""
+        if self._pool is not None:
+            self._pool.close()
 
     def load_weights(self, kind: str, path: str) -> None:
         """Upstream's own loading of new GPT (`gpt`: T2S) or SoVITS (`sovits`) weights into the pipeline; a SoVITS
@@ -42,21 +72,53 @@ class PipelineFrontend:
             self.version, self.languages = self.tts.configs.version, tuple(self.tts.configs.languages)
 
     def segments(self, text: str, lang: str, split_method: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The text cut by `split_method` into segments, each one's phones (L,) and BERT features (1024, L), as
-        `text_preprocessor.preprocess` makes them, one segment per hold of the pipeline: a short text waits for one
-        segment of a long one, not for all of it."""
+        """The text cut by `split_method` into segments, each one's phones (L,) and BERT features (width, L), as
+        `text_preprocessor.preprocess` makes them: G2P one segment at a time (in the G2P workers, or one segment
+        per hold of the pipeline: a short text waits for one segment of a long one, not for all of it), then the
+        BERT of every segment in one call (`_bert`)."""
         pre = self.tts.text_preprocessor
         with self._lock:
             pieces = pre.pre_seg_text(pre.replace_consecutive_punctuation(text), lang, split_method)
-        segments = []
-        for piece in pieces:
-            with self._lock, torch.inference_mode():
-                phones, bert, norm_text = pre.segment_and_extract_feature_for_text(piece, lang, self.version)
-            if phones is not None and norm_text != "":
-                segments.append((torch.as_tensor(phones, dtype=torch.long), bert.detach()))
-        if not segments:
+        spoken = [found for piece in pieces if (found := self._g2p(piece, lang)) is not None]
+        if not spoken:
             raise InputError(f"text={text[:40]!r} has nothing to speak in language {lang!r}")
-        return segments
+        with self._lock, torch.inference_mode():
+            features = iter(self._bert([item for s in spoken if isinstance(s, Spoken) for item in s.calls.values()]))
+        return [(torch.as_tensor(s.phones, dtype=torch.long), s.features({n: next(features) for n in s.calls}))
+                if isinstance(s, Spoken) else s for s in spoken]
+
+    def _g2p(self, piece: str, lang: str) -> Spoken | tuple[torch.Tensor, torch.Tensor] | None:
+        """A segment's G2P with its BERT calls recorded (`g2p`), or, where its BERT is not recorded (no BERT
+        model, or a frontend that changes its features), its phones and features made upstream's way; None for
+        a segment with nothing to speak."""
+        pre, shape = self.tts.text_preprocessor, self._bert_shape()
+        if shape is not None:
+            try:
+                if self._pool is not None:
+                    return self._pool(piece, lang, self.version, *shape)
+                with self._lock:
+                    return g2p(pre, piece, lang, self.version, *shape)
+            except (Unplaced, BrokenProcessPool) as exc:
+                logger.warning("frontend: %s; the segment is made upstream's way", exc)
+        with self._lock, torch.inference_mode():
+            phones, bert, norm_text = pre.segment_and_extract_feature_for_text(piece, lang, self.version)
+        return None if phones is None or norm_text == "" else (torch.as_tensor(phones, dtype=torch.long),
+                                                                 bert.detach())
+
+    def _bert_shape(self) -> tuple[int, torch.dtype] | None:
+        """The width and dtype of the preprocessor's BERT features, or None when it has no BERT model."""
+        model = getattr(self.tts.text_preprocessor, "bert_model", None)
+        if not isinstance(model, torch.nn.Module) or not hasattr(self.tts.text_preprocessor, "get_bert_feature"):
+            return None
+        return model.config.hidden_size, next(model.parameters()).dtype
+
+    def _bert(self, items: list[Item]) -> tuple[torch.Tensor, ...]:
+        """`get_bert_feature` of each (text, word2ph): in one call where `optimize_bert` serves the preprocessor."""
+        pre = self.tts.text_preprocessor
+        stage = getattr(pre, HANDLE, None)
+        if isinstance(stage, OptimizedBert):
+            return stage.features(items)
+        return tuple(pre.get_bert_feature(text, word2ph) for text, word2ph in items)
 
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> dict[str, Any]:
         """A voice's fields (the engine's `Voice`'s) from a reference recording's bytes and its transcript, as

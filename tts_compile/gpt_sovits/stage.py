@@ -252,7 +252,7 @@ def attach(stage: type[S], module: nn.Module, config: OptimizeConfig | None, opt
     start = time.perf_counter()
     handle = stage(module, config)
     module.__dict__[HANDLE] = handle
-    for name in handle.original:
+    for name in (name for name in handle.methods if name in handle.original):  # upstream's own, none added
         module.__dict__[name] = getattr(handle, name)
     logger.info("%s: %s (%s) ready in %.2f s", stage.name, type(module).__name__, config.compile_mode,
                 time.perf_counter() - start)

@@ -125,7 +125,8 @@ class Pipeline(Backend):
     def __init__(self, tts: Any, config: EngineConfig | None = None,
                  methods: tuple[str, ...] | None = None, drain_s: float = 300.0) -> None:
         super().__init__(drain_s)
-        self.frontend, self.config = PipelineFrontend(tts), config or EngineConfig()
+        self.config = config or EngineConfig()
+        self.frontend = PipelineFrontend(tts, self.config.g2p_workers)
         if self.config.bert:
             attach_or_leave("serve", "BERT", optimize_bert, lambda: tts.text_preprocessor, self.config)
         self.version, self.languages = self.frontend.version, self.frontend.languages
@@ -156,6 +157,10 @@ class Pipeline(Backend):
 
     def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
         return [Segment(phones, bert) for phones, bert in self.frontend.segments(text, lang, split_method)]
+
+    def close(self) -> None:
+        super().close()
+        self.frontend.close()
 
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
         return Voice(**self.frontend.voice(ref_audio, prompt_text, prompt_lang))
