@@ -40,6 +40,8 @@ class Preprocessor:
 
     def segment_and_extract_feature_for_text(self, text, lang, version):
         self.calls.append(("segment", text, lang, version))
+        if "☃" in text:  # a character upstream's G2P has no phones for
+            raise KeyError("☃")
         segment = stand_ins.segments(text)[0]
         return segment.phones.tolist(), segment.bert, text
 
@@ -138,6 +140,14 @@ def test_an_empty_transcript_is_upstreams_no_prompt_mode(live) -> None:
     assert len(live.tts.text_preprocessor.calls) == calls and voice.sv_emb is not None
     tts = live.client.post("/tts_with_cached_voice", json={"voice_name": "timbre", "text": "好。", "text_lang": "zh"})
     assert tts.status_code == 200
+
+
+def test_text_the_frontend_refuses_is_that_requests_400(live) -> None:
+    body = {"voice_name": "alice", "text_lang": "zh"}
+    refused = live.client.post("/tts_with_cached_voice", json={**body, "text": "你好☃。"})
+    assert refused.status_code == 400
+    assert refused.json()["message"].startswith("text='你好☃。' cannot be read in language 'zh': KeyError")
+    assert live.client.post("/tts_with_cached_voice", json={**body, "text": "好。"}).status_code == 200
 
 
 def test_the_pipelines_languages_and_split_methods_are_the_allowed_ones(live) -> None:

@@ -77,9 +77,10 @@ class PipelineFrontend:
         per hold of the pipeline: a short text waits for one segment of a long one, not for all of it), then the
         BERT of every segment in one call (`_bert`)."""
         pre = self.tts.text_preprocessor
-        with self._lock:
-            pieces = pre.pre_seg_text(pre.replace_consecutive_punctuation(text), lang, split_method)
-        spoken = [found for piece in pieces if (found := self._g2p(piece, lang)) is not None]
+        with _text_errors(text, lang):
+            with self._lock:
+                pieces = pre.pre_seg_text(pre.replace_consecutive_punctuation(text), lang, split_method)
+            spoken = [found for piece in pieces if (found := self._g2p(piece, lang)) is not None]
         if not spoken:
             raise InputError(f"text={text[:40]!r} has nothing to speak in language {lang!r}")
         with self._lock, torch.inference_mode():
@@ -190,6 +191,19 @@ class PipelineFrontend:
             audio = module.resample(audio, rate, target, device)
         mel = module.mel_fn(audio) if self.version == "v3" else module.mel_fn_v4(audio)
         return module.norm_spec(mel)
+
+
+@contextlib.contextmanager
+def _text_errors(text: str, lang: str) -> Iterator[None]:
+    """Upstream's text frontend refusing a text (only punctuation or spaces, a character its G2P cannot read) is
+    the request's InputError, with upstream's reason."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever upstream's G2P raises for this text
+        raise InputError(f"text={text[:40]!r} cannot be read in language {lang!r}: {type(exc).__name__}: "
+                         f"{exc}") from None
 
 
 def _voice(tokens: torch.Tensor, phones: torch.Tensor, bert: torch.Tensor, spec: torch.Tensor,
