@@ -38,7 +38,9 @@ class PipelineConfig(OptimizeConfig):
     bert: bool = field(default=True, metadata=doc(
         "optimize_pipeline and the server: run the text frontend's BERT (`text_preprocessor.get_bert_feature`, "
         "once per Chinese text segment) as one captured graph per padded token bucket (16 to 512 tokens, masked), "
-        "without the masked-LM head upstream computes and never reads. False: leave it eager."))
+        "without the masked-LM head upstream computes and never reads; the server runs all of a request's segments "
+        "in one call (rows padded to 1, 2, 4, 8 or 16: one graph per rows and tokens bucket met). False: leave it "
+        "eager, one call per segment."))
 
     def __post_init__(self) -> None:
         super().__post_init__()
