@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.gpt_sovits.test_bert import CHINESE, PADDED, pretrained  # noqa: F401 - the fixture
+from tests.gpt_sovits.test_bert import CHINESE, PADDED, Frontend, pretrained  # noqa: F401 - the fixture
 from tts_compile.gpt_sovits.bert import optimize_bert
 from tts_compile.gpt_sovits.frontend import PipelineFrontend
 from tts_compile.gpt_sovits.upstream import upstream_method
@@ -37,21 +37,9 @@ def g2p(text: str, language: str, version: str) -> tuple[list[int], list[int], s
     return [ord(c) % 97 for c, n in zip(text, word2ph) for _ in range(n)], word2ph, text
 
 
-class Preprocessor:
-    """Upstream's `TextPreprocessor` in shape: a BERT, its tokenizer, `get_bert_feature`, and
+class Preprocessor(Frontend):
+    """Upstream's `TextPreprocessor` in shape: a BERT, its tokenizer, `get_bert_feature` (test_bert's), and
     `segment_and_extract_feature_for_text` with `get_phones_and_bert`'s assembly."""
-
-    def __init__(self, folder) -> None:
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        self.bert_model = transformers.AutoModelForMaskedLM.from_pretrained(folder).eval()
-        self.device = torch.device("cpu")
-
-    def get_bert_feature(self, text: str, word2ph: list) -> torch.Tensor:
-        with torch.no_grad():
-            inputs = self.tokenizer(text, return_tensors="pt")
-            hidden = self.bert_model(**inputs, output_hidden_states=True)["hidden_states"][-3][0][1:-1]
-        assert len(word2ph) == len(text)
-        return torch.cat([hidden[i].repeat(word2ph[i], 1) for i in range(len(word2ph))], 0).T
 
     def replace_consecutive_punctuation(self, text: str) -> str:
         return text
