@@ -33,9 +33,20 @@ def deployment(tmp_path_factory):
     voices = tmp_path_factory.mktemp("voices")
     try:
         with command(voices, "--replicas", "2") as (process, url):
+            _wait_for_both(url)
             yield url
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)  # whatever the driver left
+
+
+def _wait_for_both(url: str) -> None:
+    """Until both replicas answer: the proxy routes as soon as one is up, the other may still be importing."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + 120
+    while len(seen) < 2 and time.monotonic() < deadline:
+        seen.add(httpx.get(f"{url}/health", timeout=DEADLINE_S).headers.get(HEADER, ""))
+        time.sleep(0.1)
+    assert len(seen - {""}) == 2, f"only {seen} answered within 120 s"
 
 
 def _spread(client: httpx.Client, count: int, workers: int = 8) -> list[httpx.Response | BaseException]:
