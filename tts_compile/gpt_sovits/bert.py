@@ -76,45 +76,49 @@ class OptimizedBert(Stage):
         """`get_bert_feature(text, word2ph)` of each item, the encoder run once for up to `ROWS.largest` of them;
         upstream's method per item when one of them is not covered (with upstream's own error, if it raises)."""
         items = list(items)
-        inputs = [self._tokens(text, word2ph) for text, word2ph in items]
+        inputs = self._tokens(items)
         problems = [p for p in (self._problem(text, w2p, x) for (text, w2p), x in zip(items, inputs)) if p]
         problem = problems[0] if problems else None if items else "no texts"
         return self.serve("features", (items,), problem, lambda _: self._features(items, inputs))
 
-    def _tokens(self, text: str, word2ph: list) -> Any:
-        """Upstream's tokenizer's inputs for `text`, or None when the arguments are not upstream's shape."""
-        fits = isinstance(text, str) and isinstance(word2ph, (list, tuple)) and len(word2ph) == len(text) > 0 and \
-            all(isinstance(n, int) and n >= 0 for n in word2ph)
-        return self.preprocessor.tokenizer(text, return_tensors="pt") if fits else None
+    def _tokens(self, items: list[Item]) -> list[dict[str, list[int]] | None]:
+        """Upstream's tokenizer's ids of each text (one tokenizer call for all), None for an item whose arguments
+        are not upstream's shape."""
+        fits = [isinstance(text, str) and isinstance(word2ph, (list, tuple)) and len(word2ph) == len(text) > 0 and
+                all(isinstance(n, int) and n >= 0 for n in word2ph) for text, word2ph in items]
+        texts = [text for (text, _), ok in zip(items, fits) if ok]
+        encoded = self.preprocessor.tokenizer(texts) if texts else {}
+        each = iter([{name: encoded[name][i] for name in encoded} for i in range(len(texts))])
+        return [next(each) if ok else None for ok in fits]
 
     @staticmethod
-    def _problem(text: str, word2ph: list, inputs: Any) -> str | None:
+    def _problem(text: str, word2ph: list, inputs: dict[str, list[int]] | None) -> str | None:
         if inputs is None:
             return "word2ph is not one count >= 0 per character of a non-empty text"
-        tokens = inputs["input_ids"].shape[-1]
+        tokens = len(inputs["input_ids"])
         if tokens > LADDER.largest:
             return f"{tokens} tokens: past the largest bucket ({LADDER.largest})"
         if tokens - 2 < len(word2ph):
             return f"{tokens - 2} tokens between [CLS] and [SEP] for {len(word2ph)} characters"
         return None
 
-    def _features(self, items: list[Item], inputs: list[Any]) -> tuple[torch.Tensor, ...]:
+    def _features(self, items: list[Item], inputs: list[dict]) -> tuple[torch.Tensor, ...]:
         """The items' features, `ROWS.largest` texts per encoder call."""
         step = ROWS.largest
         return tuple(feature for start in range(0, len(items), step)
                      for feature in self._batch(items[start:start + step], inputs[start:start + step]))
 
-    def _batch(self, items: list[Item], inputs: list[Any]) -> list[torch.Tensor]:
+    def _batch(self, items: list[Item], inputs: list[dict]) -> list[torch.Tensor]:
         """One encoder call for up to `ROWS.largest` texts: (rows, tokens) padded to their buckets, a padding
         row holding [CLS] alone (a row of no keys at all is not softmax's to answer)."""
-        lengths = [x["input_ids"].shape[-1] for x in inputs]
+        lengths = [len(x["input_ids"]) for x in inputs]
         rows, size = ROWS.fit(len(items)), LADDER.fit(max(lengths))
         # ids, mask, types: (rows, size)
         padded = [torch.zeros(rows, size, dtype=torch.long) for _ in range(3)]
-        padded[0][:, 0], padded[1][:, 0] = inputs[0]["input_ids"][0, 0], 1
+        padded[0][:, 0], padded[1][:, 0] = inputs[0]["input_ids"][0], 1
         for row, (x, n) in enumerate(zip(inputs, lengths)):
             for buffer, name in zip(padded, ("input_ids", "attention_mask", "token_type_ids")):
-                buffer[row, :n] = x[name][0] if name in x else 0
+                buffer[row, :n] = torch.tensor(x[name]) if name in x else 0
         encoder = getattr(self.weights, "base_model", self.weights)
         hidden = self.run_graph(("bert", rows, size), functools.partial(_hidden, encoder),
                                 [t.to(self.device) for t in padded], f"BERT at {rows} x {size} tokens")
