@@ -88,7 +88,9 @@ def test_segments_equal_upstreams_with_one_bert_call(pretrained, pieces) -> None
     text = "".join(piece + "。" for piece in pieces)
     plain = Preprocessor(pretrained)
     optimized = optimize_bert(Preprocessor(pretrained), **FAST)
-    got = PipelineFrontend(pipeline(optimized)).segments(text, "zh", "cut5")
+    heard: list[str] = []
+    got = PipelineFrontend(pipeline(optimized)).segments(text, "zh", "cut5", lambda part, _: heard.append(part))
+    assert heard == ["g2p", "bert"]  # every piece ends in "。", a Chinese part: one BERT call
     expected = [plain.segment_and_extract_feature_for_text(piece, "zh", "v2") for piece in
                 plain.pre_seg_text(text, "zh", "cut5")]
     assert len(got) == len(expected)

@@ -77,7 +77,7 @@ def test_every_route_answers(live) -> None:
                                                         "text_lang": "zh"}).status_code == 404
     metrics = client.get("/metrics").text
     assert 'tts_requests_total{route="/tts",status="200"}' in metrics and "tts_engine_finished" in metrics
-    assert "tts_first_audio_seconds_count" in metrics
+    assert "tts_first_audio_seconds_count" in metrics and 'tts_frontend_seconds_count{part="g2p"}' in metrics
     assert 'tts_stage_fallbacks_total{stage="sovits"} 0.0' in metrics and 'tts_stage_calls_total{stage="sovits"}' \
         in metrics
 
@@ -446,11 +446,11 @@ def test_texts_in_the_frontend_hold_back_no_other_request(tmp_path) -> None:
         (tmp_path / "ref.wav").write_bytes(reference())
         gate, started, segments = threading.Event(), threading.Semaphore(0), live.backend.segments
 
-        def slow(text, lang, method):
+        def slow(text, lang, method, observe=None):
             if len(text) > 100:
                 started.release()
                 gate.wait(60)
-            return segments(text, lang, method)
+            return segments(text, lang, method, observe)
 
         live.backend.segments = slow
         long = {**TTS, "ref_audio_path": "ref.wav", "text": "今天天气很好，我们去公园吧。" * 8}

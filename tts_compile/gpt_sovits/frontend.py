@@ -30,6 +30,7 @@ from .stage import HANDLE
 from .upstream import HOME, use_upstream
 
 logger = logging.getLogger(__name__)
+Observe = Callable[[str, float], None]  # (part of the frontend, seconds it took)
 
 
 class PipelineFrontend:
@@ -71,20 +72,26 @@ class PipelineFrontend:
             load(path)
             self.version, self.languages = self.tts.configs.version, tuple(self.tts.configs.languages)
 
-    def segments(self, text: str, lang: str, split_method: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def segments(self, text: str, lang: str, split_method: str,
+                 observe: Observe | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The text cut by `split_method` into segments, each one's phones (L,) and BERT features (width, L), as
         `text_preprocessor.preprocess` makes them: G2P one segment at a time (in the G2P workers, or one segment
         per hold of the pipeline: a short text waits for one segment of a long one, not for all of it), then the
-        BERT of every segment in one call (`_bert`)."""
-        pre = self.tts.text_preprocessor
+        BERT of every segment in one call (`_bert`). `observe(part, seconds)` hears how long "g2p" and "bert" took."""
+        pre, observe, start = self.tts.text_preprocessor, observe or (lambda part, seconds: None), time.perf_counter()
         with _text_errors(text, lang):
             with self._lock:
                 pieces = pre.pre_seg_text(pre.replace_consecutive_punctuation(text), lang, split_method)
             spoken = [found for piece in pieces if (found := self._g2p(piece, lang)) is not None]
+        observe("g2p", time.perf_counter() - start)
         if not spoken:
             raise InputError(f"text={text[:40]!r} has nothing to speak in language {lang!r}")
+        items = [item for s in spoken if isinstance(s, Spoken) for item in s.calls.values()]
+        start = time.perf_counter()
         with self._lock, torch.inference_mode():
-            features = iter(self._bert([item for s in spoken if isinstance(s, Spoken) for item in s.calls.values()]))
+            features = iter(self._bert(items))
+        if items:
+            observe("bert", time.perf_counter() - start)
         return [(torch.as_tensor(s.phones, dtype=torch.long), s.features({n: next(features) for n in s.calls}))
                 if isinstance(s, Spoken) else s for s in spoken]
 

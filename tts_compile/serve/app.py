@@ -135,7 +135,9 @@ class Server:
             else:
                 voice = self.voices.reference(job.ref_audio_path, job.prompt_text, job.prompt_lang,
                                               job.aux_ref_audio_paths)
-            segments = backend.cached_segments(job.text, job.text_lang, job.split_method)
+            heard = self.metrics.frontend
+            segments = backend.cached_segments(job.text, job.text_lang, job.split_method,
+                                               lambda part, seconds: heard.labels(part).observe(seconds))
             return backend.engine.submit(voice, segments, job.params, stream=job.stream, chunks=job.chunks)
 
     async def first_piece(self, request: Request, handle: Handle) -> tuple[torch.Tensor, AsyncIterator]:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import threading
+import time
 import wave
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from ..core.config import load_config
 from ..core.guard import InputError
 from ..engine import Engine, EngineConfig, Segment, Voice, stand_ins
 from ..gpt_sovits.bert import optimize_bert
-from ..gpt_sovits.frontend import PipelineFrontend, load_pipeline, split_methods
+from ..gpt_sovits.frontend import Observe, PipelineFrontend, load_pipeline, split_methods
 from ..gpt_sovits.stage import attach_or_leave
 from .lru import ByteLRU, tensor_bytes
 
@@ -58,17 +59,19 @@ class Backend:
         these, and they for a switch, so no request mixes old and new weights."""
         return self._switch.shared()
 
-    def cached_segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
+    def cached_segments(self, text: str, lang: str, split_method: str, observe: Observe | None = None) -> list[Segment]:
         """`segments`, kept for texts seen lately (a service hears the same phrases again): at most
-        `SEGMENT_CACHE_BYTES` of phones and features."""
+        `SEGMENT_CACHE_BYTES` of phones and features. A whole text, not its segments: a segment's BERT features
+        depend (in their last bits) on the call that made them, so a text always gets the same ones."""
         key = (text, lang, split_method, self.version)
         if (found := self._segments.get(key)) is None:
-            found = self.segments(text, lang, split_method)
+            found = self.segments(text, lang, split_method, observe)
             self._segments.put(key, found)
         return found
 
-    def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
-        """The text's segments (phones and BERT features); InputError when it has nothing to speak."""
+    def segments(self, text: str, lang: str, split_method: str, observe: Observe | None = None) -> list[Segment]:
+        """The text's segments (phones and BERT features); InputError when it has nothing to speak.
+        `observe(part, seconds)` hears how long each part of the frontend took ("g2p", "bert")."""
         raise NotImplementedError
 
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
@@ -155,8 +158,8 @@ class Pipeline(Backend):
         """The pipeline that `tts_infer.yaml` at `path` describes (upstream's code from GPT_SOVITS_HOME)."""
         return cls(load_pipeline(path), config)
 
-    def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
-        return [Segment(phones, bert) for phones, bert in self.frontend.segments(text, lang, split_method)]
+    def segments(self, text: str, lang: str, split_method: str, observe: Observe | None = None) -> list[Segment]:
+        return [Segment(phones, bert) for phones, bert in self.frontend.segments(text, lang, split_method, observe)]
 
     def close(self) -> None:
         super().close()
@@ -194,10 +197,14 @@ class StandIns(Backend):
         self.models = tuple(models)
         return engine
 
-    def segments(self, text: str, lang: str, split_method: str) -> list[Segment]:
+    def segments(self, text: str, lang: str, split_method: str, observe: Observe | None = None) -> list[Segment]:
         if not any(c.isalnum() for c in text):
             raise InputError(f"text={text[:40]!r} has nothing to speak (no letters or digits)")
-        return stand_ins.segments(text)
+        start = time.perf_counter()
+        found = stand_ins.segments(text)
+        if observe is not None:
+            observe("g2p", time.perf_counter() - start)
+        return found
 
     def voice(self, ref_audio: bytes, prompt_text: str, prompt_lang: str) -> Voice:
         seconds = wav_seconds(ref_audio)

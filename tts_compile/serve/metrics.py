@@ -1,6 +1,6 @@
 """The server's Prometheus metrics (`/metrics`, prometheus_client's text format), in a registry of its own: requests
-by route and status, latency and first-audio histograms, and the engine's state and its render stages' counters
-(calls served optimized or eager, fallbacks) read at every scrape."""
+by route and status, latency, first-audio and frontend histograms, and the engine's state and its render stages'
+counters (calls served optimized or eager, fallbacks) read at every scrape."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ class Metrics:
                                  ["route"], buckets=BUCKETS, registry=self.registry)
         self.first_audio = Histogram("tts_first_audio_seconds", "Seconds from a request's arrival to its first "
                                      "audio bytes", ["route"], buckets=BUCKETS, registry=self.registry)
+        self.frontend = Histogram("tts_frontend_seconds", "Seconds of a new text's frontend, by part: g2p (text to "
+                                  "phones, every segment) and bert (one call for all segments)", ["part"],
+                                  buckets=BUCKETS, registry=self.registry)
         self.registry.register(_EngineCollector(engine))
 
 
