@@ -88,7 +88,7 @@ class PipelineFrontend:
             raise InputError(f"text={text[:40]!r} has nothing to speak in language {lang!r}")
         items = [item for s in spoken if isinstance(s, Spoken) for item in s.calls.values()]
         start = time.perf_counter()
-        with self._lock, torch.inference_mode():
+        with _text_errors(text, lang), self._lock, torch.inference_mode():
             features = iter(self._bert(items))
         if items:
             observe("bert", time.perf_counter() - start)
@@ -202,8 +202,8 @@ class PipelineFrontend:
 
 @contextlib.contextmanager
 def _text_errors(text: str, lang: str) -> Iterator[None]:
-    """Upstream's text frontend refusing a text (only punctuation or spaces, a character its G2P cannot read) is
-    the request's InputError, with upstream's reason."""
+    """Upstream's text frontend refusing a text (only punctuation or spaces, a character its G2P cannot read, a
+    text its BERT cannot align with its characters) is the request's InputError, with upstream's reason."""
     try:
         yield
     except InputError:

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -113,17 +114,22 @@ class G2PPool:
         self._start = functools.partial(ProcessPoolExecutor, workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start, initargs=(factory,))
         self._pool = self._start()
+        self._lock = threading.Lock()  # one restart for a pool that broke under several callers
         for ready in [self._pool.submit(_ready) for _ in range(workers)]:  # started now, not in a request
             ready.result()
 
     def __call__(self, piece: str, lang: str, version: str, width: int, dtype: torch.dtype) -> Spoken | None:
         """`g2p` of `piece` in a worker; BrokenProcessPool when a worker died (the pool starts again for the next
         call)."""
+        pool = self._pool
         try:
-            return self._pool.submit(_work, piece, lang, version, width, dtype).result()
+            return pool.submit(_work, piece, lang, version, width, dtype).result()
         except BrokenProcessPool:
-            logger.warning("a G2P worker died; the pool starts again")
-            self._pool = self._start()
+            with self._lock:
+                if self._pool is pool:
+                    logger.warning("a G2P worker died; the pool starts again")
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = self._start()
             raise
 
     def close(self) -> None:
