@@ -82,7 +82,8 @@ class PipelineFrontend:
         with _text_errors(text, lang):
             with self._lock:
                 pieces = pre.pre_seg_text(pre.replace_consecutive_punctuation(text), lang, split_method)
-            spoken = [found for piece in pieces if (found := self._g2p(piece, lang)) is not None]
+            shape = self._bert_shape()
+            spoken = [found for piece in pieces if (found := self._g2p(piece, lang, shape)) is not None]
         observe("g2p", time.perf_counter() - start)
         if not spoken:
             raise InputError(f"text={text[:40]!r} has nothing to speak in language {lang!r}")
@@ -95,11 +96,12 @@ class PipelineFrontend:
         return [(torch.as_tensor(s.phones, dtype=torch.long), s.features({n: next(features) for n in s.calls}))
                 if isinstance(s, Spoken) else s for s in spoken]
 
-    def _g2p(self, piece: str, lang: str) -> Spoken | tuple[torch.Tensor, torch.Tensor] | None:
-        """A segment's G2P with its BERT calls recorded (`g2p`), or, where its BERT is not recorded (no BERT
-        model, or a frontend that changes its features), its phones and features made upstream's way; None for
-        a segment with nothing to speak."""
-        pre, shape = self.tts.text_preprocessor, self._bert_shape()
+    def _g2p(self, piece: str, lang: str, shape: tuple[int, torch.dtype] | None
+             ) -> Spoken | tuple[torch.Tensor, torch.Tensor] | None:
+        """A segment's G2P with its BERT calls recorded (`g2p`, BERT features of `shape`), or, where its BERT is
+        not recorded (no BERT model, or a frontend that changes its features), its phones and features made
+        upstream's way; None for a segment with nothing to speak."""
+        pre = self.tts.text_preprocessor
         if shape is not None:
             try:
                 if self._pool is not None:

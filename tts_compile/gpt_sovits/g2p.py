@@ -111,9 +111,9 @@ class G2PPool:
     processes are spawned). Started at construction: BrokenProcessPool when a worker cannot start."""
 
     def __init__(self, factory: Callable[[], Any], workers: int) -> None:
-        self._start = functools.partial(ProcessPoolExecutor, workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_start, initargs=(factory,))
-        self._pool = self._start()
+        self._new_pool = functools.partial(ProcessPoolExecutor, workers, initializer=_start, initargs=(factory,),
+                                           mp_context=multiprocessing.get_context("spawn"))
+        self._pool = self._new_pool()
         self._lock = threading.Lock()  # one restart for a pool that broke under several callers
         for ready in [self._pool.submit(_ready) for _ in range(workers)]:  # started now, not in a request
             ready.result()
@@ -129,7 +129,7 @@ class G2PPool:
                 if self._pool is pool:
                     logger.warning("a G2P worker died; the pool starts again")
                     pool.shutdown(wait=False, cancel_futures=True)
-                    self._pool = self._start()
+                    self._pool = self._new_pool()
             raise
 
     def close(self) -> None:
